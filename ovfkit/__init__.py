@@ -1,0 +1,47 @@
+"""ovfkit: turn a virtual machine into a standard OVA package.
+
+The public API is a set of plain functions over frozen dataclasses. Importing ``ovfkit`` has no
+side effects and loads submodules only when one of their names is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    **{
+        name: "ovfkit.model"
+        for name in (
+            "CdDrive", "Controller", "ControllerType", "Disk", "DiskSource", "Firmware", "GuestOs",
+            "Network", "Nic", "NicType", "Product", "Property", "RawXml", "VirtualMachine",
+        )
+    },
+    **{
+        name: "ovfkit.errors"
+        for name in (
+            "OvfkitError", "InvalidArgumentError", "NotFoundError", "OperationFailedError",
+            "IoError", "CancelledError", "InvalidOvfError", "OvfParseError", "VmdkFormatError",
+            "ToolMissingError",
+        )
+    },
+    "Progress": "ovfkit.progress",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ovfkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

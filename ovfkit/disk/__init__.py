@@ -1,0 +1,1 @@
+"""Disk sources: reading any image qemu can open, extent by extent (holes are never read)."""
