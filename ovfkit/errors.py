@@ -20,9 +20,9 @@ __all__ = [
     "NotFoundError",
     "NotReadyError",
     "OperationFailedError",
+    "OperationTimeoutError",
     "OvfParseError",
     "OvfkitError",
-    "TimeoutError",
     "ToolMissingError",
     "UnimplementedError",
     "VmdkFormatError",
@@ -76,7 +76,7 @@ class InternalError(OvfkitError):
     description = "An internal error happened"
 
 
-class TimeoutError(OvfkitError):  # noqa: A001 - ZStack's name; builtins.TimeoutError is not ours
+class OperationTimeoutError(OvfkitError):
     code = "SYS.1001"
     description = "An operation timed out"
 

@@ -36,7 +36,7 @@ class Firmware(StrEnum):
 
 
 class ControllerType(StrEnum):
-    """Storage controller kinds with their OVF ResourceType (DSP0243 / CIM_ResourceAllocationSettingData)."""
+    """Storage controller kinds; comments give the OVF ResourceType (CIM RASD, DSP0243)."""
 
     IDE = "ide"  # ResourceType 5, two units per controller
     SCSI = "scsi"  # ResourceType 6, 15 units (unit 7 is the controller itself)
