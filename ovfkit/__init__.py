@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
         )
     },
     "Progress": "ovfkit.progress",
+    "vm_from_zstack": "ovfkit.zstack",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
