@@ -5,6 +5,7 @@ checks a file's structure; ``read_vmdk_data`` reads its virtual disk back.
 """
 
 from .options import VmdkOptions, VmdkResult
+from .reader import VmdkInfo, inspect_vmdk, read_vmdk_data
 from .writer import write_vmdk
 
-__all__ = ["VmdkOptions", "VmdkResult", "write_vmdk"]
+__all__ = ["VmdkInfo", "VmdkOptions", "VmdkResult", "inspect_vmdk", "read_vmdk_data", "write_vmdk"]
