@@ -3,5 +3,29 @@
 from __future__ import annotations
 
 from .adapter import vm_from_zstack
+from .api import (
+    delete_image_package,
+    export_vm_ova_package,
+    get_image_package,
+    package_file,
+    query_image_packages,
+    update_image_package,
+)
+from .context import ExportContext, open_context
+from .inventory import ExportVmOvaPackageRequest, ImagePackageInventory, ImagePackageState, Reply
 
-__all__ = ["vm_from_zstack"]
+__all__ = [
+    "ExportContext",
+    "ExportVmOvaPackageRequest",
+    "ImagePackageInventory",
+    "ImagePackageState",
+    "Reply",
+    "delete_image_package",
+    "export_vm_ova_package",
+    "get_image_package",
+    "open_context",
+    "package_file",
+    "query_image_packages",
+    "update_image_package",
+    "vm_from_zstack",
+]

@@ -1,0 +1,400 @@
+"""ZStack's ExportVmOvaPackage and the image-package APIs, as plain functions over a context.
+
+``export_vm_ova_package`` is synchronous, as the reference page says: it returns when the package
+is ``Exported`` or the export has failed, and it never raises for a request it can answer — every
+failure comes back as ``Reply(success=False, error=<ZStack ErrorCode>)``. The query, update and
+delete functions raise :class:`~ovfkit.errors.OvfkitError` (each with its ZStack code).
+
+Order of checks follows ZStack's API interceptor, all before any byte is written: mandatory
+fields, UUID syntax, lengths, then VM and backup storage found (SYS.1003), VM Stopped, one package
+per VM, resourceUuid free, paths under storage roots, and the capacity on the backup storage
+(``qemu-img measure`` of every disk). Then the record is created ``Exporting``; from there on
+any failure rolls back (partial files removed, record deleted) before the error is returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import (
+    InternalError,
+    InvalidArgumentError,
+    IoError,
+    NotFoundError,
+    OperationFailedError,
+    OvfkitError,
+)
+from ..model import VirtualMachine
+from ..progress import CancelToken, ProgressCallback, check_cancel
+from .catalog import confine_paths
+from .context import ExportContext
+from .inventory import (
+    API_MESSAGE,
+    DESCRIPTION_MAX,
+    NAME_MAX,
+    UUID_PATTERN,
+    ExportVmOvaPackageRequest,
+    ImagePackageInventory,
+    ImagePackageState,
+    Reply,
+    conditions_from_query,
+    is_zstack_uuid,
+    new_zstack_uuid,
+)
+from .records import DuplicateVmError, ExportLock, already_exported_message
+from .storage import BackupStorage
+
+if TYPE_CHECKING:
+    from ..ova import OvaOptions
+
+__all__ = [
+    "PACKAGE_OVERHEAD",
+    "delete_image_package",
+    "estimate_package_size",
+    "export_vm_ova_package",
+    "get_image_package",
+    "package_file",
+    "query_image_packages",
+    "update_image_package",
+]
+
+_log = logging.getLogger(__name__)
+
+# Descriptor, manifest, tar headers and end-of-archive blocks: far below this for any VM ZStack
+# can hold (a descriptor of 64 disks is ~100 KiB).
+PACKAGE_OVERHEAD = 1 << 20
+
+
+def _mandatory(field: str) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"field[{field}] of message[{API_MESSAGE}] is mandatory, can not be null"
+    )
+
+
+def _check_uuid(field: str, value: str) -> None:
+    if not is_zstack_uuid(value):
+        raise InvalidArgumentError(
+            f"invalid field[{field}]: {value!r} is not a valid uuid. A valid uuid is a UUID "
+            f"(v4 recommended) with '-' stripped; ZStack checks it against '{UUID_PATTERN}'"
+        )
+
+
+def _check_length(field: str, value: str | None, limit: int) -> None:
+    if value is not None and len(value) > limit:
+        raise InvalidArgumentError(
+            f"field[{field}] of message[{API_MESSAGE}] exceeds max length of string. "
+            f"expected was <= {limit}, actual was {len(value)}"
+        )
+
+
+def _validate_request(req: ExportVmOvaPackageRequest) -> tuple[str, str]:
+    if req.vm_uuid is None:
+        raise _mandatory("vmUuid")
+    if req.backup_storage_uuid is None:
+        raise _mandatory("backupStorageUuid")
+    _check_uuid("vmUuid", req.vm_uuid)
+    _check_uuid("backupStorageUuid", req.backup_storage_uuid)
+    if req.resource_uuid is not None:
+        _check_uuid("resourceUuid", req.resource_uuid)
+    for i, tag in enumerate(req.tag_uuids):
+        _check_uuid(f"tagUuids[{i}]", tag)
+    _check_length("name", req.name, NAME_MAX)
+    _check_length("description", req.description, DESCRIPTION_MAX)
+    return req.vm_uuid, req.backup_storage_uuid
+
+
+def estimate_package_size(vm: VirtualMachine) -> int:
+    """Upper bound of the OVA's size, before any byte is written: ``qemu-img measure`` of every
+    disk as streamOptimized VMDK (qemu 7.2 cannot measure vmdk: ovfkit's bound from
+    ``qemu-img map`` then), plus the ISOs carried, plus :data:`PACKAGE_OVERHEAD`."""
+    from ..qemu import img
+
+    total = PACKAGE_OVERHEAD
+    for disk in vm.disks:
+        if disk.source is None:
+            continue
+        # -U: a stopped VM holds no lock, but a backup job might; reading is safe either way.
+        total += img.measure(
+            disk.source.path, "vmdk", fmt=disk.source.format, force_share=True
+        ).required
+        total += 1024  # tar header (+ GNU long-name header) and padding to 512
+    for cd in vm.cd_drives:
+        if cd.iso is not None:
+            try:
+                total += os.path.getsize(cd.iso) + 1024
+            except OSError as exc:
+                raise IoError(f"cannot read ISO {cd.iso}: {exc.strerror}") from None
+    return total
+
+
+def _vm_model(
+    inventory: Mapping[str, Any], req: ExportVmOvaPackageRequest, roots: Sequence[str]
+) -> VirtualMachine:
+    from .adapter import vm_from_zstack
+
+    # The request's system tags (bootMode::UEFI, ...) join the VM's own, as ZStack does.
+    vm = vm_from_zstack(inventory, system_tags=list(req.system_tags))
+    return confine_paths(vm, roots)
+
+
+def _write(
+    vm: VirtualMachine,
+    storage: BackupStorage,
+    install_path: str,
+    options: OvaOptions | None,
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+) -> tuple[str, int]:
+    """Write the package through the storage's upload; (md5, size) of the published .ova."""
+    from ..ova import OvaOptions, write_ova
+
+    opts = options if options is not None else OvaOptions()
+    upload = storage.begin(install_path)
+    try:
+        if upload.local_path is not None:
+            result = write_ova(vm, upload.local_path, opts, progress=progress, cancel=cancel)
+        else:
+            with upload.open() as f:
+                result = write_ova(vm, f, opts, progress=progress, cancel=cancel)
+        check_cancel(cancel, "the export")
+        upload.commit()
+    except BaseException:
+        try:
+            upload.abort()
+        except OvfkitError as exc:  # the record's cleanup entry retries it later
+            _log.warning("cannot remove the partial package %s: %s", install_path, exc)
+        raise
+    return result.md5, result.size
+
+
+def _export(
+    req: ExportVmOvaPackageRequest,
+    context: ExportContext,
+    options: OvaOptions | None,
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+) -> ImagePackageInventory:
+    vm_uuid, bs_uuid = _validate_request(req)
+    inventory = context.resolve_vm(vm_uuid)
+    if inventory is None:
+        raise NotFoundError(
+            f"invalid field[vmUuid], resource[uuid:{vm_uuid}, type:VmInstanceVO] not found"
+        )
+    config = context.config
+    if bs_uuid not in config.backup_storages:
+        raise NotFoundError(
+            f"invalid field[backupStorageUuid], resource[uuid:{bs_uuid}, type:BackupStorageVO] "
+            "not found"
+        )
+    if inventory.get("state") != "Stopped":
+        raise InvalidArgumentError("Only vm in state: Stopped can be exported.")
+    holder = context.records.find_by_vm(vm_uuid)
+    if holder is not None:
+        raise DuplicateVmError(already_exported_message(vm_uuid, holder.inventory.uuid))
+    package_uuid = req.resource_uuid or new_zstack_uuid()
+    if context.records.get(package_uuid) is not None:
+        raise InvalidArgumentError(
+            f"resourceUuid[{package_uuid}] is already used by another image package"
+        )
+    vm = _vm_model(inventory, req, config.storage_roots)
+    vm_name = inventory.get("name")
+    name = req.name if req.name is not None else f"exported-vm-{vm_name or vm.name}"
+    _check_length("name", name, NAME_MAX)
+    description = req.description if req.description is not None else (
+        f"source vm uuid: {vm_uuid}"
+    )
+    check_cancel(cancel, "the export")
+
+    storage = context.open_storage(bs_uuid)
+    try:
+        required = estimate_package_size(vm)
+        available = storage.available_capacity()
+        if available < required:
+            raise OperationFailedError(
+                f"backup storage[uuid: {bs_uuid}] does not have enough available capacity for "
+                f"exporting vm[uuid: {vm_uuid}], required capacity is: {required}"
+            )
+        install_path = f"{package_uuid}.ova"
+        lock = ExportLock.try_acquire(context.records.lock_path(package_uuid))
+        if lock is None:
+            raise InvalidArgumentError(
+                f"resourceUuid[{package_uuid}] is already used by another image package"
+            )
+        try:
+            record = ImagePackageInventory(
+                uuid=package_uuid,
+                name=name,
+                description=description,
+                vm_uuid=vm_uuid,
+                backup_storage_uuid=bs_uuid,
+                state=ImagePackageState.EXPORTING,
+            )
+            context.records.create_exporting(record, install_path)
+            try:
+                md5, size = _write(vm, storage, install_path, options, progress, cancel)
+                context.records.mark_exported(
+                    package_uuid,
+                    export_url=storage.export_url(install_path, package_uuid),
+                    md5_sum=md5,
+                    size=size,
+                )
+            except BaseException:
+                deleted = context.records.delete(package_uuid)
+                if deleted is not None:
+                    try:
+                        storage.remove(install_path)
+                        context.records.cleanup_done(bs_uuid, install_path)
+                    except OvfkitError as exc:
+                        _log.warning("cleanup of %s postponed: %s", install_path, exc)
+                raise
+        finally:
+            lock.release()
+    finally:
+        storage.close()
+    return get_image_package(context, package_uuid)
+
+
+def export_vm_ova_package(
+    request: ExportVmOvaPackageRequest | Mapping[str, Any] | str | bytes,
+    *,
+    context: ExportContext,
+    options: OvaOptions | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> Reply:
+    """ExportVmOvaPackage: export VM ``vmUuid`` to an OVA on backup storage
+    ``backupStorageUuid`` and return ``Reply(success, error, inventory)``.
+
+    ``request`` is an :class:`ExportVmOvaPackageRequest` or a JSON body (ZStack's
+    ``{"params": {...}}`` form or the flat form). ``options`` are the OVA writer's options;
+    ``progress``/``cancel`` as everywhere in ovfkit (a cancelled export is rolled back and
+    answers SYS.1017). Thread-safe: exports of different VMs run concurrently.
+    """
+    try:
+        req = (
+            request
+            if isinstance(request, ExportVmOvaPackageRequest)
+            else ExportVmOvaPackageRequest.from_json(request)
+        )
+        return Reply.ok(_export(req, context, options, progress, cancel))
+    except OvfkitError as exc:
+        return Reply.failure(exc)
+    except Exception as exc:
+        _log.exception("ExportVmOvaPackage failed unexpectedly")
+        return Reply.failure(InternalError(f"{type(exc).__name__}: {exc}"))
+
+
+# --- QueryImagePackage / UpdateImagePackage / DeleteImagePackage -------------------------------
+
+
+def query_image_packages(
+    context: ExportContext,
+    conditions: Sequence[str] = (),
+    *,
+    limit: int | None = None,
+    start: int = 0,
+    sort_by: str | None = None,
+    sort_direction: str = "asc",
+) -> list[ImagePackageInventory]:
+    """QueryImagePackage: records matching every ``q=`` condition (``name=x``, ``size>5``,
+    ``name~=web%``, ``state!=Exporting``, ``uuid?=a,b``, ``description=null``); SYS.1007 for a
+    malformed condition or unknown field."""
+    conds = conditions_from_query(conditions)
+    records = context.records.query(
+        conds, limit=limit, start=start, sort_by=sort_by, sort_direction=sort_direction
+    )
+    return [r.inventory for r in records]
+
+
+def get_image_package(context: ExportContext, uuid: str) -> ImagePackageInventory:
+    record = context.records.get(uuid)
+    if record is None:
+        raise NotFoundError(
+            f"invalid field[uuid], resource[uuid:{uuid}, type:ImagePackageVO] not found"
+        )
+    return record.inventory
+
+
+def update_image_package(
+    context: ExportContext,
+    uuid: str,
+    name: str | None = None,
+    description: str | None = None,
+) -> ImagePackageInventory:
+    """UpdateImagePackage: change name and/or description (same length limits as export)."""
+    if name is not None:
+        if not isinstance(name, str):
+            raise InvalidArgumentError("field[name] must be a string")
+        if not name:
+            raise InvalidArgumentError("field[name] can not be empty")
+        _check_length("name", name, NAME_MAX)
+    if description is not None:
+        if not isinstance(description, str):
+            raise InvalidArgumentError("field[description] must be a string")
+        _check_length("description", description, DESCRIPTION_MAX)
+    get_image_package(context, uuid)
+    record = context.records.update(uuid, name=name, description=description)
+    if record is None:
+        raise NotFoundError(
+            f"invalid field[uuid], resource[uuid:{uuid}, type:ImagePackageVO] not found"
+        )
+    return record.inventory
+
+
+def delete_image_package(context: ExportContext, uuid: str) -> None:
+    """DeleteImagePackage: remove the record and the package file from its backup storage.
+
+    A package still ``Exporting`` is refused (SYS.1007), as deleting it would pull the file from
+    under the running export. If the storage cannot be reached, the record goes now and the
+    file removal is retried at the next start-up."""
+    record = context.records.get(uuid)
+    if record is None:
+        raise NotFoundError(
+            f"invalid field[uuid], resource[uuid:{uuid}, type:ImagePackageVO] not found"
+        )
+    if record.inventory.state is ImagePackageState.EXPORTING:
+        raise InvalidArgumentError(
+            f"image package[uuid: {uuid}] is still exporting; it cannot be deleted now"
+        )
+    deleted = context.records.delete(uuid)
+    if deleted is None:
+        return
+    bs = deleted.inventory.backup_storage_uuid
+    try:
+        storage = context.open_storage(bs)
+        try:
+            storage.remove(deleted.install_path)
+        finally:
+            storage.close()
+    except NotFoundError:
+        context.records.cleanup_done(bs, deleted.install_path)  # storage no longer configured
+        return
+    except OvfkitError as exc:
+        _log.warning("removal of %s from %s postponed: %s", deleted.install_path, bs, exc)
+        return
+    context.records.cleanup_done(bs, deleted.install_path)
+
+
+def package_file(context: ExportContext, uuid: str) -> tuple[ImagePackageInventory, Path]:
+    """The local file of an ``Exported`` package, for the service's download route.
+
+    SYS.1003 if there is no such exported package, or when the package lives on a remote
+    (SFTP) storage: the details then name its exportUrl."""
+    inventory = get_image_package(context, uuid)
+    record = context.records.get(uuid)
+    if record is None or inventory.state is not ImagePackageState.EXPORTED:
+        raise NotFoundError(f"image package[uuid: {uuid}] is not exported yet")
+    storage = context.open_storage(inventory.backup_storage_uuid)
+    try:
+        path = storage.local_file(record.install_path)
+    finally:
+        storage.close()
+    if path is None or not path.is_file():
+        raise NotFoundError(
+            f"image package[uuid: {uuid}] has no local file; fetch it from {inventory.export_url}"
+        )
+    return inventory, path

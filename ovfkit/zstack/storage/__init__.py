@@ -1,0 +1,24 @@
+"""Backup storages: where finished packages are kept (a local folder, or an SFTP host)."""
+
+from __future__ import annotations
+
+from ..config import BackupStorageConfig, LocalStorageConfig
+from .base import BackupStorage, PackageUpload
+from .local import LocalBackupStorage, package_download_path
+
+__all__ = [
+    "BackupStorage",
+    "LocalBackupStorage",
+    "PackageUpload",
+    "open_backup_storage",
+    "package_download_path",
+]
+
+
+def open_backup_storage(config: BackupStorageConfig, base_url: str | None = None) -> BackupStorage:
+    """Connect to a configured backup storage (SFTP: one SSH connection, closed by close())."""
+    if isinstance(config, LocalStorageConfig):
+        return LocalBackupStorage(config, base_url)
+    from .sftp import SftpBackupStorage  # paramiko is loaded only when an SFTP storage is used
+
+    return SftpBackupStorage(config)

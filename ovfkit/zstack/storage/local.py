@@ -1,0 +1,103 @@
+"""The local backup storage: a folder on this machine (the embedded default).
+
+exportUrl is the service's download URL when a base URL is configured (``ovfkit serve`` serves
+the folder, with HTTP Range), else a ``file://`` URL of the package.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+from ...errors import IoError
+from ..config import LocalStorageConfig
+from .base import PART_SUFFIX, check_package_name, fsync_dir
+
+__all__ = ["LocalBackupStorage", "package_download_path"]
+
+
+def package_download_path(package_uuid: str) -> str:
+    """The path, under the service's base URL, where ``ovfkit serve`` offers a local package.
+
+    The HTTP service routes ``GET /ova-packages/{uuid}.ova`` to the file of that record."""
+    return f"/ova-packages/{package_uuid}.ova"
+
+
+class _LocalUpload:
+    def __init__(self, folder: Path, name: str) -> None:
+        self._final = folder / name
+        self._part = folder / (name + PART_SUFFIX)
+        self._folder = folder
+
+    @property
+    def local_path(self) -> Path:
+        return self._part
+
+    def open(self) -> BinaryIO:
+        return open(self._part, "w+b")
+
+    def commit(self) -> None:
+        try:
+            with open(self._part, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(self._part, self._final)
+            fsync_dir(self._folder)
+        except OSError as exc:
+            raise IoError(f"cannot publish {self._final}: {exc.strerror}") from None
+
+    def abort(self) -> None:
+        for p in (self._part, self._final):
+            p.unlink(missing_ok=True)
+
+
+class LocalBackupStorage:
+    def __init__(self, config: LocalStorageConfig, base_url: str | None = None) -> None:
+        self.uuid = config.uuid
+        self.folder = Path(config.path)
+        self.base_url = base_url
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IoError(
+                f"backup storage[uuid: {self.uuid}]: cannot create {self.folder}: {exc.strerror}"
+            ) from None
+
+    def available_capacity(self) -> int:
+        try:
+            st = os.statvfs(self.folder)
+        except OSError as exc:
+            raise IoError(f"cannot stat {self.folder}: {exc.strerror}") from None
+        return st.f_bavail * st.f_frsize
+
+    def begin(self, name: str) -> _LocalUpload:
+        return _LocalUpload(self.folder, check_package_name(name))
+
+    def remove(self, name: str) -> None:
+        name = check_package_name(name)
+        for p in (self.folder / name, self.folder / (name + PART_SUFFIX)):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise IoError(f"cannot remove {p}: {exc.strerror}") from None
+
+    def size_of(self, name: str) -> int | None:
+        try:
+            return (self.folder / check_package_name(name)).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def export_url(self, name: str, package_uuid: str) -> str:
+        if self.base_url:
+            return self.base_url.rstrip("/") + package_download_path(package_uuid)
+        return (self.folder / check_package_name(name)).resolve().as_uri()
+
+    def local_file(self, name: str) -> Path:
+        return self.folder / check_package_name(name)
+
+    def close(self) -> None:
+        pass
