@@ -1,1 +1,52 @@
-"""Disk sources: reading any image qemu can open, extent by extent (holes are never read)."""
+"""Disk sources: reading any image qemu can open, extent by extent (holes are never read).
+
+:func:`open_source` picks the reader: a raw file is read directly (:mod:`.raw`), anything else
+(qcow2 with a backing chain or compressed clusters, vmdk, vhdx, ...) through a private read-only
+qemu-nbd (:mod:`.nbd`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from ..errors import NotFoundError
+from ..model import DiskSource
+from ..qemu import img
+from .memory import MemorySource
+from .nbd import NbdSource
+from .raw import RawSource
+from .source import Extent, ImageSource
+
+__all__ = ["Extent", "ImageSource", "MemorySource", "NbdSource", "RawSource", "open_source"]
+
+
+@contextlib.contextmanager
+def open_source(disk: DiskSource, *, force_shared: bool = False) -> Iterator[ImageSource]:
+    """An ImageSource for ``disk``, closed (qemu-nbd ended, its socket removed) on exit.
+
+    ``qemu-img info`` checks the image and its whole backing chain first: a missing file gives
+    NotFoundError, a broken image OperationFailedError, and an image open read-write elsewhere
+    (a running VM holds qemu's write lock) ImageInUseError, unless ``force_shared`` asks to read
+    it anyway (qemu's force-share; the data may be inconsistent while the VM writes).
+    """
+    if not os.path.lexists(disk.path):
+        raise NotFoundError(f"disk image {disk.path} does not exist")
+    info = img.info(disk.path, disk.format, backing_chain=True, force_share=force_shared)
+    source: ImageSource
+    if info.format == "raw" and not info.backing_chain:
+        raw = RawSource(disk.path)
+        if not force_shared and raw.write_locked():
+            raw.close()
+            raise img.ImageInUseError(
+                f"{disk.path}: the image is in use (another process, e.g. a running VM, holds"
+                " qemu's write lock); stop it, or read with force_shared at your own risk"
+            )
+        source = raw
+    else:
+        source = NbdSource.open(disk.path, info.format, force_share=force_shared)
+    try:
+        yield source
+    finally:
+        source.close()

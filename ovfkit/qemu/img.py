@@ -172,7 +172,7 @@ def classify_failure(command: str, stderr: str, exit_code: int | None = None) ->
     if _LOCK_RE.search(message):
         return ImageInUseError(
             details + " (the image is in use, e.g. by a running VM; stop it, or read with"
-            " force-share at your own risk)",
+            " force_shared at your own risk)",
             opaque=opaque,
         )
     if any(s in message for s in _NOT_FOUND):

@@ -1,0 +1,275 @@
+"""Disk sources against real images: what a source reports and reads must be what qemu reads."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import KiB, MakeImage, MiB, random_bytes, text_like
+
+from ovfkit.disk import ImageSource, MemorySource, NbdSource, RawSource, open_source
+from ovfkit.disk.nbd import QemuNbd
+from ovfkit.disk.source import Extent
+from ovfkit.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    OperationFailedError,
+    ToolMissingError,
+)
+from ovfkit.model import DiskSource
+from ovfkit.qemu import img
+
+KINDS = ["raw", "qcow2", "qcow2-compressed", "qcow2-backing", "vmdk"]
+LAYOUTS = {
+    "default-4M": (4 * MiB, None),
+    "not-64k-multiple": (3 * MiB + 512, None),
+    "empty": (2 * MiB, []),
+    "last-sector-only": (MiB + 5 * 512, [(MiB + 4 * 512, b"\x01" * 512)]),
+    "all-data": (MiB, [(0, text_like(MiB))]),
+}
+
+
+def _check_extents(extents: list[Extent], capacity: int) -> None:
+    assert extents, "no extents"
+    assert extents[0].start == 0
+    for a, b in itertools.pairwise(extents):
+        assert a.start + a.length == b.start, (a, b)
+        assert a.length > 0 and b.length > 0
+    assert extents[-1].start + extents[-1].length == capacity
+
+
+def _read_like_a_writer(source: ImageSource) -> tuple[bytes, list[Extent]]:
+    """Read only the data extents, as a writer does, leaving zero extents untouched."""
+    out = bytearray(source.capacity)
+    extents = list(source.extents())
+    for e in extents:
+        if not e.zero:
+            n = source.readinto(e.start, memoryview(out)[e.start : e.start + e.length])
+            assert n == e.length
+    return bytes(out), extents
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes only once reaped; Popen.wait reaps it.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("kind", KINDS)
+def test_source_reads_what_qemu_reads(make_image: MakeImage, kind: str, layout: str) -> None:
+    size, data = LAYOUTS[layout]
+    image = make_image(kind, size=size, data=data)
+    expected = image.read_raw()
+    with open_source(DiskSource(str(image.path), image.format)) as source:
+        assert isinstance(source, RawSource if kind == "raw" else NbdSource)
+        assert source.capacity == size
+        got, extents = _read_like_a_writer(source)
+        _check_extents(extents, size)
+        assert got == expected
+        # Zero extents really are zeros (nothing was read there).
+        for e in extents:
+            if e.zero:
+                assert not any(expected[e.start : e.start + e.length])
+        if kind != "raw":
+            # Extents agree with qemu-img map of the whole chain.
+            qemu_data = [
+                (m.start, m.start + m.length)
+                for m in img.map(image.path, image.format)
+                if m.data and not m.zero
+            ]
+            ours = [(e.start, e.start + e.length) for e in extents if not e.zero]
+            assert _merge(qemu_data) == _merge(ours)
+        if layout == "empty":
+            assert all(e.zero for e in extents)
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
+def test_format_probed_when_not_given(make_image: MakeImage) -> None:
+    image = make_image("qcow2-backing")
+    with open_source(DiskSource(str(image.path))) as source:
+        assert isinstance(source, NbdSource)
+        assert _read_like_a_writer(source)[0] == image.read_raw()
+
+
+@pytest.mark.parametrize("kind", ["qcow2", "raw"])
+def test_unaligned_and_large_reads(make_image: MakeImage, kind: str) -> None:
+    size = 10 * MiB + 512  # larger than one 8 MiB NBD read request
+    image = make_image(kind, size=size, data=[(0, random_bytes(size))])
+    expected = image.read_raw()
+    with open_source(DiskSource(str(image.path), image.format)) as source:
+        whole = bytearray(size)
+        assert source.readinto(0, memoryview(whole)) == size
+        assert whole == expected
+        buf = bytearray(12345)
+        assert source.readinto(777_777, memoryview(buf)) == len(buf)
+        assert buf == expected[777_777 : 777_777 + len(buf)]
+        tail = bytearray(4096)
+        assert source.readinto(size - 100, memoryview(tail)) == 100
+        assert tail[:100] == expected[-100:]
+
+
+def test_raw_source_odd_size_and_trailing_hole(tmp_path: Path) -> None:
+    path = tmp_path / "odd.raw"
+    with open(path, "wb") as f:
+        f.write(b"abc")
+        f.truncate(5 * MiB + 3)
+    source = RawSource(path)
+    try:
+        extents = list(source.extents())
+        _check_extents(extents, 5 * MiB + 3)
+        assert not extents[0].zero and extents[-1].zero
+        buf = bytearray(5)
+        assert source.readinto(0, memoryview(buf)) == 5
+        assert buf == b"abc\0\0"
+    finally:
+        source.close()
+    empty = tmp_path / "empty.raw"
+    empty.touch()
+    source = RawSource(empty)
+    assert source.capacity == 0 and list(source.extents()) == []
+    source.close()
+
+
+def test_memory_source() -> None:
+    data = bytes(64 * KiB) + b"x" * 100 + bytes(1000)
+    source = MemorySource(data, [(0, 64 * KiB), (64 * KiB + 100, 1000)])
+    assert list(source.extents()) == [
+        Extent(0, 64 * KiB, True),
+        Extent(64 * KiB, 100, False),
+        Extent(64 * KiB + 100, 1000, True),
+    ]
+    assert list(MemorySource(b"ab").extents()) == [Extent(0, 2, False)]
+    assert list(MemorySource(b"").extents()) == []
+    buf = bytearray(10)
+    assert source.readinto(len(data) - 4, memoryview(buf)) == 4
+    with pytest.raises(InvalidArgumentError):
+        MemorySource(data, [(64 * KiB, 10)])  # not zeros
+    with pytest.raises(InvalidArgumentError):
+        MemorySource(data, [(0, 10), (5, 10)])  # overlapping
+    with pytest.raises(InvalidArgumentError):
+        MemorySource(data, [(len(data) - 10, 20)])  # past the end
+
+
+# --- errors and cleanup ----------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    for fmt in (None, "raw", "qcow2"):
+        with pytest.raises(NotFoundError), open_source(DiskSource(str(tmp_path / "x"), fmt)):
+            pass
+
+
+def test_missing_backing_file(make_image: MakeImage) -> None:
+    image = make_image("qcow2-backing")
+    assert image.backing is not None
+    image.backing.unlink()
+    with pytest.raises(NotFoundError), open_source(DiskSource(str(image.path), "qcow2")):
+        pass
+
+
+def test_not_an_image(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    with pytest.raises(OperationFailedError), open_source(DiskSource(str(path), "qcow2")):
+        pass
+
+
+def _nbd_dirs() -> set[str]:
+    import tempfile
+
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("ovfkit-nbd-")}
+
+
+def test_qemu_nbd_ends_and_socket_dir_goes(make_image: MakeImage) -> None:
+    image = make_image("qcow2")
+    before = _nbd_dirs()
+    with open_source(DiskSource(str(image.path), "qcow2")) as source:
+        assert isinstance(source, NbdSource) and source.server is not None
+        pid = source.server.pid
+        sock = source.server.socket_path
+        assert pid is not None and _alive(pid) and os.path.exists(sock)
+    assert not _alive(pid)
+    assert not os.path.exists(os.path.dirname(sock))
+    assert _nbd_dirs() == before
+
+
+def test_qemu_nbd_ends_on_exception(make_image: MakeImage) -> None:
+    image = make_image("qcow2")
+    pid = None
+    with pytest.raises(RuntimeError), open_source(DiskSource(str(image.path))) as source:
+        assert isinstance(source, NbdSource) and source.server is not None
+        pid = source.server.pid
+        raise RuntimeError("writer failed")
+    assert pid is not None and not _alive(pid)
+
+
+def test_qemu_nbd_start_failure_is_mapped_and_cleaned(tmp_path: Path) -> None:
+    before = _nbd_dirs()
+    with pytest.raises(NotFoundError) as err:
+        NbdSource.open(str(tmp_path / "gone.qcow2"), "qcow2")
+    assert "No such file or directory" in err.value.details
+    assert _nbd_dirs() == before
+
+
+def test_qemu_nbd_not_installed(
+    make_image: MakeImage, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    image = make_image("qcow2")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ToolMissingError) as err:
+        NbdSource.open(str(image.path), "qcow2")
+    assert "qemu-utils" in err.value.details
+
+
+@pytest.mark.parametrize("kind", ["qcow2-backing", "raw"])
+def test_image_in_use_is_refused_unless_forced(
+    make_image: MakeImage, tmp_path: Path, kind: str
+) -> None:
+    image = make_image(kind)
+    sock = tmp_path / "vm.sock"
+    # A writable qemu-nbd takes the image's write lock, as the qemu of a running VM does.
+    vm = subprocess.Popen(
+        ["qemu-nbd", "--persistent", f"--socket={sock}", f"--format={image.format}", image.path],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        disk = DiskSource(str(image.path), image.format)
+        with pytest.raises(img.ImageInUseError) as err, open_source(disk):
+            pass
+        assert err.value.code == "SYS.1006"
+        assert "lock" in err.value.details and "force_shared" in err.value.details
+        with open_source(disk, force_shared=True) as source:
+            assert _read_like_a_writer(source)[0] == image.read_raw()
+    finally:
+        vm.terminate()
+        vm.wait()
+
+
+def test_socket_dir_removed_even_if_never_connected(make_image: MakeImage) -> None:
+    image = make_image("qcow2")
+    server = QemuNbd(str(image.path), "qcow2")
+    pid = server.pid
+    server.stop()
+    assert pid is not None and not _alive(pid)
+    assert not os.path.exists(os.path.dirname(server.socket_path))
