@@ -28,6 +28,13 @@ _EXPORTS: dict[str, str] = {
             "ToolMissingError",
         )
     },
+    **{
+        name: "ovfkit.ovf"
+        for name in (
+            "build_descriptor", "DescriptorOptions", "parse_descriptor", "plan_layout",
+            "PackageLayout", "FileRef", "validate_descriptor", "safe_basename",
+        )
+    },
     "Progress": "ovfkit.progress",
     "vm_from_zstack": "ovfkit.zstack",
 }
