@@ -39,13 +39,20 @@ try:  # isal: the same RFC 1950 streams as zlib, several times faster (issue 3 m
 except ImportError:  # pragma: no cover - isal is a dependency; stdlib zlib is the fallback
     _isal = None
 
-__all__ = ["BATCH_GRAINS", "VmdkOptions", "VmdkResult", "compressor", "write_vmdk"]
+__all__ = ["BATCH_GRAINS", "Sink", "VmdkOptions", "VmdkResult", "compressor", "write_vmdk"]
 
 G = fmt.GRAIN_SIZE
 BATCH_GRAINS = 64  # 4 MiB per task; divides GTES_PER_GT so a batch never spans two grain tables
 _ZERO_GRAIN = bytes(G)
 _MAX_SECTOR = 2**32 - 1  # grain table and directory entries are u32 sector offsets
 _ZLIB_LEVEL = {0: 1, 1: 1, 2: 6, 3: 9}  # isal level -> nearest stdlib zlib level (fallback)
+
+
+class Sink(Protocol):
+    """Where the VMDK goes: anything with ``write()`` (a file, a pipe, a socket file, a tar
+    member writer). A short write is continued; None (non-blocking, nothing taken) is retried."""
+
+    def write(self, data: bytes, /) -> int | None: ...
 
 
 class _ImageSource(Protocol):
@@ -92,7 +99,7 @@ def compressor(level: int) -> Compress:
 
 def write_vmdk(
     source: DiskSource | _ImageSource,
-    sink: BinaryIO,
+    sink: Sink | BinaryIO,
     options: VmdkOptions = VmdkOptions(),  # noqa: B008 - frozen, safe as a default
     *,
     progress: ProgressCallback | None = None,
@@ -169,7 +176,7 @@ def _compress_batch(
 class _Out:
     """The sink with its offset, digests and the 2 TiB check."""
 
-    def __init__(self, sink: BinaryIO, tee: DigestTee) -> None:
+    def __init__(self, sink: Sink | BinaryIO, tee: DigestTee) -> None:
         self.sink = sink
         self.tee = tee
         self.size = 0
@@ -186,21 +193,20 @@ class _Out:
                 "streamOptimized VMDK output would exceed 2 TiB (u32 sector offsets)"
             )
         self.tee.update(data)
-        view = memoryview(data)
+        self.size += len(data)
         try:
-            while view:
-                n = self.sink.write(view)
+            while data:
+                n = self.sink.write(data)
                 if n is None:  # a non-blocking raw sink that could not take it now
                     continue
-                view = view[n:]
+                data = data[n:] if n < len(data) else b""
         except OSError as e:
             raise IoError(f"writing the VMDK failed: {e}") from e
-        self.size += len(data)
 
 
 def _write_native(
     source: _ImageSource,
-    sink: BinaryIO,
+    sink: Sink | BinaryIO,
     options: VmdkOptions,
     progress: ProgressCallback | None,
     cancel: CancelToken | None,
@@ -295,9 +301,9 @@ def _write_native(
         out.write(fmt.encode_metadata_marker(fmt.MARKER_EOS, 0))
         digests = tee.hexdigests()
     try:
-        sink.flush()
-    except (AttributeError, ValueError):
-        pass
+        flush = getattr(sink, "flush", None)
+        if flush is not None:
+            flush()
     except OSError as e:
         raise IoError(f"writing the VMDK failed: {e}") from e
     if progress is not None:
