@@ -34,6 +34,7 @@ from .catalog import confine_paths
 from .context import ExportContext
 from .inventory import (
     API_MESSAGE,
+    Condition,
     DESCRIPTION_MAX,
     NAME_MAX,
     UUID_PATTERN,
@@ -49,7 +50,7 @@ from .records import DuplicateVmError, ExportLock, already_exported_message
 from .storage import BackupStorage
 
 if TYPE_CHECKING:
-    from ..ova import OvaOptions
+    from ..ova.writer import OvaOptions
 
 __all__ = [
     "PACKAGE_OVERHEAD",
@@ -150,7 +151,7 @@ def _write(
     cancel: CancelToken | None,
 ) -> tuple[str, int]:
     """Write the package through the storage's upload; (md5, size) of the published .ova."""
-    from ..ova import OvaOptions, write_ova
+    from ..ova.writer import OvaOptions, write_ova
 
     opts = options if options is not None else OvaOptions()
     upload = storage.begin(install_path)
@@ -293,7 +294,7 @@ def export_vm_ova_package(
 
 def query_image_packages(
     context: ExportContext,
-    conditions: Sequence[str] = (),
+    conditions: Sequence[str | Condition] = (),
     *,
     limit: int | None = None,
     start: int = 0,

@@ -40,15 +40,23 @@ from .inventory import is_zstack_uuid
 
 __all__ = [
     "CONFIG_NAME",
+    "DATA_DIR_ENV",
     "BackupStorageConfig",
     "Config",
     "LocalStorageConfig",
     "SftpStorageConfig",
+    "default_data_dir",
     "load_config",
     "save_config",
 ]
 
 CONFIG_NAME = "config.json"
+DATA_DIR_ENV = "OVFKIT_DATA_DIR"
+
+
+def default_data_dir() -> Path:
+    """``$OVFKIT_DATA_DIR``, else ``ovfkit-data`` in the current directory."""
+    return Path(os.environ.get(DATA_DIR_ENV) or "ovfkit-data")
 
 
 @dataclass(frozen=True)

@@ -350,5 +350,6 @@ def parse_condition(text: str) -> Condition:
     )
 
 
-def conditions_from_query(items: Sequence[str]) -> list[Condition]:
-    return [parse_condition(item) for item in items]
+def conditions_from_query(items: Sequence[str | Condition]) -> list[Condition]:
+    """``q=`` strings parsed; Condition objects (already parsed) passed through."""
+    return [item if isinstance(item, Condition) else parse_condition(item) for item in items]

@@ -174,8 +174,10 @@ class PackageRecords:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
-        with self._tx() as db:
-            db.executescript(_SCHEMA)
+        try:
+            self._conn().executescript(_SCHEMA)  # idempotent (IF NOT EXISTS), commits itself
+        except sqlite3.Error as exc:
+            raise IoError(f"cannot set up {self.path}: {exc}") from None
 
     # --- connections ---------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ the folder, with HTTP Range), else a ``file://`` URL of the package.
 from __future__ import annotations
 
 import errno
+import glob
 import os
 from pathlib import Path
 from typing import BinaryIO
@@ -26,30 +27,37 @@ def package_download_path(package_uuid: str) -> str:
 
 
 class _LocalUpload:
-    def __init__(self, folder: Path, name: str) -> None:
-        self._final = folder / name
-        self._part = folder / (name + PART_SUFFIX)
-        self._folder = folder
+    """The OVA writer given a path writes it atomically itself (a temporary
+    ``.<name>.<random>.part`` beside it, renamed over ``name`` when complete), so the upload
+    only names the final path; abort() removes the final file and any such leftover."""
+
+    def __init__(self, storage: LocalBackupStorage, name: str) -> None:
+        self._storage = storage
+        self._name = name
+        self._final = storage.folder / name
 
     @property
     def local_path(self) -> Path:
-        return self._part
+        return self._final
 
     def open(self) -> BinaryIO:
-        return open(self._part, "w+b")
+        return open(self._final.with_name(self._name + PART_SUFFIX), "w+b")
 
     def commit(self) -> None:
+        part = self._final.with_name(self._name + PART_SUFFIX)
         try:
-            with open(self._part, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(self._part, self._final)
-            fsync_dir(self._folder)
+            if part.exists():  # written through open()
+                with open(part, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(part, self._final)
+            if not self._final.is_file():
+                raise IoError(f"package {self._final} was not written")
+            fsync_dir(self._storage.folder)
         except OSError as exc:
             raise IoError(f"cannot publish {self._final}: {exc.strerror}") from None
 
     def abort(self) -> None:
-        for p in (self._part, self._final):
-            p.unlink(missing_ok=True)
+        self._storage.remove(self._name)
 
 
 class LocalBackupStorage:
@@ -72,11 +80,13 @@ class LocalBackupStorage:
         return st.f_bavail * st.f_frsize
 
     def begin(self, name: str) -> _LocalUpload:
-        return _LocalUpload(self.folder, check_package_name(name))
+        return _LocalUpload(self, check_package_name(name))
 
     def remove(self, name: str) -> None:
+        """Remove ``name``, ``name.part`` and the OVA writer's ``.name.*.part`` temporaries."""
         name = check_package_name(name)
-        for p in (self.folder / name, self.folder / (name + PART_SUFFIX)):
+        leftovers = [p for p in self.folder.glob(f".{glob.escape(name)}.*{PART_SUFFIX}")]
+        for p in (self.folder / name, self.folder / (name + PART_SUFFIX), *leftovers):
             try:
                 p.unlink()
             except FileNotFoundError:

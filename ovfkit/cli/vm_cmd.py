@@ -1,0 +1,101 @@
+"""``ovfkit vm add|list|remove``: the embedded VM catalog of a data folder.
+
+``add INVENTORY.json`` registers a ZStack VmInstanceInventory (a QueryVmInstance reply, an API
+event or a bare inventory) after checking that ovfkit can build a VM from it; ExportVmOvaPackage
+then finds it by uuid. Volume and ISO paths are checked against the storage roots at export time
+(the config may change in between); ``--storage-root`` adds a root to the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidArgumentError
+from ..zstack.catalog import FolderCatalog, unwrap_vm_inventory
+from ..zstack.config import DATA_DIR_ENV, default_data_dir, load_config, save_config
+
+__all__ = ["register"]
+
+
+def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"data folder (default: ${DATA_DIR_ENV}, else ./ovfkit-data)",
+    )
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "vm",
+        help="manage the VM catalog of a data folder",
+        description="Register, list and remove the VMs ExportVmOvaPackage can export.",
+    )
+    vm_sub = parser.add_subparsers(dest="vm_command", required=True, metavar="ACTION")
+    add = vm_sub.add_parser("add", help="register a VmInstanceInventory (JSON)")
+    add.add_argument("inventory", metavar="INVENTORY.json", help="inventory file, - for stdin")
+    add.add_argument(
+        "--storage-root",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also allow disks and ISOs under PATH (added to the config; repeatable)",
+    )
+    _data_dir_arg(add)
+    add.set_defaults(func=_add)
+    ls = vm_sub.add_parser("list", help="list registered VMs")
+    ls.add_argument("--json", action="store_true", help="print the inventories as JSON")
+    _data_dir_arg(ls)
+    ls.set_defaults(func=_list)
+    rm = vm_sub.add_parser("remove", help="unregister a VM")
+    rm.add_argument("uuid", help="the VM's uuid")
+    _data_dir_arg(rm)
+    rm.set_defaults(func=_remove)
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return args.data_dir if args.data_dir is not None else default_data_dir()
+
+
+def _add(args: argparse.Namespace) -> int:
+    from ..zstack.adapter import vm_from_zstack
+    from .descriptor_cmd import read_input
+
+    raw = read_input(args.inventory)
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{args.inventory}: not valid JSON: {exc}") from None
+    inventory = unwrap_vm_inventory(doc)
+    vm_from_zstack(inventory)  # refuse now what could never be exported
+    data = _data_dir(args)
+    if args.storage_root:
+        config = load_config(data)
+        for root in args.storage_root:
+            config = config.with_storage_root(str(Path(root).resolve()))
+        save_config(data, config)
+    uuid = FolderCatalog(data).add(inventory)
+    print(uuid)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    vms = FolderCatalog(_data_dir(args)).list()
+    if args.json:
+        json.dump({"inventories": vms}, sys.stdout, indent=1)
+        print()
+        return 0
+    for vm in vms:
+        print(f"{vm.get('uuid')}  {vm.get('state', '?'):<9} {vm.get('name', '')}")
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    FolderCatalog(_data_dir(args)).remove(args.uuid)
+    return 0
