@@ -1,0 +1,116 @@
+"""``ovfkit serve [--host 127.0.0.1] [--port 8080] [--data-dir DIR]``: the ZStack REST service
+(ExportVmOvaPackage, image packages, ParseOvf, login, package downloads) on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from typing import Any
+
+from ..errors import InvalidArgumentError
+
+__all__ = ["default_data_dir", "public_url", "register", "run"]
+
+DATA_DIR_ENV = "OVFKIT_DATA_DIR"
+
+
+def default_data_dir() -> str:
+    """``$OVFKIT_DATA_DIR``, else ``./ovfkit-data``."""
+    return os.environ.get(DATA_DIR_ENV) or "ovfkit-data"
+
+
+def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=None,
+        help=f"the data folder (default: ${DATA_DIR_ENV} or ./ovfkit-data)",
+    )
+
+
+def public_url(host: str, port: int) -> str:
+    """The URL clients reach the service at, for exportUrl: a wildcard bind address is replaced
+    by this machine's name; IPv6 literals get brackets (RFC 3986 3.2.2)."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="serve ZStack's ExportVmOvaPackage REST API",
+        description=(
+            "Serve POST /zstack/v1/ovf/ova-packages and the image-package, ParseOvf and login "
+            "APIs of ZStack over HTTP, on the data folder's catalog and backup storages. "
+            "Create an account first with 'ovfkit account add NAME'. The OpenAPI document is at "
+            "/zstack/v1/openapi.json."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
+    add_data_dir_argument(parser)
+    parser.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="base URL put in exportUrl of local packages (default: config.json's baseUrl, "
+        "else http://HOST:PORT)",
+    )
+    parser.add_argument(
+        "--export-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="exports run at the same time (default 2-4 by CPU count)",
+    )
+    parser.add_argument(
+        "--session-ttl",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="session lifetime (default 7200, ZStack's identity.session.timeout)",
+    )
+    parser.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..server import Backend, ServiceConfig, create_app
+    from ..zstack.auth import DEFAULT_SESSION_TTL, AuthStore
+    from ..zstack.config import load_config
+    from ..zstack.context import open_context
+
+    if not 0 < args.port < 65536:
+        raise InvalidArgumentError(f"--port must be 1-65535, not {args.port}")
+    if args.export_workers is not None and args.export_workers < 1:
+        raise InvalidArgumentError("--export-workers must be at least 1")
+    data_dir = args.data_dir or default_data_dir()
+    base_url = args.public_url or load_config(data_dir).base_url or public_url(args.host, args.port)
+    ttl = args.session_ttl if args.session_ttl is not None else DEFAULT_SESSION_TTL
+    auth = AuthStore(data_dir, session_ttl=ttl)
+    context = open_context(data_dir, base_url=base_url)
+    config = ServiceConfig(session_ttl=ttl)
+    if args.export_workers is not None:
+        config = ServiceConfig(session_ttl=ttl, export_workers=args.export_workers)
+    app = create_app(Backend(context), auth, config)
+    if not auth.list_accounts():
+        print(
+            "ovfkit serve: no account yet; create one with "
+            f"'ovfkit account add NAME --data-dir {data_dir}'",
+            flush=True,
+        )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0

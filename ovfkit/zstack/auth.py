@@ -1,0 +1,265 @@
+"""Accounts and sessions of the HTTP service, kept in the data folder (``auth.sqlite``).
+
+ZStack's ``LogInByAccount`` sends the password as the SHA-512 hex digest of the plain password
+(zstack-cli and the SDK examples hash it before sending); ZStack stores and compares that digest.
+Here the digest is never stored as is: it is stretched with scrypt under a per-account random salt
+(RFC 7914 parameters below) and compared in constant time, so a copy of ``auth.sqlite`` does not
+give anyone a password that logs in.
+
+Sessions carry ZStack's default lifetime (global config ``identity.session.timeout``, 7200 s) and
+are refused once expired; the uuid of a session is what clients send as ``Authorization: OAuth``.
+Error codes follow ZStack's ``IdentityErrors``: ID.1000 authentication error, ID.1001 invalid
+session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidArgumentError, IoError, OvfkitError
+
+__all__ = [
+    "DEFAULT_SESSION_TTL",
+    "Account",
+    "AuthStore",
+    "AuthenticationError",
+    "InvalidSessionError",
+    "Session",
+    "normalize_wire_password",
+    "wire_password",
+    "zstack_timestamp",
+]
+
+DEFAULT_SESSION_TTL = 7200.0
+AUTH_DB_NAME = "auth.sqlite"
+
+# scrypt cost: 16 MiB of memory and ~50 ms per login on one core (RFC 7914 section 2 suggests
+# N=2^14, r=8 for interactive logins).
+_SCRYPT_N = 2**14
+_SCRYPT_R = 8
+_SCRYPT_P = 1
+_SCRYPT_LEN = 32
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,254}")
+_SHA512_HEX = re.compile(r"[0-9a-fA-F]{128}")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+class AuthenticationError(OvfkitError):
+    code = "ID.1000"
+    description = "Authentication failed"
+
+
+class InvalidSessionError(OvfkitError):
+    code = "ID.1001"
+    description = "Session expired or invalid"
+
+
+def zstack_timestamp(ts: float) -> str:
+    """ZStack's JSON date, e.g. ``May 10, 2022 5:24:03 AM`` (local time, English month)."""
+    dt = datetime.fromtimestamp(ts)
+    hour = dt.hour % 12 or 12
+    half = "AM" if dt.hour < 12 else "PM"
+    return f"{_MONTHS[dt.month - 1]} {dt.day}, {dt.year} {hour}:{dt:%M:%S} {half}"
+
+
+def wire_password(plain: str) -> str:
+    """What a ZStack client sends for ``plain``: its SHA-512 as lowercase hex."""
+    return hashlib.sha512(plain.encode("utf-8")).hexdigest()
+
+
+def normalize_wire_password(sent: str) -> str:
+    """Accept what ZStack's SDK sends (a SHA-512 hex digest) and, for curl users, a plain
+    password, which is hashed the same way; either way the result is the SHA-512 hex."""
+    if _SHA512_HEX.fullmatch(sent):
+        return sent.lower()
+    return wire_password(sent)
+
+
+def _stretch(wire: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(
+        wire.encode("ascii"),
+        salt=salt,
+        n=_SCRYPT_N,
+        r=_SCRYPT_R,
+        p=_SCRYPT_P,
+        dklen=_SCRYPT_LEN,
+        maxmem=64 * 1024 * 1024,
+    )
+
+
+@dataclass(frozen=True)
+class Account:
+    uuid: str
+    name: str
+    create_date: float
+
+
+@dataclass(frozen=True)
+class Session:
+    """A login session. ZStack reports ``userUuid`` equal to ``accountUuid`` for account logins."""
+
+    uuid: str
+    account_uuid: str
+    create_date: float
+    expired_date: float
+
+    def to_inventory(self) -> dict[str, Any]:
+        """ZStack's SessionInventory JSON."""
+        return {
+            "uuid": self.uuid,
+            "accountUuid": self.account_uuid,
+            "userUuid": self.account_uuid,
+            "expiredDate": zstack_timestamp(self.expired_date),
+            "createDate": zstack_timestamp(self.create_date),
+        }
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    uuid TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    salt BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    create_date REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    uuid TEXT PRIMARY KEY,
+    account_uuid TEXT NOT NULL REFERENCES accounts(uuid) ON DELETE CASCADE,
+    create_date REAL NOT NULL,
+    expired_date REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions(expired_date);
+"""
+
+
+class AuthStore:
+    """Accounts and sessions in ``<data_dir>/auth.sqlite``; safe to share between threads (each
+    call opens its own connection) and between processes (SQLite locking, WAL journal)."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        session_ttl: float = DEFAULT_SESSION_TTL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if session_ttl <= 0:
+            raise InvalidArgumentError(f"session lifetime must be positive, got {session_ttl}")
+        self.path = Path(data_dir) / AUTH_DB_NAME
+        self.session_ttl = session_ttl
+        self._clock = clock
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._db() as db:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise IoError(f"cannot open the account database {self.path}: {exc}") from None
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA foreign_keys=ON")
+            yield db
+        finally:
+            db.close()
+
+    # -- accounts -----------------------------------------------------------------------------
+
+    def create_account(self, name: str, password: str) -> Account:
+        """Create account ``name`` with the plain ``password``; SYS.1007 if the name is taken or
+        not a valid account name, or the password is empty."""
+        if not _NAME_RE.fullmatch(name):
+            raise InvalidArgumentError(
+                f"invalid account name {name!r}: use 1-255 letters, digits, '_', '.', '@', '-', "
+                "starting with a letter or digit"
+            )
+        if not password:
+            raise InvalidArgumentError("the password of an account cannot be empty")
+        salt = secrets.token_bytes(16)
+        digest = _stretch(wire_password(password), salt)
+        account = Account(uuid=uuidlib.uuid4().hex, name=name, create_date=self._clock())
+        with self._db() as db:
+            try:
+                db.execute(
+                    "INSERT INTO accounts (uuid, name, salt, hash, create_date) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (account.uuid, name, salt, digest, account.create_date),
+                )
+            except sqlite3.IntegrityError:
+                raise InvalidArgumentError(f"account {name!r} already exists") from None
+        return account
+
+    def list_accounts(self) -> list[Account]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT uuid, name, create_date FROM accounts ORDER BY name"
+            ).fetchall()
+        return [Account(uuid=r[0], name=r[1], create_date=r[2]) for r in rows]
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def login(self, name: str, password: str) -> Session:
+        """Open a session for ``name``; ``password`` as ZStack sends it (SHA-512 hex) or plain.
+        A wrong name and a wrong password give the same ID.1000 error after the same work."""
+        wire = normalize_wire_password(password)
+        with self._db() as db:
+            row = db.execute(
+                "SELECT uuid, salt, hash FROM accounts WHERE name = ?", (name,)
+            ).fetchone()
+        if row is None:
+            # Same scrypt cost for unknown names, so timing does not tell which names exist.
+            _stretch(wire, b"\0" * 16)
+            raise AuthenticationError("wrong account name or password")
+        account_uuid, salt, stored = row
+        if not hmac.compare_digest(_stretch(wire, salt), stored):
+            raise AuthenticationError("wrong account name or password")
+        now = self._clock()
+        session = Session(
+            uuid=uuidlib.uuid4().hex,
+            account_uuid=account_uuid,
+            create_date=now,
+            expired_date=now + self.session_ttl,
+        )
+        with self._db() as db:
+            db.execute("DELETE FROM sessions WHERE expired_date <= ?", (now,))
+            db.execute(
+                "INSERT INTO sessions (uuid, account_uuid, create_date, expired_date) "
+                "VALUES (?, ?, ?, ?)",
+                (session.uuid, session.account_uuid, session.create_date, session.expired_date),
+            )
+        return session
+
+    def validate(self, session_uuid: str) -> Session:
+        """The live session ``session_uuid``; ID.1001 if unknown, logged out or expired."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT uuid, account_uuid, create_date, expired_date FROM sessions "
+                "WHERE uuid = ?",
+                (session_uuid,),
+            ).fetchone()
+        if row is None:
+            raise InvalidSessionError(f"session[uuid:{session_uuid}] is not found or logged out")
+        session = Session(uuid=row[0], account_uuid=row[1], create_date=row[2], expired_date=row[3])
+        if session.expired_date <= self._clock():
+            raise InvalidSessionError(f"session[uuid:{session_uuid}] expired")
+        return session
+
+    def logout(self, session_uuid: str) -> None:
+        """End a session; ending an unknown or already ended one is not an error (as ZStack)."""
+        with self._db() as db:
+            db.execute("DELETE FROM sessions WHERE uuid = ?", (session_uuid,))
