@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -192,15 +193,21 @@ def test_not_an_image(tmp_path: Path) -> None:
         pass
 
 
-def _nbd_dirs() -> set[str]:
-    import tempfile
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary directory of this test's own, so other runs' sockets do not count."""
+    where = tmp_path / "tmp"
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    return where
 
-    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("ovfkit-nbd-")}
+
+def _nbd_dirs(where: Path) -> set[str]:
+    return {p.name for p in where.iterdir() if p.name.startswith("ovfkit-nbd-")}
 
 
-def test_qemu_nbd_ends_and_socket_dir_goes(make_image: MakeImage) -> None:
+def test_qemu_nbd_ends_and_socket_dir_goes(make_image: MakeImage, private_tmp: Path) -> None:
     image = make_image("qcow2")
-    before = _nbd_dirs()
     with open_source(DiskSource(str(image.path), "qcow2")) as source:
         assert isinstance(source, NbdSource) and source.server is not None
         pid = source.server.pid
@@ -208,7 +215,8 @@ def test_qemu_nbd_ends_and_socket_dir_goes(make_image: MakeImage) -> None:
         assert pid is not None and _alive(pid) and os.path.exists(sock)
     assert not _alive(pid)
     assert not os.path.exists(os.path.dirname(sock))
-    assert _nbd_dirs() == before
+    assert os.path.dirname(os.path.dirname(sock)) == str(private_tmp)
+    assert _nbd_dirs(private_tmp) == set()
 
 
 def test_qemu_nbd_ends_on_exception(make_image: MakeImage) -> None:
@@ -221,12 +229,11 @@ def test_qemu_nbd_ends_on_exception(make_image: MakeImage) -> None:
     assert pid is not None and not _alive(pid)
 
 
-def test_qemu_nbd_start_failure_is_mapped_and_cleaned(tmp_path: Path) -> None:
-    before = _nbd_dirs()
+def test_qemu_nbd_start_failure_is_mapped_and_cleaned(tmp_path: Path, private_tmp: Path) -> None:
     with pytest.raises(NotFoundError) as err:
         NbdSource.open(str(tmp_path / "gone.qcow2"), "qcow2")
     assert "No such file or directory" in err.value.details
-    assert _nbd_dirs() == before
+    assert _nbd_dirs(private_tmp) == set()
 
 
 def test_qemu_nbd_not_installed(
