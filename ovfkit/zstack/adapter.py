@@ -371,9 +371,7 @@ def _disk_slots(count: int, scsi_subtype: str) -> tuple[list[Controller], list[t
     return controllers, slots
 
 
-def _nics(
-    vm: Mapping[str, Any], platform: str
-) -> tuple[tuple[Nic, ...], tuple[Network, ...]]:
+def _nics(vm: Mapping[str, Any], platform: str) -> tuple[tuple[Nic, ...], tuple[Network, ...]]:
     raw = _opt(vm, "vmNics")
     if raw is None:
         return (), ()
