@@ -35,6 +35,13 @@ _EXPORTS: dict[str, str] = {
             "PackageLayout", "FileRef", "validate_descriptor", "safe_basename",
         )
     },
+    **{
+        name: "ovfkit.ova"
+        for name in (
+            "write_ova", "OvaOptions", "PackageResult", "open_package", "verify_package",
+            "extract_package",
+        )
+    },
     "Progress": "ovfkit.progress",
     "vm_from_zstack": "ovfkit.zstack",
 }

@@ -1,0 +1,577 @@
+"""Reading packages back: open_package, verify_package, extract_package.
+
+A package is an ``.ova`` (one tar) or an ``.ovf`` with its files in the same folder. Members are
+found by offset from their tar headers and read in place, never extracted to look at them.
+
+Packages come from anywhere, so the tar walk refuses (TarFormatError, SYS.1006) what an attacker
+would use and an OVA never needs: links, devices, FIFOs, absolute names, ``..``, duplicate names,
+extension headers, members that claim to run past the end of the file, more than
+``MAX_MEMBERS`` members, and a descriptor over ``MAX_DESCRIPTOR`` bytes (it is read into memory).
+``extract_package`` writes only plain files directly inside the target folder, refusing to
+follow or replace a symbolic link there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO, Literal, cast
+
+from ..errors import InvalidArgumentError, IoError, NotFoundError, OvfkitError
+from ..model import VirtualMachine
+from ..ovf.layout import FileRef
+from ..ovf.reader import ParsedDescriptor, parse_package_descriptor
+from ..progress import CancelToken, Progress, ProgressCallback, check_cancel
+from . import tar
+from .manifest import ManifestError, parse_manifest
+from .signing import verify_certificate_file
+from .tar import TarFormatError
+
+__all__ = [
+    "MAX_DESCRIPTOR",
+    "MAX_MEMBERS",
+    "Member",
+    "Package",
+    "Report",
+    "extract_package",
+    "open_package",
+    "verify_package",
+]
+
+MAX_DESCRIPTOR = 32 << 20  # VMware's own limit is far lower; real descriptors are a few KiB
+MAX_MEMBERS = 10_000
+_READ_CHUNK = 4 << 20
+_CHUNK_NAME = re.compile(r"(.+)\.(\d{9})")
+
+
+@dataclass(frozen=True)
+class Member:
+    """A file of the package: ``size`` bytes at ``offset`` of ``path`` (the .ova, or the file
+    itself beside an .ovf). ``header_offset`` is the tar header's position (None beside .ovf)."""
+
+    name: str
+    path: str
+    offset: int
+    size: int
+    header_offset: int | None = None
+
+
+@dataclass(frozen=True)
+class Package:
+    """An opened package: its members in archive order and its parsed descriptor."""
+
+    path: str
+    kind: Literal["ova", "ovf"]
+    members: tuple[Member, ...]
+    descriptor_name: str
+    descriptor: bytes
+    parsed: ParsedDescriptor
+    end_of_archive: bool = True
+
+    @property
+    def vm(self) -> VirtualMachine:
+        return self.parsed.vm
+
+    def member(self, name: str) -> Member | None:
+        for m in self.members:
+            if m.name == name:
+                return m
+        return None
+
+    def file_members(self, ref: FileRef) -> tuple[Member, ...]:
+        """The member(s) holding a References/File: itself, or its chunks in order."""
+        whole = self.member(ref.href)
+        if whole is not None:
+            return (whole,)
+        chunks = []
+        for index in range(len(self.members)):
+            m = self.member(f"{ref.href}.{index:09d}")
+            if m is None:
+                break
+            chunks.append(m)
+        return tuple(chunks)
+
+    def read_member(self, member: Member, limit: int = MAX_DESCRIPTOR) -> bytes:
+        if member.size > limit:
+            raise TarFormatError(
+                f"member {member.name!r} is {member.size} bytes; refusing to read more than {limit}"
+            )
+        with open(member.path, "rb") as f:
+            f.seek(member.offset)
+            data = f.read(member.size)
+        if len(data) != member.size:
+            raise TarFormatError(f"member {member.name!r} is truncated")
+        return data
+
+    @contextlib.contextmanager
+    def open_stream(self, members: tuple[Member, ...]) -> Iterator[BinaryIO]:
+        """A seekable read-only stream over the concatenated members (a File's chunks)."""
+        with contextlib.ExitStack() as stack:
+            paths = dict.fromkeys(m.path for m in members)
+            files = {p: stack.enter_context(open(p, "rb")) for p in paths}
+            yield cast(BinaryIO, _Concat([(files[m.path], m.offset, m.size) for m in members]))
+
+
+class _Concat(io.RawIOBase):
+    """Segments of open files read as one stream (read/seek/tell only)."""
+
+    def __init__(self, segments: list[tuple[BinaryIO, int, int]]) -> None:
+        self.segments = segments
+        self.size = sum(s for _, _, s in segments)
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + pos)
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.size - self.pos
+        out = bytearray()
+        start = 0
+        for f, offset, size in self.segments:
+            end = start + size
+            if self.pos < end and n > len(out):
+                rel = self.pos - start if self.pos > start else 0
+                want = min(size - rel, n - len(out))
+                if self.pos >= start:
+                    f.seek(offset + rel)
+                    chunk = f.read(want)
+                    out += chunk
+                    self.pos += len(chunk)
+                    if len(chunk) < want:
+                        break
+            start = end
+        return bytes(out)
+
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening
+# ---------------------------------------------------------------------------------------------
+
+
+def scan_tar(path: str) -> tuple[list[Member], bool]:
+    """Members of the tar at ``path`` by offset, and whether the end-of-archive blocks are there.
+    Raises TarFormatError for anything hostile or malformed (see the module docstring)."""
+    members: list[Member] = []
+    seen: set[str] = set()
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise NotFoundError(f"package {path!r} does not exist") from None
+    except OSError as exc:
+        raise IoError(f"cannot open package {path!r}: {exc.strerror}") from None
+    with f:
+        file_size = os.fstat(f.fileno()).st_size
+        pos = 0
+        while True:
+            block = f.read(tar.BLOCK)
+            if len(block) < tar.BLOCK:
+                if block.strip(b"\x00"):
+                    raise TarFormatError(f"package {path!r} ends inside a tar header")
+                return members, False
+            if tar.is_zero_block(block):
+                second = f.read(tar.BLOCK)
+                return members, len(second) == tar.BLOCK and tar.is_zero_block(second)
+            header = tar.decode_header(block)
+            data = pos + tar.BLOCK
+            if data + header.size > file_size:
+                raise TarFormatError(
+                    f"tar member {header.name!r} claims {header.size} bytes at offset {data},"
+                    f" past the end of the {file_size}-byte file"
+                )
+            if not header.is_dir:
+                if header.name in seen:
+                    raise TarFormatError(f"tar member {header.name!r} appears twice")
+                seen.add(header.name)
+                members.append(Member(header.name, path, data, header.size, pos))
+                if len(members) > MAX_MEMBERS:
+                    raise TarFormatError(f"package has more than {MAX_MEMBERS} members")
+            pos = data + header.padded_size
+            f.seek(pos)
+
+
+def open_package(path: str | os.PathLike[str]) -> Package:
+    """Open an ``.ova`` (a tar) or an ``.ovf`` whose files sit beside it, and parse the
+    descriptor into the model. Nothing is extracted."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise NotFoundError(f"package {path!r} does not exist")
+    if path.lower().endswith(".ovf"):
+        return _open_ovf(path)
+    members, end = scan_tar(path)
+    descriptor = next((m for m in members if m.name.lower().endswith(".ovf")), None)
+    if descriptor is None:
+        raise InvalidArgumentError(f"package {path!r} holds no .ovf descriptor")
+    package = Package(
+        path=path,
+        kind="ova",
+        members=tuple(members),
+        descriptor_name=descriptor.name,
+        descriptor=b"",
+        parsed=cast(ParsedDescriptor, None),
+        end_of_archive=end,
+    )
+    data = package.read_member(descriptor)
+    return Package(
+        path=path,
+        kind="ova",
+        members=package.members,
+        descriptor_name=descriptor.name,
+        descriptor=data,
+        parsed=parse_package_descriptor(data),
+        end_of_archive=end,
+    )
+
+
+def _open_ovf(path: str) -> Package:
+    size = os.path.getsize(path)
+    if size > MAX_DESCRIPTOR:
+        raise TarFormatError(f"descriptor {path!r} is {size} bytes; more than {MAX_DESCRIPTOR}")
+    with open(path, "rb") as f:
+        data = f.read()
+    parsed = parse_package_descriptor(data)
+    folder = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    stem = name[:-4]
+    members = [Member(name, path, 0, size)]
+    wanted = [f"{stem}.mf", f"{stem}.cert"]
+    for ref in parsed.files:
+        wanted.append(ref.href)
+        wanted += [f"{ref.href}.{i:09d}" for i in range(_count_chunks(folder, ref.href))]
+    for member in wanted:
+        _check_relative(member)
+        full = os.path.join(folder, member)
+        if os.path.isfile(full) and not os.path.islink(full):
+            members.append(Member(member, full, 0, os.path.getsize(full)))
+    return Package(path, "ovf", tuple(members), name, data, parsed)
+
+
+def _count_chunks(folder: str, href: str) -> int:
+    n = 0
+    while os.path.isfile(os.path.join(folder, f"{href}.{n:09d}")):
+        n += 1
+    return n
+
+
+def _check_relative(name: str) -> None:
+    parts = name.split("/")
+    if name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts):
+        raise TarFormatError(f"file reference {name!r} is not a safe relative name")
+
+
+# ---------------------------------------------------------------------------------------------
+# Verifying
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Report:
+    """What verify_package found: ``problems`` (empty = valid) and ``checked`` (what passed)."""
+
+    path: str
+    problems: tuple[str, ...]
+    checked: tuple[str, ...] = ()
+    vm: VirtualMachine | None = None
+    members: tuple[Member, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _digest(
+    package: Package,
+    member: Member,
+    algorithm: str,
+    cancel: CancelToken | None,
+    progress: ProgressCallback | None,
+) -> str:
+    h = hashlib.new(algorithm)
+    done = 0
+    with open(member.path, "rb") as f:
+        f.seek(member.offset)
+        left = member.size
+        while left:
+            check_cancel(cancel, "verify")
+            chunk = f.read(min(_READ_CHUNK, left))
+            if not chunk:
+                raise TarFormatError(f"member {member.name!r} is truncated")
+            h.update(chunk)
+            left -= len(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(Progress(f"verify {member.name}", done, member.size))
+    return h.hexdigest()
+
+
+def verify_package(
+    path: str | os.PathLike[str],
+    *,
+    check_data: bool = True,
+    strict_schema: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> Report:
+    """Check a package and list every problem found: tar layout and member order (DSP0243
+    §5.3), descriptor schema, manifest format and every digest, certificate signature, File
+    sizes and chunking, each VMDK's structure (and, with ``check_data``, every grain) through
+    ``ovfkit.vmdk.inspect_vmdk``, disk capacities and populated sizes."""
+    path = os.fspath(path)
+    problems: list[str] = []
+    checked: list[str] = []
+    try:
+        package = open_package(path)
+    except OvfkitError as exc:
+        return Report(path, (f"cannot open: {exc.details}",))
+    if package.kind == "ova" and not package.end_of_archive:
+        problems.append("tar archive does not end with two zero blocks")
+    _check_schema(package, strict_schema, problems, checked)
+    refs = package.parsed.files
+    stem = package.descriptor_name[:-4]
+    mf_name, cert_name = f"{stem}.mf", f"{stem}.cert"
+    mf = package.member(mf_name)
+    cert = package.member(cert_name)
+    file_members = {ref.id: package.file_members(ref) for ref in refs}
+    _check_order(package, refs, file_members, mf, cert, problems, checked)
+    _check_sizes(refs, file_members, problems, checked)
+    if mf is not None:
+        _check_manifest(package, mf, file_members, problems, checked, progress, cancel)
+        if cert is not None:
+            cert_bytes = package.read_member(cert, 1 << 20)
+            mf_bytes = package.read_member(mf)
+            cert_problems = verify_certificate_file(cert_bytes, mf_name, mf_bytes)
+            problems += [f"{cert_name}: {p}" for p in cert_problems]
+            if not cert_problems:
+                checked.append(f"{cert_name}: signature of {mf_name} verifies")
+    elif cert is not None:
+        problems.append(f"{cert_name} present without a manifest")
+    else:
+        checked.append("no manifest (digests not checked)")
+    _check_disks(package, file_members, check_data, problems, checked, cancel)
+    return Report(path, tuple(problems), tuple(checked), package.vm, package.members)
+
+
+def _check_schema(package: Package, strict: bool, problems: list[str], checked: list[str]) -> None:
+    from ..ovf.validate import validate_descriptor
+
+    try:
+        validate_descriptor(package.descriptor, strict=strict)
+        checked.append(f"{package.descriptor_name}: valid against the DMTF schema")
+    except OvfkitError as exc:
+        problems.append(f"{package.descriptor_name}: {exc.details}")
+
+
+def _check_order(
+    package: Package,
+    refs: tuple[FileRef, ...],
+    file_members: dict[str, tuple[Member, ...]],
+    mf: Member | None,
+    cert: Member | None,
+    problems: list[str],
+    checked: list[str],
+) -> None:
+    if package.kind != "ova":
+        return
+    names = [m.name for m in package.members]
+    files: list[str] = []
+    for ref in refs:
+        members = file_members[ref.id]
+        if not members:
+            problems.append(f"File {ref.id!r} ({ref.href}) is not in the package")
+        files += [m.name for m in members if m.name not in files]
+    meta = [m.name for m in (mf, cert) if m is not None]
+    head = [package.descriptor_name]
+    allowed = (head + meta + files, head + files + meta)
+    extra = [n for n in names if n not in {*head, *meta, *files}]
+    if extra:
+        problems.append(f"members not listed in References: {', '.join(extra)}")
+    known = [n for n in names if n not in extra]
+    if names[0] != package.descriptor_name:
+        problems.append(f"the descriptor is not the first member (found {names[0]!r})")
+    elif known not in allowed:
+        problems.append(
+            "member order is not descriptor, manifest, certificate, files in References order"
+            " (or descriptor, files, manifest, certificate): " + ", ".join(known)
+        )
+    else:
+        checked.append("member order follows DSP0243 §5.3")
+
+
+def _check_sizes(
+    refs: tuple[FileRef, ...],
+    file_members: dict[str, tuple[Member, ...]],
+    problems: list[str],
+    checked: list[str],
+) -> None:
+    for ref in refs:
+        members = file_members[ref.id]
+        if not members:
+            continue
+        total = sum(m.size for m in members)
+        if ref.size is not None and ref.size != total:
+            problems.append(f"File {ref.href}: ovf:size {ref.size} but the package holds {total}")
+        elif ref.size is not None:
+            checked.append(f"File {ref.href}: size {total} matches")
+        if len(members) > 1 or ref.chunk_size is not None:
+            if ref.chunk_size is None:
+                problems.append(f"File {ref.href} is chunked but declares no ovf:chunkSize")
+            elif any(m.size != ref.chunk_size for m in members[:-1]) or (
+                members[-1].size > ref.chunk_size
+            ):
+                problems.append(f"File {ref.href}: chunks do not match ovf:chunkSize")
+
+
+def _check_manifest(
+    package: Package,
+    mf: Member,
+    file_members: dict[str, tuple[Member, ...]],
+    problems: list[str],
+    checked: list[str],
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+) -> None:
+    try:
+        entries = parse_manifest(package.read_member(mf))
+    except ManifestError as exc:
+        problems.append(f"{mf.name}: {exc.details}")
+        return
+    listed = {e.name: e for e in entries}
+    expected = [package.descriptor_name]
+    for members in file_members.values():
+        expected += [m.name for m in members if m.name not in expected]
+    for name in expected:
+        if name not in listed:
+            problems.append(f"{mf.name} does not list {name}")
+    for entry in entries:
+        member = package.member(entry.name)
+        if member is None or entry.name not in expected:
+            problems.append(f"{mf.name} lists {entry.name!r}, which is not a package file")
+            continue
+        actual = _digest(package, member, entry.algorithm, cancel, progress)
+        if actual != entry.digest:
+            problems.append(
+                f"{entry.name}: {entry.algorithm.upper()} digest {actual} does not match the"
+                f" manifest ({entry.digest})"
+            )
+        else:
+            checked.append(f"{entry.name}: {entry.algorithm.upper()} digest matches")
+
+
+def _check_disks(
+    package: Package,
+    file_members: dict[str, tuple[Member, ...]],
+    check_data: bool,
+    problems: list[str],
+    checked: list[str],
+    cancel: CancelToken | None,
+) -> None:
+    from ..vmdk.reader import inspect_vmdk
+
+    parsed = package.parsed
+    capacities = dict(parsed.capacities)
+    formats = dict(parsed.formats)
+    for disk_file in parsed.layout.disks:
+        check_cancel(cancel, "verify")
+        members = file_members.get(disk_file.file.id, ())
+        if not members:
+            continue
+        fmt_uri = formats.get(disk_file.disk_id, "")
+        if "vmdk" not in fmt_uri.lower():
+            checked.append(f"{disk_file.file.href}: format {fmt_uri!r} not inspected")
+            continue
+        name = disk_file.file.href
+        try:
+            with package.open_stream(members) as stream:
+                info = inspect_vmdk(stream, check_data=check_data)
+        except OvfkitError as exc:
+            problems.append(f"{name}: {exc.details}")
+            continue
+        for fault in info.faults:
+            problems.append(f"{name}: {fault.details}")
+        capacity = capacities.get(disk_file.disk_id)
+        if capacity is not None and info.faults == () and capacity != info.capacity:
+            problems.append(
+                f"{name}: ovf:capacity {capacity} but the VMDK holds {info.capacity} bytes"
+            )
+        populated = disk_file.populated_size
+        if populated is not None and not info.faults and populated != info.populated_size:
+            problems.append(
+                f"{name}: ovf:populatedSize {populated} but the VMDK stores"
+                f" {info.populated_size} bytes of grains"
+            )
+        if not info.faults:
+            what = "structure and every grain" if check_data else "structure"
+            checked.append(f"{name}: VMDK {what} valid ({info.grains} grains)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Extracting
+# ---------------------------------------------------------------------------------------------
+
+
+def extract_package(
+    path: str | os.PathLike[str],
+    folder: str | os.PathLike[str],
+    *,
+    cancel: CancelToken | None = None,
+) -> tuple[str, ...]:
+    """Copy the package's files into ``folder`` (created if missing) as plain files; returns
+    their paths. Never writes outside ``folder``: names are flat or safe relative paths,
+    existing symbolic links are refused (``O_NOFOLLOW``), nothing is overwritten."""
+    package = open_package(path)
+    root = os.path.realpath(os.fspath(folder))
+    os.makedirs(root, exist_ok=True)
+    out: list[str] = []
+    for member in package.members:
+        check_cancel(cancel, "extract")
+        _check_relative(member.name)
+        target = os.path.realpath(os.path.join(root, os.path.dirname(member.name)))
+        if target != root and not target.startswith(root + os.sep):
+            raise TarFormatError(f"member {member.name!r} would land outside {root!r}")
+        os.makedirs(target, exist_ok=True)
+        dest = os.path.join(target, os.path.basename(member.name))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(dest, flags, 0o644)
+        except FileExistsError:
+            raise InvalidArgumentError(f"{dest!r} already exists; not overwritten") from None
+        except OSError as exc:
+            raise IoError(f"cannot create {dest!r}: {exc.strerror}") from None
+        try:
+            with os.fdopen(fd, "wb") as dst, open(member.path, "rb") as src:
+                src.seek(member.offset)
+                left = member.size
+                while left:
+                    check_cancel(cancel, "extract")
+                    chunk = src.read(min(_READ_CHUNK, left))
+                    if not chunk:
+                        raise TarFormatError(f"member {member.name!r} is truncated")
+                    dst.write(chunk)
+                    left -= len(chunk)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(dest)
+            raise
+        out.append(dest)
+    return tuple(out)
