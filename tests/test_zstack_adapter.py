@@ -523,3 +523,61 @@ def test_one_field_of_the_example_replaced_by_garbage(
     else:
         node[path[-1]] = value
     _outcome(vm_doc)
+
+
+# --- the descriptor of what the adapter builds ----------------------------------------------
+
+
+def _variants() -> dict[str, tuple[dict[str, Any], list[str]]]:
+    windows = with_data_disks(69)
+    windows.update(platform="Windows", guestOsType="WindowsServer 2016")
+    many_cds = bare()
+    many_cds["vmCdRoms"] = [{"deviceId": i} for i in range(4)]
+    i686 = bare()
+    i686.update(architecture="i686", guestOsType="Debian 9")
+    return {
+        "example": (bare(), []),
+        "windows-70-disks-uefi": (windows, ["bootMode::UEFI"]),
+        "four-cdroms-cd-boot": (many_cds, ["bootOrder::CdRom,HardDisk"]),
+        "i686": (i686, []),
+    }
+
+
+@pytest.mark.parametrize("variant", sorted(_variants()))
+@pytest.mark.parametrize("ovf_version", ["1.0", "2.0"])
+def test_descriptor_of_the_adapters_vm_validates_and_reads_back(
+    variant: str, ovf_version: str
+) -> None:
+    from ovfkit.ovf import (
+        DescriptorOptions,
+        build_descriptor,
+        parse_descriptor,
+        validate_descriptor,
+    )
+
+    doc, tags = _variants()[variant]
+    vm = vm_from_zstack(doc, system_tags=tags)
+    xml = build_descriptor(vm, DescriptorOptions(ovf_version=ovf_version))  # type: ignore[arg-type]
+    validate_descriptor(xml)
+    validate_descriptor(xml, strict=True)
+    back = parse_descriptor(xml)
+    assert back.name == vm.name
+    assert (back.vcpus, back.memory_mib, back.firmware) == (vm.vcpus, vm.memory_mib, vm.firmware)
+    assert (back.guest_os.cim_id, back.guest_os.vmware_id) == (
+        vm.guest_os.cim_id,
+        vm.guest_os.vmware_id,
+    )
+    assert [d.capacity for d in back.disks] == [d.capacity for d in vm.disks]
+    assert [(n.adapter, n.mac, n.network) for n in back.nics] == [
+        (n.adapter, n.mac, n.network) for n in vm.nics
+    ]
+    assert len(back.cd_drives) == len(vm.cd_drives)
+    placed = {
+        (vm.controller(d.controller).type, vm.controller(d.controller).bus_number, d.unit)
+        for d in vm.disks
+    }
+    placed_back = {
+        (back.controller(d.controller).type, back.controller(d.controller).bus_number, d.unit)
+        for d in back.disks
+    }
+    assert placed_back == placed
