@@ -12,7 +12,8 @@
   is deleted and its files queued in one transaction; the queue entry goes once the files are
   gone. A storage that is unreachable at that moment is retried at the next start-up.
 
-Timestamps are stored as Unix seconds (REAL) and given back as aware datetimes in local time.
+Timestamps are stored as Unix milliseconds (INTEGER, Java's precision, exact in round trips) and
+given back as aware datetimes in local time.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ CREATE TABLE IF NOT EXISTS image_packages (
     md5_sum             TEXT,
     format              TEXT NOT NULL DEFAULT 'OVA',
     size                INTEGER,
-    create_date         REAL NOT NULL,
-    last_op_date        REAL NOT NULL,
+    create_date         INTEGER NOT NULL,
+    last_op_date        INTEGER NOT NULL,
     install_path        TEXT NOT NULL,
     owner_pid           INTEGER
 );
@@ -106,8 +107,16 @@ class PackageRecord:
     install_path: str
 
 
-def _to_datetime(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC).astimezone()
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC).astimezone()
+
+
+def _to_ms(moment: datetime) -> int:
+    return round(moment.timestamp() * 1000)
 
 
 def _row_to_record(row: Sequence[Any]) -> PackageRecord:
@@ -233,7 +242,7 @@ class PackageRecords:
         install_path: str,
     ) -> None:
         """Insert the ``Exporting`` row. The caller holds the package's ExportLock already."""
-        now = time.time()
+        now = _now_ms()
         try:
             with self._tx() as db:
                 # A new package replaces any queued removal of the same file name.
@@ -271,7 +280,7 @@ class PackageRecords:
                 "UPDATE image_packages SET state=?, export_url=?, md5_sum=?, size=?, "
                 "last_op_date=?, owner_pid=NULL WHERE uuid=? AND state=?",
                 (
-                    ImagePackageState.EXPORTED.value, export_url, md5_sum, size, time.time(),
+                    ImagePackageState.EXPORTED.value, export_url, md5_sum, size, _now_ms(),
                     uuid, ImagePackageState.EXPORTING.value,
                 ),
             )
@@ -329,7 +338,7 @@ class PackageRecords:
     ) -> PackageRecord | None:
         with self._tx() as db:
             sets: list[str] = ["last_op_date=?"]
-            args: list[object] = [time.time()]
+            args: list[object] = [_now_ms()]
             if name is not None:
                 sets.append("name=?")
                 args.append(name)
@@ -410,7 +419,7 @@ def _query_value(field: str, text: str) -> Any:
             ) from None
     if field in _DATES:
         try:
-            return parse_zstack_time(text).timestamp()
+            return _to_ms(parse_zstack_time(text))
         except InvalidArgumentError:
             pass
         try:
@@ -420,7 +429,7 @@ def _query_value(field: str, text: str) -> Any:
                 f"invalid query value for field[{field}]: {text!r} is neither a ZStack "
                 "timestamp (May 10, 2022 5:24:03 AM) nor ISO 8601"
             ) from None
-        return (moment if moment.tzinfo else moment.astimezone()).timestamp()
+        return _to_ms(moment if moment.tzinfo else moment.astimezone())
     return text
 
 
