@@ -4,20 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 from typing import Any
 
 from ..errors import InvalidArgumentError
+from ..zstack.config import DATA_DIR_ENV, default_data_dir
 
-__all__ = ["default_data_dir", "public_url", "register", "run"]
-
-DATA_DIR_ENV = "OVFKIT_DATA_DIR"
-
-
-def default_data_dir() -> str:
-    """``$OVFKIT_DATA_DIR``, else ``./ovfkit-data``."""
-    return os.environ.get(DATA_DIR_ENV) or "ovfkit-data"
+__all__ = ["add_data_dir_argument", "default_data_dir", "public_url", "register", "run"]
 
 
 def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:

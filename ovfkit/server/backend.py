@@ -1,0 +1,66 @@
+"""What the HTTP handlers call: the function layer of :mod:`ovfkit.zstack.api` on one opened
+:class:`~ovfkit.zstack.context.ExportContext`, plus the look-up of a package file to download.
+Every method is blocking and meant to run in a worker thread."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import NotFoundError
+from ..model import VirtualMachine
+from ..zstack import api
+from ..zstack.context import ExportContext
+from ..zstack.inventory import ExportVmOvaPackageRequest, ImagePackageInventory, Reply
+
+__all__ = ["Backend"]
+
+
+class Backend:
+    def __init__(self, context: ExportContext) -> None:
+        self.context = context
+
+    def export(self, request: ExportVmOvaPackageRequest) -> Reply:
+        return api.export_vm_ova_package(request, context=self.context)
+
+    def query(
+        self,
+        conditions: Sequence[str],
+        *,
+        limit: int | None = None,
+        start: int = 0,
+        sort_by: str | None = None,
+        sort_direction: str = "asc",
+    ) -> list[ImagePackageInventory]:
+        return api.query_image_packages(
+            self.context,
+            conditions,
+            limit=limit,
+            start=start,
+            sort_by=sort_by,
+            sort_direction=sort_direction,
+        )
+
+    def update(
+        self, uuid: str, *, name: str | None, description: str | None
+    ) -> ImagePackageInventory:
+        return api.update_image_package(self.context, uuid, name=name, description=description)
+
+    def delete(self, uuid: str) -> None:
+        api.delete_image_package(self.context, uuid)
+
+    def parse_ovf(self, xml: bytes) -> VirtualMachine:
+        from ..ovf.reader import parse_descriptor
+
+        return parse_descriptor(xml)
+
+    def package_file(self, uuid: str) -> tuple[Path, str, int]:
+        """(path, download file name, size) of an Exported package on a local backup storage;
+        SYS.1003 if there is none (unknown, still exporting, or on a remote storage)."""
+        inventory, path = api.package_file(self.context, uuid)
+        if inventory.size is None:
+            raise NotFoundError(f"image package[uuid: {uuid}] has no size yet")
+        return path, f"{inventory.uuid}.ova", inventory.size
+
+    def close(self) -> None:
+        self.context.close()

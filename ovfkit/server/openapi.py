@@ -1,0 +1,445 @@
+"""The OpenAPI 3.0 document of the service, written by hand so it says exactly what the handlers
+do (served at ``GET /zstack/v1/openapi.json`` and used by the fuzz test)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..zstack.inventory import UUID_PATTERN
+
+__all__ = ["openapi_document"]
+
+_REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": _REF + name}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS: dict[str, Any] = {
+    "400": {"$ref": "#/components/responses/BadRequest"},
+    "401": {"$ref": "#/components/responses/Unauthorized"},
+    "405": {"$ref": "#/components/responses/MethodNotAllowed"},
+    "503": {"$ref": "#/components/responses/Failed"},
+}
+
+_UUID_PARAM = {
+    "name": "uuid",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "Resource uuid (ZStack form: 32 lowercase hex digits)",
+}
+
+_STR_LIST = {"type": "array", "items": {"type": "string"}}
+
+_EXPORT_FIELDS: dict[str, Any] = {
+    "name": {"type": "string", "maxLength": 255, "description": "default exported-vm-<vmName>"},
+    "description": {"type": "string", "maxLength": 2048},
+    "vmUuid": {"type": "string", "description": "mandatory"},
+    "backupStorageUuid": {"type": "string", "description": "mandatory"},
+    "resourceUuid": {"type": "string", "pattern": f"^{UUID_PATTERN}$"},
+    "tagUuids": _STR_LIST,
+}
+
+_SCHEMAS: dict[str, Any] = {
+    "ErrorCode": {
+        "type": "object",
+        "required": ["code", "description"],
+        "properties": {
+            "code": {"type": "string", "example": "SYS.1006"},
+            "description": {"type": "string"},
+            "details": {"type": "string"},
+            "elaboration": {"type": "string"},
+            "location": {"type": "string"},
+            "cost": {"type": "string"},
+            "opaque": {"type": "object"},
+            "cause": {"$ref": _REF + "ErrorCode"},
+        },
+    },
+    "ErrorReply": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": _ref("ErrorCode")},
+    },
+    "ImagePackageInventory": {
+        "type": "object",
+        "required": ["uuid", "name", "vmUuid", "backupStorageUuid", "state", "format"],
+        "properties": {
+            "uuid": {"type": "string"},
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "vmUuid": {"type": "string"},
+            "backupStorageUuid": {"type": "string"},
+            "state": {"type": "string", "enum": ["Exporting", "Exported"]},
+            "exportUrl": {"type": "string"},
+            "md5Sum": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "format": {"type": "string", "enum": ["OVA"]},
+            "size": {"type": "integer", "minimum": 0},
+            "createDate": {"type": "string", "example": "May 10, 2022 5:24:03 AM"},
+            "lastOpDate": {"type": "string", "example": "May 10, 2022 5:24:03 AM"},
+        },
+    },
+    "ImagePackageReply": {
+        "type": "object",
+        "required": ["inventory"],
+        "properties": {"inventory": _ref("ImagePackageInventory")},
+    },
+    "ImagePackageQueryReply": {
+        "type": "object",
+        "required": ["inventories"],
+        "properties": {
+            "inventories": {"type": "array", "items": _ref("ImagePackageInventory")},
+            "total": {"type": "integer", "minimum": 0},
+        },
+    },
+    "ExportVmOvaPackageParams": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {**_EXPORT_FIELDS, "systemTags": _STR_LIST, "userTags": _STR_LIST},
+    },
+    "ExportVmOvaPackageRequest": {
+        "description": "ZStack's form ({params, systemTags, userTags}) or the flat form of the "
+        "reference page's curl example (fields at the top level); both may be mixed, params win.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "params": _ref("ExportVmOvaPackageParams"),
+            **_EXPORT_FIELDS,
+            "systemTags": _STR_LIST,
+            "userTags": _STR_LIST,
+        },
+    },
+    "LogInByAccountRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["logInByAccount"],
+        "properties": {
+            "logInByAccount": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["accountName", "password"],
+                "properties": {
+                    "accountName": {"type": "string"},
+                    "password": {
+                        "type": "string",
+                        "description": "SHA-512 hex of the password, as ZStack's SDK sends it "
+                        "(a plain password is accepted too)",
+                    },
+                    "accountType": {"type": "string"},
+                    "captchaUuid": {"type": "string"},
+                    "verifyCode": {"type": "string"},
+                    "clientInfo": {"type": "object"},
+                },
+            },
+            "systemTags": _STR_LIST,
+            "userTags": _STR_LIST,
+        },
+    },
+    "SessionInventory": {
+        "type": "object",
+        "required": ["uuid", "accountUuid", "userUuid", "expiredDate", "createDate"],
+        "properties": {
+            "uuid": {"type": "string"},
+            "accountUuid": {"type": "string"},
+            "userUuid": {"type": "string"},
+            "expiredDate": {"type": "string"},
+            "createDate": {"type": "string"},
+        },
+    },
+    "LogInReply": {
+        "type": "object",
+        "required": ["inventory"],
+        "properties": {"inventory": _ref("SessionInventory")},
+    },
+    "UpdateImagePackageRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["updateImagePackage"],
+        "properties": {
+            "updateImagePackage": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "maxLength": 255},
+                    "description": {"type": "string", "maxLength": 2048},
+                },
+            },
+            "systemTags": _STR_LIST,
+            "userTags": _STR_LIST,
+        },
+    },
+    "ParseOvfRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["params"],
+        "properties": {
+            "params": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["xmlBase64"],
+                "properties": {"xmlBase64": {"type": "string", "format": "byte"}},
+            },
+            "systemTags": _STR_LIST,
+            "userTags": _STR_LIST,
+        },
+    },
+    "ParseOvfReply": {
+        "type": "object",
+        "required": ["ovfInfo"],
+        "properties": {
+            "ovfInfo": {
+                "type": "object",
+                "description": "The VM read from the descriptor (ovfkit.model.VirtualMachine "
+                "fields, snake_case)",
+                "required": ["name", "vcpus", "memory_mib", "disks", "nics"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "vcpus": {"type": "integer"},
+                    "memory_mib": {"type": "integer"},
+                    "disks": {"type": "array", "items": {"type": "object"}},
+                    "nics": {"type": "array", "items": {"type": "object"}},
+                },
+            }
+        },
+    },
+    "JobLocation": {
+        "type": "object",
+        "required": ["location"],
+        "properties": {"location": {"type": "string", "format": "uri"}},
+    },
+    "Empty": {"type": "object", "maxProperties": 0},
+}
+
+_RESPONSES: dict[str, Any] = {
+    "BadRequest": _json(
+        _ref("ErrorReply"),
+        "Malformed request: not JSON, not an object, unknown field, wrong type, too large "
+        "(SYS.1007)",
+    ),
+    "Unauthorized": {
+        **_json(_ref("ErrorReply"), "No valid session (ID.1001) or wrong password (ID.1000)"),
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    "NotFound": _json(_ref("ErrorReply"), "No such route or resource (SYS.1003)"),
+    "MethodNotAllowed": {
+        **_json(_ref("ErrorReply"), "Method not allowed on this path"),
+        "headers": {"Allow": {"schema": {"type": "string"}}},
+    },
+    "Failed": _json(
+        _ref("ErrorReply"),
+        "The API call failed; ZStack answers failed calls with 503 and an ErrorCode",
+    ),
+}
+
+_Q_PARAMS: list[dict[str, Any]] = [
+    {
+        "name": "q",
+        "in": "query",
+        "schema": {"type": "array", "items": {"type": "string"}},
+        "style": "form",
+        "explode": True,
+        "description": "ZStack query condition field<op>value; op one of = != > < >= <= ~= !~= "
+        "?= !?= (repeatable, all must hold)",
+    },
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    {"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    {"name": "sortBy", "in": "query", "schema": {"type": "string"}},
+    {
+        "name": "sortDirection",
+        "in": "query",
+        "schema": {"type": "string", "enum": ["asc", "desc"]},
+    },
+    {"name": "replyWithCount", "in": "query", "schema": {"type": "boolean"}},
+    {"name": "count", "in": "query", "schema": {"type": "boolean"}},
+]
+
+_SECURED: list[dict[str, list[str]]] = [{"OAuth": []}]
+
+
+def _paths() -> dict[str, Any]:
+    export_body = {
+        "required": True,
+        "content": {"application/json": {"schema": _ref("ExportVmOvaPackageRequest")}},
+    }
+    return {
+        "/zstack/v1/accounts/login": {
+            "put": {
+                "operationId": "LogInByAccount",
+                "security": [],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("LogInByAccountRequest")}},
+                },
+                "responses": {"200": _json(_ref("LogInReply"), "A new session"), **_ERRORS},
+            }
+        },
+        "/zstack/v1/accounts/sessions/{uuid}": {
+            "parameters": [_UUID_PARAM],
+            "delete": {
+                "operationId": "LogOut",
+                "security": [],
+                "responses": {"200": _json(_ref("Empty"), "Session ended (or did not exist)"),
+                              **_ERRORS},
+            },
+        },
+        "/zstack/v1/ovf/ova-packages": {
+            "post": {
+                "operationId": "ExportVmOvaPackage",
+                "security": _SECURED,
+                "parameters": [
+                    {
+                        "name": "X-Job-Mode",
+                        "in": "header",
+                        "schema": {"type": "string", "enum": ["sync", "async"]},
+                        "description": "async: answer 202 with a job location at once",
+                    }
+                ],
+                "requestBody": export_body,
+                "responses": {
+                    "200": _json(_ref("ImagePackageReply"), "The package is Exported"),
+                    "202": _json(_ref("JobLocation"), "Job started (X-Job-Mode: async)"),
+                    **_ERRORS,
+                },
+            }
+        },
+        "/zstack/v1/api-jobs/{uuid}": {
+            "parameters": [_UUID_PARAM],
+            "get": {
+                "operationId": "GetApiJob",
+                "security": _SECURED,
+                "responses": {
+                    "200": _json(_ref("ImagePackageReply"), "The job's result"),
+                    "202": _json(_ref("Empty"), "Still running"),
+                    "404": {"$ref": "#/components/responses/NotFound"},
+                    **_ERRORS,
+                },
+            },
+        },
+        "/zstack/v1/image-packages": {
+            "get": {
+                "operationId": "QueryImagePackage",
+                "security": _SECURED,
+                "parameters": _Q_PARAMS,
+                "responses": {"200": _json(_ref("ImagePackageQueryReply"), "Matching records"),
+                              **_ERRORS},
+            }
+        },
+        "/zstack/v1/image-packages/{uuid}": {
+            "parameters": [_UUID_PARAM],
+            "get": {
+                "operationId": "GetImagePackage",
+                "security": _SECURED,
+                "parameters": _Q_PARAMS,
+                "responses": {
+                    "200": _json(_ref("ImagePackageQueryReply"), "The record (0 or 1, as ZStack)"),
+                    **_ERRORS,
+                },
+            },
+            "put": {
+                "operationId": "UpdateImagePackage",
+                "security": _SECURED,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": _ref("UpdateImagePackageRequest")}
+                    },
+                },
+                "responses": {"200": _json(_ref("ImagePackageReply"), "Updated record"),
+                              **_ERRORS},
+            },
+            "delete": {
+                "operationId": "DeleteImagePackage",
+                "security": _SECURED,
+                "parameters": [
+                    {
+                        "name": "deleteMode",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["Permissive", "Enforcing"]},
+                    }
+                ],
+                "responses": {"200": _json(_ref("Empty"), "Deleted"), **_ERRORS},
+            },
+        },
+        "/zstack/v1/ovf/parse": {
+            "post": {
+                "operationId": "ParseOvf",
+                "security": _SECURED,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ParseOvfRequest")}},
+                },
+                "responses": {"200": _json(_ref("ParseOvfReply"), "The VM"), **_ERRORS},
+            }
+        },
+        "/ova-packages/{uuid}.ova": {
+            "parameters": [_UUID_PARAM],
+            "get": {
+                "operationId": "DownloadOvaPackage",
+                "security": [],
+                "description": "The package file of a local backup storage (exportUrl). No "
+                "session: the unguessable package uuid is the capability, as ZStack's exportUrl "
+                "is plain HTTP on the backup storage host. Single byte range (RFC 9110 14.2).",
+                "parameters": [
+                    {"name": "Range", "in": "header", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The whole package",
+                        "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                           "format": "binary"}}},
+                    },
+                    "206": {
+                        "description": "The range asked for",
+                        "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                           "format": "binary"}}},
+                    },
+                    "400": {"$ref": "#/components/responses/BadRequest"},
+                    "404": {"$ref": "#/components/responses/NotFound"},
+                    "405": {"$ref": "#/components/responses/MethodNotAllowed"},
+                    "416": _json(_ref("ErrorReply"), "Range not satisfiable"),
+                    "503": {"$ref": "#/components/responses/Failed"},
+                },
+            },
+        },
+        "/zstack/v1/openapi.json": {
+            "get": {
+                "operationId": "GetOpenApi",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "This document")},
+            }
+        },
+    }
+
+
+def openapi_document(server_url: str | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "ovfkit ZStack OVA service",
+            "version": "1.0",
+            "description": "ZStack's ExportVmOvaPackage and image-package APIs served by "
+            "`ovfkit serve`. Every error body is {\"error\": ErrorCode}.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": _SCHEMAS,
+            "responses": _RESPONSES,
+            "securitySchemes": {
+                "OAuth": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "`OAuth <session uuid>` from PUT /zstack/v1/accounts/login",
+                }
+            },
+        },
+        "security": _SECURED,
+    }
+    if server_url:
+        doc["servers"] = [{"url": server_url}]
+    return doc
