@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import BinaryIO
+from typing import IO
 
 from ..errors import InvalidArgumentError, IoError
 from ..model import VirtualMachine
@@ -49,7 +49,7 @@ _CHUNK_SUFFIX = len(".000000000")
 class _Wire:
     """The target with the whole-stream digests and a byte count."""
 
-    def __init__(self, target: BinaryIO, tee: DigestTee) -> None:
+    def __init__(self, target: IO[bytes], tee: DigestTee) -> None:
         self.target = target
         self.tee = tee
         self.count = 0
@@ -142,7 +142,7 @@ class _Chunker:
 
 def write_ova_stream(
     vm: VirtualMachine,
-    target: BinaryIO,
+    target: IO[bytes],
     options: OvaOptions = OvaOptions(),  # noqa: B008 - frozen, safe as a default
     *,
     progress: ProgressCallback | None = None,

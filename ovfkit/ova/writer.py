@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO, Literal, NamedTuple, Protocol, cast
+from typing import IO, BinaryIO, Literal, NamedTuple, Protocol, cast
 
 import xxhash
 from lxml import etree
@@ -279,7 +279,7 @@ def _check_target(target: str) -> str:
 
 def write_ova(
     vm: VirtualMachine,
-    target: str | os.PathLike[str] | BinaryIO,
+    target: str | os.PathLike[str] | IO[bytes],
     options: OvaOptions = OvaOptions(),
     *,
     progress: ProgressCallback | None = None,
