@@ -1,0 +1,172 @@
+"""open_package / verify_package / extract_package against hostile and broken archives."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+from conftest import MakeImage, MiB
+from test_ova_writer import make_vm
+
+from ovfkit.errors import InvalidArgumentError, NotFoundError
+from ovfkit.ova import extract_package, open_package, verify_package, write_ova
+from ovfkit.ova.reader import MAX_DESCRIPTOR
+from ovfkit.ova.tar import BLOCK, END_OF_ARCHIVE, TarFormatError, encode_header, padding
+
+
+@pytest.fixture
+def package(tmp_path: Path, make_image: MakeImage) -> Path:
+    img = make_image("qcow2", size=2 * MiB)
+    target = tmp_path / "good.ova"
+    write_ova(make_vm([(img.path, "qcow2")]), target)
+    return target
+
+
+def _members(package: Path) -> list[tuple[tarfile.TarInfo, bytes]]:
+    with tarfile.open(package) as t:
+        return [(m, t.extractfile(m).read()) for m in t]  # type: ignore[union-attr]
+
+
+def _rebuild(path: Path, members: list[tuple[tarfile.TarInfo, bytes]],
+             fmt: int = tarfile.USTAR_FORMAT) -> None:
+    with tarfile.open(path, "w", format=fmt) as t:
+        for info, data in members:
+            t.addfile(info, io.BytesIO(data) if info.isreg() else None)
+
+
+def test_open_package_reads_members_in_place(package: Path) -> None:
+    pkg = open_package(package)
+    assert pkg.kind == "ova" and pkg.descriptor_name == "web-01.ovf"
+    assert pkg.vm.vcpus == 2 and pkg.vm.memory_mib == 3072 and len(pkg.vm.disks) == 1
+    with tarfile.open(package) as t:
+        for m in pkg.members:
+            info = t.getmember(m.name)
+            assert (m.offset, m.size) == (info.offset_data, info.size)
+
+
+def _special(name: str, type_: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type = type_
+    info.linkname = "/etc/passwd"
+    return info, b""
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (_special("link.vmdk", tarfile.SYMTYPE), "symbolic link"),
+        (_special("hard.vmdk", tarfile.LNKTYPE), "hard link"),
+        (_special("dev", tarfile.CHRTYPE), "character device"),
+        (_special("blk", tarfile.BLKTYPE), "block device"),
+        (_special("fifo", tarfile.FIFOTYPE), "FIFO"),
+        ((tarfile.TarInfo("/etc/cron.d/x"), b""), "unsafe"),
+        ((tarfile.TarInfo("../../escape"), b""), "unsafe"),
+    ],
+)
+def test_hostile_members_are_refused(
+    tmp_path: Path, package: Path, extra: tuple[tarfile.TarInfo, bytes], message: str
+) -> None:
+    bad = tmp_path / "bad.ova"
+    _rebuild(bad, [*_members(package), extra])
+    with pytest.raises(TarFormatError, match=message):
+        open_package(bad)
+    with pytest.raises(TarFormatError):
+        extract_package(bad, tmp_path / "x")
+    assert not (tmp_path / "x").exists() or list((tmp_path / "x").iterdir()) == []
+    report = verify_package(bad)
+    assert not report.ok and report.problems[0].startswith("cannot open")
+
+
+def test_duplicates_pax_and_truncation_are_refused(tmp_path: Path, package: Path) -> None:
+    members = _members(package)
+    dup = tmp_path / "dup.ova"
+    _rebuild(dup, [*members, members[-1]])
+    with pytest.raises(TarFormatError, match="twice"):
+        open_package(dup)
+    pax = tmp_path / "pax.ova"
+    info = tarfile.TarInfo("x" * 120)
+    _rebuild(pax, [*members, (info, b"")], fmt=tarfile.PAX_FORMAT)
+    with pytest.raises(TarFormatError, match="PAX"):
+        open_package(pax)
+    cut = tmp_path / "cut.ova"
+    data = package.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TarFormatError, match="past the end"):
+        open_package(cut)
+
+
+def test_huge_descriptor_member_is_refused(tmp_path: Path) -> None:
+    # A 10 GB descriptor, as a sparse file: refused before anything is read into memory.
+    huge = tmp_path / "huge.ova"
+    size = 10 * 10**9
+    with open(huge, "wb") as f:
+        f.write(encode_header("vm.ovf", size, 0))
+        f.truncate(BLOCK + size + padding(size) + 2 * BLOCK)
+    with pytest.raises(TarFormatError, match=f"more than {MAX_DESCRIPTOR}"):
+        open_package(huge)
+
+
+def test_not_a_tar(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.ova"
+    junk.write_bytes(os.urandom(4096))
+    with pytest.raises(TarFormatError, match="checksum"):
+        open_package(junk)
+    with pytest.raises(NotFoundError):
+        open_package(tmp_path / "missing.ova")
+    empty = tmp_path / "empty.ova"
+    empty.write_bytes(END_OF_ARCHIVE)
+    with pytest.raises(InvalidArgumentError, match="no .ovf"):
+        open_package(empty)
+
+
+def test_verify_reports_order_size_and_missing_problems(tmp_path: Path, package: Path) -> None:
+    members = _members(package)
+    # Disk before the manifest, manifest before the descriptor: order problems listed.
+    swapped = tmp_path / "swapped.ova"
+    _rebuild(swapped, [members[1], members[0], members[2]])
+    report = verify_package(swapped)
+    assert any("not the first member" in p for p in report.problems)
+    # Missing disk and a stray member.
+    stray = tmp_path / "stray.ova"
+    extra = tarfile.TarInfo("notes.txt")
+    extra.size = 3
+    _rebuild(stray, [members[0], members[1], (extra, b"hi!")])
+    report = verify_package(stray)
+    assert any("is not in the package" in p for p in report.problems)
+    assert any("not listed in References" in p for p in report.problems)
+    assert any("does not list web-01-disk1.vmdk" in p or "not a package file" in p
+               for p in report.problems)
+    # A disk member one byte longer than ovf:size says: size problem and VMDK problems.
+    longer = tmp_path / "longer.ova"
+    disk_info, disk_data = members[2]
+    disk_info.size += 1
+    _rebuild(longer, [members[0], members[1], (disk_info, disk_data + b"\0")])
+    report = verify_package(longer)
+    assert any("ovf:size" in p for p in report.problems)
+
+
+def test_extract_stays_inside_and_refuses_symlinks(tmp_path: Path, package: Path) -> None:
+    out = tmp_path / "out"
+    paths = extract_package(package, out)
+    assert sorted(os.path.basename(p) for p in paths) == sorted(
+        m.name for m in open_package(package).members
+    )
+    assert all(Path(p).parent == out.resolve() for p in paths)
+    # The extracted folder is a valid .ovf package too.
+    ovf = out / "web-01.ovf"
+    pkg = open_package(ovf)
+    assert pkg.kind == "ovf" and len(pkg.members) == 3
+    report = verify_package(ovf)
+    assert report.ok, report.problems
+    # A symbolic link planted where a member would go is not followed.
+    trap = tmp_path / "trap"
+    trap.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    (trap / "web-01.mf").symlink_to(victim)
+    with pytest.raises(InvalidArgumentError, match="already exists"):
+        extract_package(package, trap)
+    assert victim.read_bytes() == b"keep"
