@@ -118,7 +118,7 @@ def test_not_a_tar(tmp_path: Path) -> None:
         open_package(tmp_path / "missing.ova")
     empty = tmp_path / "empty.ova"
     empty.write_bytes(END_OF_ARCHIVE)
-    with pytest.raises(InvalidArgumentError, match="no .ovf"):
+    with pytest.raises(InvalidArgumentError, match=r"no \.ovf"):
         open_package(empty)
 
 
