@@ -79,6 +79,8 @@ _SKIPPED_VOLUMES = frozenset({"Memory"})
 _FORMATS: Mapping[str, str] = {
     f: f for f in ("qcow2", "raw", "vmdk", "vdi", "vhdx", "vpc", "qed", "parallels")
 } | {"vmtx": "vmdk"}
+# Characters XML 1.0 cannot carry (§2.2): the descriptor could not hold such a text.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", re.IGNORECASE)
 
 # VMware: SCSI units 0-15 without 7 (the HBA itself); at most 4 SCSI and 4 SATA controllers.
@@ -136,6 +138,9 @@ def _str(value: object, field: str, *, required: bool = True) -> str:
         _fail(field, f"must be a string, not {_describe(value)}")
     if "\x00" in value:
         _fail(field, "contains a NUL character")
+    bad = _NOT_XML.search(value)
+    if bad:
+        _fail(field, f"contains a character XML cannot carry: U+{ord(bad.group()):04X}")
     if required and not value.strip():
         _fail(field, "must not be empty")
     return value
