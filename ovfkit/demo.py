@@ -157,8 +157,12 @@ def run(data_dir: Path, out: Any = sys.stdout) -> Mapping[str, Any]:
             print(json.dumps(reply.to_json(), indent=2), file=out)
             raise SystemExit(1)
         _, path = api.package_file(ctx, reply.inventory.uuid)
-        verify_package(path)
-        print(f"package {path} verified", file=sys.stderr)
+        report = verify_package(path)
+        if not report.ok:
+            for problem in report.problems:
+                print(f"{path}: {problem}", file=sys.stderr)
+            raise SystemExit(1)
+        print(f"package {path} verified: {len(report.checked)} checks passed", file=sys.stderr)
         doc = reply.to_json()
         print(json.dumps(doc, indent=2), file=out)
         return doc

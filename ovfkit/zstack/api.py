@@ -14,6 +14,8 @@ any failure rolls back (partial files removed, record deleted) before the error 
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -34,10 +36,10 @@ from .catalog import confine_paths
 from .context import ExportContext
 from .inventory import (
     API_MESSAGE,
-    Condition,
     DESCRIPTION_MAX,
     NAME_MAX,
     UUID_PATTERN,
+    Condition,
     ExportVmOvaPackageRequest,
     ImagePackageInventory,
     ImagePackageState,
@@ -146,21 +148,27 @@ def _write(
     vm: VirtualMachine,
     storage: BackupStorage,
     install_path: str,
+    spool: Path,
     options: OvaOptions | None,
     progress: ProgressCallback | None,
     cancel: CancelToken | None,
 ) -> tuple[str, int]:
-    """Write the package through the storage's upload; (md5, size) of the published .ova."""
+    """Write the package through the storage's upload; (md5, size) of the published .ova.
+
+    A local storage gets the package written in place; a remote one from ``spool/<name>``
+    (see :mod:`ovfkit.zstack.storage.base` for why), which is removed in every case."""
     from ..ova.writer import OvaOptions, write_ova
 
     opts = options if options is not None else OvaOptions()
     upload = storage.begin(install_path)
+    spooled = spool / install_path
     try:
         if upload.local_path is not None:
             result = write_ova(vm, upload.local_path, opts, progress=progress, cancel=cancel)
         else:
-            with upload.open() as f:
-                result = write_ova(vm, f, opts, progress=progress, cancel=cancel)
+            spool.mkdir(parents=True, exist_ok=True)
+            result = write_ova(vm, spooled, opts, progress=progress, cancel=cancel)
+            upload.upload_from(spooled, progress=progress, cancel=cancel)
         check_cancel(cancel, "the export")
         upload.commit()
     except BaseException:
@@ -169,7 +177,16 @@ def _write(
         except OvfkitError as exc:  # the record's cleanup entry retries it later
             _log.warning("cannot remove the partial package %s: %s", install_path, exc)
         raise
+    finally:
+        remove_spooled(spool, install_path)
     return result.md5, result.size
+
+
+def remove_spooled(spool: Path, install_path: str) -> None:
+    """Remove ``spool/<name>`` and the OVA writer's temporaries of it (``.<name>.*.part``)."""
+    for p in [spool / install_path, *spool.glob(f".{glob.escape(install_path)}.*.part")]:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
 
 
 def _export(
@@ -219,6 +236,16 @@ def _export(
                 f"backup storage[uuid: {bs_uuid}] does not have enough available capacity for "
                 f"exporting vm[uuid: {vm_uuid}], required capacity is: {required}"
             )
+        spool = context.spool_dir
+        if storage.remote:  # the package is spooled here first
+            spool.mkdir(parents=True, exist_ok=True)
+            st = os.statvfs(spool)
+            if st.f_bavail * st.f_frsize < required:
+                raise OperationFailedError(
+                    f"the spool folder {spool} does not have enough available capacity for "
+                    f"exporting vm[uuid: {vm_uuid}] to backup storage[uuid: {bs_uuid}], "
+                    f"required capacity is: {required}"
+                )
         install_path = f"{package_uuid}.ova"
         lock = ExportLock.try_acquire(context.records.lock_path(package_uuid))
         if lock is None:
@@ -236,7 +263,9 @@ def _export(
             )
             context.records.create_exporting(record, install_path)
             try:
-                md5, size = _write(vm, storage, install_path, options, progress, cancel)
+                md5, size = _write(
+                    vm, storage, install_path, spool, options, progress, cancel
+                )
                 context.records.mark_exported(
                     package_uuid,
                     export_url=storage.export_url(install_path, package_uuid),

@@ -84,6 +84,11 @@ class ExportContext:
     def base_url(self, value: str | None) -> None:
         self._base_url = value.rstrip("/") if value else None
 
+    @property
+    def spool_dir(self) -> Path:
+        """Where packages for remote (SFTP) backup storages are written before the upload."""
+        return self.data_dir / "spool"
+
     def resolve_vm(self, vm_uuid: str) -> Mapping[str, Any] | None:
         return self.resolver(vm_uuid)
 
@@ -104,6 +109,9 @@ class ExportContext:
             try:
                 deleted = self.records.delete(record.inventory.uuid, only_exporting=True)
                 if deleted is not None:
+                    from .api import remove_spooled
+
+                    remove_spooled(self.spool_dir, deleted.install_path)
                     report.rolled_back.append(record.inventory.uuid)
                     _log.warning(
                         "rolled back image package %s of VM %s: its export was interrupted",

@@ -1,16 +1,24 @@
 """The interface of a backup storage: where finished OVA packages are kept.
 
-A package is written as ``<name>.part`` beside its final name and renamed into place only once it
-is complete (an atomic rename on the same file system, local or SFTP), so a reader never sees a
-half-written ``<name>``. Removing a package removes both names; that is also how an export
-interrupted by a crash is cleaned up.
+A package appears under its final name only once it is complete (an atomic rename on the same
+file system, local or SFTP), so a reader never sees a half-written ``<name>``. Removing a package
+removes the final name and every temporary name of it; that is also how an export interrupted by
+a crash is cleaned up.
+
+The OVA writer needs a local file descriptor for its seekable mode (pwrite of the headers, mmap
+for the whole-package MD5). A local storage hands the writer the final path; a remote one
+(``local_path`` None) gets the finished package from a local spool file through
+:meth:`PackageUpload.upload_from`. Streaming the package straight to the remote host would
+need the writer's streaming mode, whose chunked disks virt-v2v and VirtualBox cannot import.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
+
+from ...progress import CancelToken, ProgressCallback
 
 __all__ = ["PART_SUFFIX", "BackupStorage", "PackageUpload", "check_package_name"]
 
@@ -26,20 +34,26 @@ def check_package_name(name: str) -> str:
 
 
 class PackageUpload(Protocol):
-    """One package being written. Exactly one of :attr:`local_path` (write this path) or
-    :meth:`open` (write this seekable file) is what the OVA writer uses."""
+    """One package being written: either to :attr:`local_path` directly (local storage), or
+    spooled locally and sent with :meth:`upload_from` (remote storage), then committed."""
 
     @property
     def local_path(self) -> Path | None:
-        """The ``.part`` path on this machine, or None when the storage is remote."""
+        """Where the OVA writer writes the package on this machine; None for a remote storage."""
         ...
 
-    def open(self) -> BinaryIO:
-        """A seekable, writable binary file for the ``.part`` object (created empty)."""
+    def upload_from(
+        self,
+        path: Path,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> None:
+        """Copy the finished package at ``path`` to the storage's ``.part`` object."""
         ...
 
     def commit(self) -> None:
-        """Publish the ``.part`` under the final name (atomic rename)."""
+        """Publish the package under its final name (atomic rename)."""
         ...
 
     def abort(self) -> None:
@@ -49,6 +63,7 @@ class PackageUpload(Protocol):
 
 class BackupStorage(Protocol):
     uuid: str
+    remote: bool  # True: packages are spooled locally and uploaded (see the module docstring)
 
     def available_capacity(self) -> int:
         """Free bytes, read from the storage itself (statvfs)."""

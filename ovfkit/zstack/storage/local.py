@@ -9,10 +9,11 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import shutil
 from pathlib import Path
-from typing import BinaryIO
 
 from ...errors import IoError
+from ...progress import CancelToken, ProgressCallback, check_cancel
 from ..config import LocalStorageConfig
 from .base import PART_SUFFIX, check_package_name, fsync_dir
 
@@ -40,13 +41,24 @@ class _LocalUpload:
     def local_path(self) -> Path:
         return self._final
 
-    def open(self) -> BinaryIO:
-        return open(self._final.with_name(self._name + PART_SUFFIX), "w+b")
+    def upload_from(
+        self,
+        path: Path,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> None:
+        part = self._final.with_name(self._name + PART_SUFFIX)
+        check_cancel(cancel, "the upload")
+        try:
+            shutil.copyfile(path, part)
+        except OSError as exc:
+            raise IoError(f"cannot copy {path} to {part}: {exc.strerror}") from None
 
     def commit(self) -> None:
         part = self._final.with_name(self._name + PART_SUFFIX)
         try:
-            if part.exists():  # written through open()
+            if part.exists():  # written through upload_from()
                 with open(part, "rb") as f:
                     os.fsync(f.fileno())
                 os.replace(part, self._final)
@@ -63,6 +75,7 @@ class _LocalUpload:
 class LocalBackupStorage:
     def __init__(self, config: LocalStorageConfig, base_url: str | None = None) -> None:
         self.uuid = config.uuid
+        self.remote = False
         self.folder = Path(config.path)
         self.base_url = base_url
         try:

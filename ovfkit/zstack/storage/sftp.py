@@ -1,10 +1,11 @@
 """ZStack's SftpBackupStorage kind: packages kept in a folder of an SSH host, written over SFTP.
 
-Transport: paramiko (SSH-2 and SFTP v3). The OVA writer needs a seekable target (it writes each
-tar header after the member it precedes, once the member's size is known); SFTP writes carry an
-explicit offset (draft-ietf-secsh-filexfer-02 section 6.4), so the ``.part`` file on the server is
-written in place with pipelined requests and renamed with ``posix-rename@openssh.com`` at the
-end: no local spool, no second pass over the data.
+Transport: paramiko (SSH-2 and SFTP v3). The OVA writer's seekable mode needs a local file
+descriptor (pwrite for the headers, mmap for the whole-package MD5), and its streaming mode
+writes chunked disks that virt-v2v and VirtualBox cannot import; so the package is written to a
+local spool file and sent with pipelined SFTP writes into ``<name>.part``, then renamed with
+``posix-rename@openssh.com`` (atomic on the server). The spool costs local space for one package
+and one sequential read, from the page cache when memory allows.
 
 Capacity is read with OpenSSH's ``statvfs@openssh.com`` extension (OpenSSH PROTOCOL, section 4.4),
 sent through paramiko's request channel the same way paramiko sends ``posix-rename@openssh.com``.
@@ -13,25 +14,24 @@ Host keys must be known; an unknown or changed host key is refused (RejectPolicy
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import posixpath
 import stat as stat_module
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any
 from urllib.parse import quote
 
 import paramiko
 from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
-from ...errors import IoError, OperationFailedError
+from ...errors import IoError, OperationFailedError, OvfkitError
+from ...progress import CancelToken, Progress, ProgressCallback, check_cancel
 from ..config import SftpStorageConfig
 from .base import PART_SUFFIX, check_package_name
 
 __all__ = ["SftpBackupStorage"]
 
 _CONNECT_TIMEOUT = 30.0
-_WRITE_BUFFER = 1 << 20
 
 
 def _io_error(what: str, exc: BaseException) -> IoError:
@@ -44,35 +44,46 @@ class _SftpUpload:
         self._storage = storage
         self._final = storage.remote_path(name)
         self._part = self._final + PART_SUFFIX
-        self._file: paramiko.SFTPFile | None = None
 
     @property
     def local_path(self) -> None:
         return None
 
-    def open(self) -> BinaryIO:
+    def upload_from(
+        self,
+        path: Path,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> None:
+        """Pipelined SFTP writes of the spooled package (paramiko's put), then a size check."""
+        total = path.stat().st_size
+        stage = f"upload {self._storage.url_of(self._final)}"
+
+        def report(done: int, _size: int) -> None:
+            check_cancel(cancel, "the upload")
+            if progress is not None:
+                progress(Progress(stage, done, total))
+
         try:
-            f = self._storage.sftp.open(self._part, "w+b", bufsize=_WRITE_BUFFER)
+            attrs = self._storage.sftp.put(str(path), self._part, callback=report, confirm=True)
+        except OvfkitError:
+            raise
         except (OSError, paramiko.SSHException) as exc:
-            raise _io_error(f"cannot create {self._storage.url_of(self._part)}", exc) from None
-        # Pipelined: writes are not acknowledged one by one; errors surface at flush/close.
-        f.set_pipelined(True)
-        self._file = f
-        return cast(BinaryIO, f)
+            raise _io_error(f"cannot write {self._storage.url_of(self._part)}", exc) from None
+        if attrs.st_size != total:
+            raise IoError(
+                f"{self._storage.url_of(self._part)} has {attrs.st_size} bytes after the upload, "
+                f"{total} were sent"
+            )
 
     def commit(self) -> None:
-        sftp = self._storage.sftp
         try:
-            if self._file is not None:
-                self._file.close()  # waits for every pending write's status
-            sftp.posix_rename(self._part, self._final)
+            self._storage.sftp.posix_rename(self._part, self._final)
         except (OSError, paramiko.SSHException) as exc:
             raise _io_error(f"cannot publish {self._storage.url_of(self._final)}", exc) from None
 
     def abort(self) -> None:
-        if self._file is not None:
-            with contextlib.suppress(OSError, paramiko.SSHException):
-                self._file.close()
         self._storage.remove_path(self._part)
         self._storage.remove_path(self._final)
 
@@ -80,6 +91,7 @@ class _SftpUpload:
 class SftpBackupStorage:
     def __init__(self, config: SftpStorageConfig) -> None:
         self.uuid = config.uuid
+        self.remote = True
         self.config = config
         self.client = paramiko.SSHClient()
         try:
