@@ -587,3 +587,15 @@ def test_descriptor_of_the_adapters_vm_validates_and_reads_back(
         for d in back.disks
     }
     assert placed_back == placed
+
+
+def test_guest_os_table_data_is_consistent() -> None:
+    from ovfkit.zstack.guest_os import _TABLE, WINDOWS_DEFAULT, lookup
+
+    for entry in (*_TABLE, WINDOWS_DEFAULT):
+        # ids above 112 mean different things to VirtualBox and govmomi (guest-os.md)
+        assert 0 < entry.cim_id <= 112 and 0 < entry.cim_id_32 <= 112, entry
+        assert "64" in entry.vmware_id, entry
+        assert "64" not in entry.vmware_id_32, entry
+        assert entry.windows == entry.vmware_id.startswith("win"), entry
+        assert lookup(entry.release.upper()) is (entry if entry is not WINDOWS_DEFAULT else None)
