@@ -231,6 +231,10 @@ class _Item:
         values = self.props.get(local)
         return values[0].strip() if values else None
 
+    def raw(self, local: str) -> str | None:
+        values = self.props.get(local)
+        return values[0] if values else None
+
     @property
     def iid(self) -> str:
         return self.get("InstanceID") or self.get("InstanceId") or ""
@@ -717,7 +721,7 @@ class _Hardware:
                 capacity=capacity,
                 controller=controller,
                 unit=self.unit(it, controller),
-                name=it.get("ElementName") or it.get("Caption") or "",
+                name=it.raw("ElementName") or it.raw("Caption") or "",
             )
         )
         self.by_iid[it.iid] = ("disk", did)
@@ -752,7 +756,7 @@ class _Hardware:
     def nic(self, it: _Item) -> bool:
         sub = (it.get("ResourceSubType") or "").lower()
         adapter = _NIC_TYPES.get(sub, NicType.E1000)  # unknown: the most widely emulated one
-        conns = [c.strip() for c in it.props.get("Connection", []) if c.strip()]
+        conns = it.props.get("Connection", [])
         nid = f"nic{len(self.nics) + 1}"
         self.nics.append(
             Nic(
