@@ -1,0 +1,284 @@
+"""ExportVmOvaPackage end to end on the local backup storage, and the record APIs around it.
+
+Packages are judged by ``ovfkit.ova.verify_package`` and by hashing the file independently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ovfkit.demo import DEMO_BS_UUID, make_demo_vm, setup_data_dir
+from ovfkit.errors import InvalidArgumentError, NotFoundError
+from ovfkit.model import Firmware
+from ovfkit.ova import verify_package
+from ovfkit.progress import Progress
+from ovfkit.zstack.api import (
+    delete_image_package,
+    export_vm_ova_package,
+    get_image_package,
+    package_file,
+    query_image_packages,
+    update_image_package,
+)
+from ovfkit.zstack.config import LocalStorageConfig, load_config, save_config
+from ovfkit.zstack.context import ExportContext, open_context
+from ovfkit.zstack.inventory import ImagePackageState, parse_zstack_time
+from ovfkit.zstack.storage import package_download_path
+
+MiB = 1 << 20
+VM = "3c2b1a0f9e8d4c7bb6a5f4e3d2c1b0a9"
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Iterator[ExportContext]:
+    volumes = setup_data_dir(tmp_path / "data")
+    context = open_context(tmp_path / "data")
+    context.catalog.add(make_demo_vm(volumes, vm_uuid=VM, root_size=3 * MiB, data_size=2 * MiB))
+    yield context
+    context.close()
+
+
+def packages_dir(ctx: ExportContext) -> Path:
+    return Path(load_config(ctx.data_dir).backup_storages[DEMO_BS_UUID].path)
+
+
+def body(**params: Any) -> dict[str, Any]:
+    return {"params": {"vmUuid": VM, "backupStorageUuid": DEMO_BS_UUID, **params}}
+
+
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def test_export_success(ctx: ExportContext) -> None:
+    reply = export_vm_ova_package(body(), context=ctx)
+    assert reply.success and reply.error is None and reply.inventory is not None
+    inv = reply.inventory
+    doc = reply.to_json()["inventory"]
+    assert set(doc) == {
+        "uuid", "name", "description", "vmUuid", "backupStorageUuid", "state", "exportUrl",
+        "md5Sum", "format", "size", "createDate", "lastOpDate",
+    }
+    assert doc["state"] == "Exported" and doc["format"] == "OVA"
+    assert doc["name"] == "exported-vm-demo-vm"
+    assert doc["description"] == f"source vm uuid: {VM}"
+    assert isinstance(doc["size"], int)
+    parse_zstack_time(doc["createDate"])
+    _, path = package_file(ctx, inv.uuid)
+    assert path == packages_dir(ctx) / f"{inv.uuid}.ova"
+    assert doc["exportUrl"] == path.resolve().as_uri()
+    assert doc["size"] == path.stat().st_size
+    assert doc["md5Sum"] == md5_of(path)
+    report = verify_package(path)
+    assert report.ok, report.problems
+    assert report.vm is not None and len(report.vm.disks) == 2
+    assert sorted(os.listdir(packages_dir(ctx))) == [f"{inv.uuid}.ova"]
+    assert list((ctx.data_dir / "locks").iterdir()) == []
+    assert get_image_package(ctx, inv.uuid) == inv
+
+
+def test_name_description_resource_uuid_and_boot_mode(ctx: ExportContext) -> None:
+    uuid = "dddddddddddd4ddd8ddddddddddddddd"
+    reply = export_vm_ova_package(
+        {**body(name="my package", description="", resourceUuid=uuid),
+         "systemTags": ["bootMode::UEFI"]},
+        context=ctx,
+    )
+    assert reply.inventory is not None, reply.error
+    assert (reply.inventory.uuid, reply.inventory.name) == (uuid, "my package")
+    assert reply.inventory.description == ""
+    _, path = package_file(ctx, uuid)
+    report = verify_package(path)
+    assert report.ok and report.vm is not None and report.vm.firmware is Firmware.EFI
+
+
+def test_export_url_with_service_base_url(ctx: ExportContext) -> None:
+    ctx.base_url = "http://127.0.0.1:8080/"
+    reply = export_vm_ova_package(body(), context=ctx)
+    assert reply.inventory is not None
+    assert reply.inventory.export_url == (
+        "http://127.0.0.1:8080" + package_download_path(reply.inventory.uuid)
+    )
+
+
+def test_records_query_update_delete_and_restart(ctx: ExportContext) -> None:
+    reply = export_vm_ova_package(body(), context=ctx)
+    assert reply.inventory is not None
+    uuid = reply.inventory.uuid
+    assert [i.uuid for i in query_image_packages(ctx, ["name~=exported-vm-%"])] == [uuid]
+    assert query_image_packages(ctx, ["state=Exporting"]) == []
+    assert query_image_packages(ctx, [f"vmUuid={VM}", "size>0"])[0].uuid == uuid
+    with pytest.raises(InvalidArgumentError):
+        query_image_packages(ctx, ["bogus~~"])
+
+    updated = update_image_package(ctx, uuid, name="renamed", description="new text")
+    assert (updated.name, updated.description) == ("renamed", "new text")
+    assert updated.md5_sum == reply.inventory.md5_sum
+    with pytest.raises(InvalidArgumentError):
+        update_image_package(ctx, uuid, name="x" * 256)
+    with pytest.raises(InvalidArgumentError):
+        update_image_package(ctx, uuid, name="")
+    with pytest.raises(NotFoundError):
+        update_image_package(ctx, "eeeeeeeeeeee4eee8eeeeeeeeeeeeeee", name="x")
+
+    # Records survive a restart.
+    ctx.close()
+    again = open_context(ctx.data_dir)
+    try:
+        got = get_image_package(again, uuid)
+        assert got.name == "renamed" and got.state is ImagePackageState.EXPORTED
+        assert again.recovery.rolled_back == []
+        _, path = package_file(again, uuid)
+        delete_image_package(again, uuid)
+        assert not path.exists() and os.listdir(packages_dir(again)) == []
+        assert query_image_packages(again) == []
+        assert again.records.pending_cleanup() == []
+        with pytest.raises(NotFoundError):
+            delete_image_package(again, uuid)
+        # One package per VM: after the delete the VM can be exported again.
+        assert export_vm_ova_package(body(), context=again).success
+    finally:
+        again.close()
+
+
+def test_cancel_rolls_back(ctx: ExportContext) -> None:
+    cancel = threading.Event()
+    seen: list[Progress] = []
+
+    def progress(p: Progress) -> None:
+        seen.append(p)
+        cancel.set()
+
+    reply = export_vm_ova_package(body(), context=ctx, progress=progress, cancel=cancel)
+    assert reply.error is not None and reply.error["code"] == "SYS.1017", reply.error
+    assert seen
+    assert query_image_packages(ctx) == [] and os.listdir(packages_dir(ctx)) == []
+    assert ctx.records.pending_cleanup() == []
+
+
+def test_disk_that_disappears_rolls_back(ctx: ExportContext) -> None:
+    """The data disk is truncated to nothing while the root disk is being written."""
+    inv = ctx.catalog(VM)
+    assert inv is not None
+    data_disk = Path(inv["allVolumes"][1]["installPath"])
+    done: list[bool] = []
+
+    def progress(p: Progress) -> None:
+        if not done:
+            done.append(True)
+            os.truncate(data_disk, 0)
+
+    reply = export_vm_ova_package(body(), context=ctx, progress=progress)
+    assert done and reply.error is not None, reply.to_json()
+    assert reply.error["code"] in ("SYS.1003", "SYS.1006", "SYS.1016"), reply.error
+    assert query_image_packages(ctx) == [] and os.listdir(packages_dir(ctx)) == []
+
+
+def test_storage_that_fills_rolls_back(ctx: ExportContext, tmp_path: Path) -> None:
+    """A backup storage on a small tmpfs with room for the package, filled by another writer
+    while the export runs: the write fails with ENOSPC, the export answers SYS.1016 and leaves
+    nothing behind."""
+    mount = tmp_path / "bs"
+    mount.mkdir()
+    if os.system(f"mount -t tmpfs -o size=12m tmpfs {mount} 2>/dev/null") != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        small = "7e6d5c4b3a2f41e0a9b8c7d6e5f4a3b2"
+        save_config(
+            ctx.data_dir,
+            load_config(ctx.data_dir).with_backup_storage(LocalStorageConfig(small, str(mount))),
+        )
+        filler = mount / "filler"
+        filled: list[bool] = []
+
+        def progress(p: Progress) -> None:
+            if not filled:
+                filled.append(True)
+                with open(filler, "wb") as f, contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"\xff" * MiB)
+
+        reply = export_vm_ova_package(
+            body(backupStorageUuid=small), context=ctx, progress=progress
+        )
+        assert filled and reply.error is not None, reply.to_json()
+        assert reply.error["code"] == "SYS.1016", reply.error
+        assert query_image_packages(ctx) == []
+        assert sorted(os.listdir(mount)) == ["filler"]
+    finally:
+        os.system(f"umount {mount}")
+
+
+def test_concurrent_exports_of_several_vms(ctx: ExportContext) -> None:
+    volumes = Path(load_config(ctx.data_dir).storage_roots[0])
+    vms = [f"{i:08x}aaaa4aaa8aaa{i:012x}" for i in range(1, 6)]
+    for i, vm in enumerate(vms):
+        ctx.catalog.add(
+            make_demo_vm(volumes, vm_uuid=vm, name=f"vm{i}", root_size=2 * MiB,
+                         data_size=MiB, seed=10 + i)
+        )
+    results: dict[str, Any] = {}
+    barrier = threading.Barrier(len(vms))
+
+    def run(vm: str) -> None:
+        barrier.wait()
+        results[vm] = export_vm_ova_package(body(vmUuid=vm), context=ctx)
+
+    threads = [threading.Thread(target=run, args=(vm,)) for vm in vms]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.success for r in results.values()), [r.error for r in results.values()]
+    invs = [r.inventory for r in results.values()]
+    assert len({i.uuid for i in invs}) == len(vms)
+    assert len({i.md5_sum for i in invs}) == len(vms)  # different disk contents
+    records = query_image_packages(ctx, ["state=Exported"])
+    assert {r.vm_uuid for r in records} == set(vms)
+    for inv in invs:
+        _, path = package_file(ctx, inv.uuid)
+        assert md5_of(path) == inv.md5_sum
+        assert verify_package(path, check_data=False).ok
+    assert len(os.listdir(packages_dir(ctx))) == len(vms)
+
+
+def test_two_requests_for_one_vm_exactly_one_succeeds(ctx: ExportContext) -> None:
+    replies: list[Any] = []
+    barrier = threading.Barrier(3)
+
+    def run() -> None:
+        barrier.wait()
+        replies.append(export_vm_ova_package(body(), context=ctx))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ok = [r for r in replies if r.success]
+    failed = [r for r in replies if not r.success]
+    assert len(ok) == 1 and len(failed) == 2
+    winner = ok[0].inventory
+    for r in failed:
+        assert r.error["code"] == "SYS.1007"
+        assert r.error["details"] == (
+            f"Vm[uuid: {VM}] is already exported as the ova package[uuid: {winner.uuid}], "
+            "please delete the package and try again."
+        )
+    assert [i.uuid for i in query_image_packages(ctx)] == [winner.uuid]
+    assert os.listdir(packages_dir(ctx)) == [f"{winner.uuid}.ova"]
+
+
+def test_reply_json_round_trips(ctx: ExportContext) -> None:
+    reply = export_vm_ova_package(json.dumps(body()), context=ctx)
+    text = json.dumps(reply.to_json())
+    assert json.loads(text)["inventory"]["uuid"] == reply.inventory.uuid  # type: ignore[union-attr]
