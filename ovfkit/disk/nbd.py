@@ -356,20 +356,32 @@ class QemuNbd:
         delay = 0.002
         while True:
             if self._proc.poll() is not None:
-                self._stderr.seek(0)
-                stderr = self._stderr.read().decode("utf-8", "replace")
-                raise classify_failure("qemu-nbd", stderr, self._proc.returncode)
+                raise self._failure()
             if os.path.exists(self.socket_path):
                 try:
                     return NbdClient.connect_unix(self.socket_path)
                 except (ConnectionRefusedError, FileNotFoundError):
                     pass
+                except (OSError, NbdError):
+                    # qemu-nbd listens before it opens the image: a bad image shows up as a
+                    # dropped connection; its stderr says why.
+                    try:
+                        self._proc.wait(_STOP_GRACE)
+                    except subprocess.TimeoutExpired:
+                        raise
+                    raise self._failure() from None
             if time.monotonic() > deadline:
                 raise OperationTimeoutError(
                     f"qemu-nbd did not start serving {self.path} within {_START_TIMEOUT:.0f} s"
                 )
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+    def _failure(self) -> OvfkitError:
+        assert self._proc is not None
+        self._stderr.seek(0)
+        stderr = self._stderr.read().decode("utf-8", "replace")
+        return classify_failure("qemu-nbd", stderr, self._proc.returncode)
 
     @property
     def pid(self) -> int | None:
