@@ -1,0 +1,205 @@
+"""``ovfkit export INVENTORY.json -o OUT.ova [...]``: write a VM's OVA package and print the ZStack
+ImagePackageInventory of the result (what ExportVmOvaPackage answers) as JSON on stdout.
+
+A progress bar goes to stderr when stderr is a terminal; nothing but the JSON is printed when it
+is not. Ctrl-C removes the partial package (write_ova never leaves one at the target path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..errors import InvalidArgumentError
+from ..progress import Progress
+
+__all__ = ["ProgressBar", "inventory_json", "register", "run"]
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "export",
+        help="write the OVA package of a ZStack VM inventory",
+        description=(
+            "Export a VM (a ZStack VmInstanceInventory, JSON, whose volume paths are local "
+            "files) as an OVA package and print its ImagePackageInventory JSON."
+        ),
+    )
+    parser.add_argument("inventory", metavar="INVENTORY.json", help="inventory file, - for stdin")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.ova", help="package path")
+    parser.add_argument("--ovf-version", choices=("1.0", "2.0"), default="1.0",
+                        help="1.0 (envelope/1, read by every importer; default) or 2.0")
+    parser.add_argument("--manifest", choices=("sha1", "sha256", "sha512", "none"),
+                        default="sha256", help="manifest digest (default sha256)")
+    parser.add_argument("--engine", choices=("native", "qemu-img"), default="native",
+                        help="VMDK engine (default native)")
+    parser.add_argument("--sign", metavar="KEY", help="RSA private key (PEM) signing the manifest")
+    parser.add_argument("--cert", metavar="CERT", help="X.509 certificate (PEM) of --sign's key")
+    parser.add_argument("--include-iso", action="store_true",
+                        help="pack the ISO images of the CD-ROM drives (default: drives empty)")
+    parser.add_argument("--ovf-env", metavar="PROPS.json",
+                        help="add an OVF environment ISO with these property values (JSON object)")
+    parser.add_argument("--system-tag", action="append", default=[], metavar="TAG",
+                        help="a ZStack system tag of the VM, e.g. bootMode::UEFI (repeatable)")
+    parser.add_argument("--name", help="package name (default exported-vm-<vm name>)")
+    parser.add_argument("--description", help="package description")
+    parser.add_argument("--resource-uuid", help="package uuid (default: a new one)")
+    parser.add_argument("--backup-storage-uuid", help="backup storage uuid for the inventory")
+    parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                        help="progress bar on stderr (auto: only on a terminal)")
+    parser.set_defaults(func=run)
+
+
+class ProgressBar:
+    """One status line on a terminal, redrawn at most ten times a second."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.last = 0.0
+        self.stage = ""
+        self.started = time.monotonic()
+
+    def __call__(self, p: Progress) -> None:
+        now = time.monotonic()
+        if p.stage == self.stage and now - self.last < 0.1 and p.done != p.total:
+            return
+        if p.stage != self.stage:
+            self.stage, self.started = p.stage, now
+        self.last = now
+        rate = p.done / max(now - self.started, 1e-3) / 2**20
+        if p.total:
+            frac = min(p.done / p.total, 1.0)
+            bar = "#" * int(frac * 30)
+            text = f"{p.stage[:40]:<40} [{bar:<30}] {frac:6.1%} {rate:8.1f} MiB/s"
+        else:
+            text = f"{p.stage[:40]:<40} {p.done / 2**20:10.1f} MiB"
+        self.stream.write("\r" + text + "\x1b[K")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.last:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def inventory_json(
+    *,
+    uuid: str,
+    name: str,
+    description: str,
+    vm_uuid: str,
+    backup_storage_uuid: str | None,
+    path: str,
+    md5: str,
+    size: int,
+    created: datetime,
+    finished: datetime,
+) -> dict[str, Any]:
+    """ZStack's ImagePackageInventory of an exported package (null fields left out)."""
+    from ..zstack.inventory import format_zstack_time
+
+    out: dict[str, Any] = {
+        "uuid": uuid,
+        "name": name,
+        "description": description,
+        "vmUuid": vm_uuid,
+        "backupStorageUuid": backup_storage_uuid,
+        "state": "Exported",
+        "exportUrl": Path(os.path.abspath(path)).as_uri(),
+        "md5Sum": md5,
+        "format": "OVA",
+        "size": int(size),
+        "createDate": format_zstack_time(created),
+        "lastOpDate": format_zstack_time(finished),
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _read_json(path: str, what: str) -> Any:
+    from .descriptor_cmd import read_input
+
+    try:
+        return json.loads(read_input(path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError(f"{what} {path!r} is not JSON: {exc}") from None
+
+
+def _env_values(path: str) -> dict[str, str]:
+    doc = _read_json(path, "--ovf-env")
+    if not isinstance(doc, dict):
+        raise InvalidArgumentError("--ovf-env must be a JSON object of property key -> value")
+    out: dict[str, str] = {}
+    for key, value in doc.items():
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            out[key] = str(value)
+        else:
+            raise InvalidArgumentError(f"--ovf-env property {key!r} must be a string or number")
+    return out
+
+
+def _signer(key: str | None, cert: str | None) -> Any:
+    if key is None and cert is None:
+        return None
+    if key is None or cert is None:
+        raise InvalidArgumentError("--sign KEY and --cert CERT go together")
+    from ..ova.signing import load_signer
+    from .descriptor_cmd import read_input
+
+    return load_signer(read_input(key), read_input(cert))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..ova import OvaOptions, write_ova
+    from ..zstack import vm_from_zstack
+    from ..zstack.catalog import unwrap_vm_inventory
+    from ..zstack.inventory import is_zstack_uuid, new_zstack_uuid
+
+    created = datetime.now(UTC)
+    doc = _read_json(args.inventory, "inventory")
+    vm_uuid = str(unwrap_vm_inventory(doc)["uuid"])
+    vm = vm_from_zstack(doc, system_tags=args.system_tag)
+    uuid = args.resource_uuid or new_zstack_uuid()
+    for field, value in (("--resource-uuid", uuid), ("--backup-storage-uuid",
+                                                    args.backup_storage_uuid)):
+        if value is not None and not is_zstack_uuid(value):
+            raise InvalidArgumentError(
+                f"{field} {value!r} is not a ZStack uuid (32 lower-case hex digits, version 1-5)"
+            )
+    options = OvaOptions(
+        ovf_version=args.ovf_version,
+        manifest=args.manifest,
+        engine=args.engine,
+        signer=_signer(args.sign, args.cert),
+        include_iso=args.include_iso,
+        ovf_env=_env_values(args.ovf_env) if args.ovf_env else None,
+    )
+    show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+    bar = ProgressBar(sys.stderr) if show else None
+    try:
+        result = write_ova(vm, args.output, options, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    inventory = inventory_json(
+        uuid=uuid,
+        name=args.name or f"exported-vm-{vm.name}",
+        description=args.description or f"source vm uuid: {vm_uuid}",
+        vm_uuid=vm_uuid,
+        backup_storage_uuid=args.backup_storage_uuid,
+        path=result.path,
+        md5=result.md5,
+        size=result.size,
+        created=created,
+        finished=datetime.now(UTC),
+    )
+    json.dump(inventory, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0

@@ -1,0 +1,120 @@
+"""`ovfkit export`, `ovfkit verify` and `ovfkit inspect`, run as real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import MakeImage, MiB
+from test_signing import make_key_and_cert
+
+from ovfkit.ova.iso import make_env_iso
+
+EXAMPLE = Path(__file__).parents[2] / "shared" / "zstack" / "vm-inventory-example.json"
+BS_UUID = "4ed5bbb150a044b5917e7e6c9c4b8170"
+ZSTACK_TIME = re.compile(r"[A-Z][a-z]{2} \d{1,2}, \d{4} \d{1,2}:\d{2}:\d{2} [AP]M")
+
+
+def ovfkit(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ovfkit", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture
+def inventory(tmp_path: Path, make_image: MakeImage) -> Path:
+    if EXAMPLE.exists():
+        doc: Any = json.loads(EXAMPLE.read_text())
+    else:  # CI without ../shared: the same shape, trimmed
+        pytest.skip("../shared/zstack/vm-inventory-example.json not available")
+    vm = doc["inventories"][0]
+    root = make_image("qcow2", size=6 * MiB)
+    data = make_image("raw", size=2 * MiB, data=[(MiB, b"data" * 1000)])
+    iso = tmp_path / "cd.iso"
+    iso.write_bytes(make_env_iso(b"<cd/>"))
+    vm["allVolumes"][0].update(installPath=str(root.path), size=root.size, format="qcow2")
+    vm["allVolumes"][1].update(installPath=str(data.path), size=data.size, format="raw")
+    vm["vmCdRoms"][0]["isoInstallPath"] = str(iso)
+    path = tmp_path / "inventory.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_export_prints_the_image_package_inventory(tmp_path: Path, inventory: Path) -> None:
+    out = tmp_path / "web.ova"
+    proc = ovfkit("export", str(inventory), "-o", str(out), "--backup-storage-uuid",
+                  BS_UUID)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # piped: no progress bar
+    inv = json.loads(proc.stdout)
+    data = out.read_bytes()
+    assert inv["md5Sum"] == hashlib.md5(data).hexdigest()
+    assert inv["size"] == len(data) and isinstance(inv["size"], int)
+    assert inv["format"] == "OVA" and inv["state"] == "Exported"
+    assert inv["exportUrl"] == out.resolve().as_uri()
+    assert inv["vmUuid"] == "6efab7159c6942429c6b0e7e0b64b660"
+    assert inv["backupStorageUuid"] == BS_UUID
+    assert inv["name"] == "exported-vm-web-01"
+    assert inv["description"] == "source vm uuid: 6efab7159c6942429c6b0e7e0b64b660"
+    assert re.fullmatch(r"[0-9a-f]{32}", inv["uuid"])
+    assert ZSTACK_TIME.fullmatch(inv["createDate"]) and ZSTACK_TIME.fullmatch(inv["lastOpDate"])
+    verify = ovfkit("verify", str(out))
+    assert verify.returncode == 0 and verify.stdout.strip().endswith("valid"), verify.stdout
+    inspect = json.loads(ovfkit("inspect", str(out), "--json").stdout)
+    assert inspect["vm"]["vcpus"] == 2 and inspect["vm"]["memory_mib"] == 4096
+    assert [m["name"] for m in inspect["members"]][:2] == ["web-01.ovf", "web-01.mf"]
+    text = ovfkit("inspect", str(out)).stdout
+    assert "memory:    4096 MiB" in text and "web-01-disk2.vmdk" in text
+
+
+def test_export_options_and_verify_failure(tmp_path: Path, inventory: Path) -> None:
+    key, cert = make_key_and_cert()
+    (tmp_path / "key.pem").write_bytes(key)
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "props.json").write_text(json.dumps({}))
+    out = tmp_path / "full.ova"
+    proc = ovfkit("export", str(inventory), "-o", str(out), "--ovf-version", "2.0",
+                  "--manifest", "sha512", "--sign", str(tmp_path / "key.pem"),
+                  "--cert", str(tmp_path / "cert.pem"), "--include-iso",
+                  "--ovf-env", str(tmp_path / "props.json"), "--system-tag", "bootMode::UEFI")
+    assert proc.returncode == 0, proc.stderr
+    inspect = json.loads(ovfkit("inspect", str(out), "--json").stdout)
+    names = [m["name"] for m in inspect["members"]]
+    assert names[:3] == ["web-01.ovf", "web-01.mf", "web-01.cert"]
+    assert names[-2:] == ["web-01-iso1.iso", "web-01-ovf-env.iso"]
+    assert inspect["vm"]["firmware"] == "efi" and inspect["ovfVersion"].startswith("2")
+    verify = ovfkit("verify", "-v", str(out))
+    assert verify.returncode == 0, verify.stdout
+    assert "SHA512 digest matches" in verify.stdout and "signature" in verify.stdout
+    disk = next(m for m in inspect["members"] if m["name"] == "web-01-disk1.vmdk")
+    with open(out, "r+b") as f:
+        f.seek(disk["offset"] + disk["size"] // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x80]))
+    verify = ovfkit("verify", str(out))
+    assert verify.returncode == 1
+    assert "problem: web-01-disk1.vmdk: SHA512 digest" in verify.stdout
+    assert "INVALID" in verify.stdout
+
+
+def test_export_errors_leave_nothing(tmp_path: Path, inventory: Path) -> None:
+    doc = json.loads(inventory.read_text())
+    doc["inventories"][0]["allVolumes"][1]["installPath"] = str(tmp_path / "gone.raw")
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = ovfkit("export", str(broken), "-o", str(out / "x.ova"))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert re.match(r"ERROR SYS\.10\d\d: ", proc.stderr)
+    assert list(out.iterdir()) == []
+    proc = ovfkit("export", str(inventory), "-o", str(out / "x.ova"), "--sign", "k.pem")
+    assert proc.returncode == 2 and "--cert" in proc.stderr
+    proc = ovfkit("verify", str(tmp_path / "missing.ova"))
+    assert proc.returncode == 1 and "problem: cannot open" in proc.stdout
