@@ -310,6 +310,7 @@ class QemuNbd:
     def __init__(self, path: str, fmt: str, *, force_share: bool = False) -> None:
         self.path = path
         self.format = fmt
+        self.force_share = force_share
         self._dir = tempfile.mkdtemp(prefix="ovfkit-nbd-")
         self.socket_path = os.path.join(self._dir, "sock")
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
