@@ -91,7 +91,8 @@ _SCHEMAS: dict[str, Any] = {
     },
     "ImagePackageQueryReply": {
         "type": "object",
-        "required": ["inventories"],
+        "description": "inventories, plus total with replyWithCount=true; only total with "
+        "count=true",
         "properties": {
             "inventories": {"type": "array", "items": _ref("ImagePackageInventory")},
             "total": {"type": "integer", "minimum": 0},
