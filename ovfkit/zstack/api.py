@@ -110,10 +110,11 @@ def _validate_request(req: ExportVmOvaPackageRequest) -> tuple[str, str]:
     return req.vm_uuid, req.backup_storage_uuid
 
 
-def estimate_package_size(vm: VirtualMachine) -> int:
+def estimate_package_size(vm: VirtualMachine, *, include_iso: bool = True) -> int:
     """Upper bound of the OVA's size, before any byte is written: ``qemu-img measure`` of every
     disk as streamOptimized VMDK (qemu 7.2 cannot measure vmdk: ovfkit's bound from
-    ``qemu-img map`` then), plus the ISOs carried, plus :data:`PACKAGE_OVERHEAD`."""
+    ``qemu-img map`` then), plus the ISOs when the package carries them, plus
+    :data:`PACKAGE_OVERHEAD`."""
     from ..qemu import img
 
     total = PACKAGE_OVERHEAD
@@ -125,7 +126,7 @@ def estimate_package_size(vm: VirtualMachine) -> int:
             disk.source.path, "vmdk", fmt=disk.source.format, force_share=True
         ).required
         total += 1024  # tar header (+ GNU long-name header) and padding to 512
-    for cd in vm.cd_drives:
+    for cd in vm.cd_drives if include_iso else ():
         if cd.iso is not None:
             try:
                 total += os.path.getsize(cd.iso) + 1024
@@ -229,7 +230,9 @@ def _export(
 
     storage = context.open_storage(bs_uuid)
     try:
-        required = estimate_package_size(vm)
+        required = estimate_package_size(
+            vm, include_iso=options.include_iso if options is not None else False
+        )
         available = storage.available_capacity()
         if available < required:
             raise OperationFailedError(
