@@ -221,3 +221,49 @@ def test_parse_condition_rejects(text: str) -> None:
         parse_condition(text)
 
 
+
+
+_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
+_uuids = st.uuids().map(lambda u: u.hex)
+_moments = st.datetimes(min_value=datetime(1971, 1, 2), max_value=datetime(9998, 12, 30)).map(
+    lambda d: d.replace(microsecond=0).astimezone()
+)
+
+
+@given(
+    st.builds(
+        ExportVmOvaPackageRequest,
+        vm_uuid=st.none() | _uuids,
+        backup_storage_uuid=st.none() | _uuids,
+        name=st.none() | _text,
+        description=st.none() | _text,
+        resource_uuid=st.none() | _uuids,
+        tag_uuids=st.lists(_uuids, max_size=3).map(tuple),
+        system_tags=st.lists(_text, max_size=3).map(tuple),
+        user_tags=st.lists(_text, max_size=3).map(tuple),
+    )
+)
+def test_request_round_trip(req: ExportVmOvaPackageRequest) -> None:
+    assert ExportVmOvaPackageRequest.from_json(json.dumps(req.to_json())) == req
+
+
+@given(
+    st.builds(
+        ImagePackageInventory,
+        uuid=_uuids,
+        name=_text,
+        description=st.none() | _text,
+        vm_uuid=_uuids,
+        backup_storage_uuid=_uuids,
+        state=st.sampled_from(ImagePackageState),
+        export_url=st.none() | _text,
+        md5_sum=st.none() | st.text("0123456789abcdef", min_size=32, max_size=32),
+        size=st.none() | st.integers(0, 2**63 - 1),
+        create_date=st.none() | _moments,
+        last_op_date=st.none() | _moments,
+    )
+)
+def test_inventory_round_trip(inv: ImagePackageInventory) -> None:
+    doc = json.loads(json.dumps(inv.to_json()))
+    assert None not in doc.values()
+    assert ImagePackageInventory.from_json(doc) == inv

@@ -152,3 +152,30 @@ def test_unreachable_storage_fails_before_any_record(ctx: ExportContext, sshd: S
     assert reply.error is not None and reply.error["code"] == "SYS.1006"
     assert "cannot connect to backup storage" in reply.error["details"]
     assert query_image_packages(ctx) == []
+
+
+def test_crashed_sftp_export_is_cleaned_at_start_up(ctx: ExportContext, tmp_path: Path) -> None:
+    """What a process killed mid-upload leaves: its Exporting row (lock free: the owner is
+    gone), the spooled package and the writer's temporary locally, a ``.part`` on the server.
+    Opening the context removes all of it, over SFTP for the remote part."""
+    from ovfkit.zstack.inventory import ImagePackageInventory, ImagePackageState
+
+    uuid = "eeeeeeeeeeee4eee8eeeeeeeeeeeeeee"
+    ctx.records.create_exporting(
+        ImagePackageInventory(uuid, "p", None, VM, SFTP_BS, ImagePackageState.EXPORTING),
+        f"{uuid}.ova",
+    )
+    remote = tmp_path / "remote" / "bs"
+    remote.mkdir(parents=True, exist_ok=True)
+    (remote / f"{uuid}.ova.part").write_bytes(b"half an upload")
+    ctx.spool_dir.mkdir(exist_ok=True)
+    (ctx.spool_dir / f"{uuid}.ova").write_bytes(b"spooled")
+    (ctx.spool_dir / f".{uuid}.ova.x1y2.part").write_bytes(b"writer temp")
+    ctx.close()
+    with open_context(ctx.data_dir) as again:
+        assert again.recovery.rolled_back == [uuid]
+        assert again.recovery.removed == [(SFTP_BS, f"{uuid}.ova")]
+        assert query_image_packages(again) == []
+        assert again.records.pending_cleanup() == []
+    assert os.listdir(remote) == []
+    assert os.listdir(ctx.spool_dir) == []
