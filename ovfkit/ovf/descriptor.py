@@ -333,7 +333,7 @@ class _Writer:
         self.ovf = ns.OVF2 if self.v2 else ns.OVF1
         self.vm, self.cd_files = _written_vm(vm, options, layout)
         self.raw_hw = [
-            _parse_raw(r.xml, f"extra[{i}]")
+            _parse_raw(r.xml, f"extra[{i}]", self.ovf)
             for i, r in enumerate(self.vm.extra)
             if r.where == "hardware"
         ]
@@ -398,7 +398,7 @@ class _Writer:
         self.network_section(env)
         for i, r in enumerate(vm.extra):
             if r.where == "envelope":
-                env.append(_parse_raw(r.xml, f"extra[{i}]"))
+                env.append(_parse_raw(r.xml, f"extra[{i}]", self.ovf))
         self.virtual_system(env)
         etree.indent(env, space="  ")
         # Double-quoted declaration, as VMware and VirtualBox write it (lxml's uses quotes ').
@@ -465,7 +465,7 @@ class _Writer:
         self.hardware_section(vs)
         for i, r in enumerate(vm.extra):
             if r.where == "virtual-system":
-                vs.append(_parse_raw(r.xml, f"extra[{i}]"))
+                vs.append(_parse_raw(r.xml, f"extra[{i}]", self.ovf))
 
     def product_section(self, vs: etree._Element, i: int, p: Product) -> None:
         sec = self.sub(vs, "ProductSection")
@@ -737,11 +737,25 @@ _RAW_PARSER = etree.XMLParser(
 )
 
 
-def _parse_raw(xml: str, where: str) -> etree._Element:
+def _parse_raw(xml: str, where: str, ovf: str) -> etree._Element:
+    """A kept fragment, moved into the OVF namespace being written (a section read from an
+    envelope/1 descriptor goes into envelope/2 as the same section)."""
     try:
         el = etree.fromstring(xml.encode("utf-8"), _RAW_PARSER)
     except etree.XMLSyntaxError as exc:
         raise InvalidArgumentError(f"{where}: RawXml is not well-formed XML: {exc}") from None
+    others = set(ns.OVF_NAMESPACES) - {ovf}
+    for e in el.iter():
+        if not isinstance(e.tag, str):
+            continue
+        qn = etree.QName(e)
+        if qn.namespace in others:
+            e.tag = q(ovf, qn.localname)
+        for name in list(e.attrib):
+            aq = etree.QName(name)
+            if aq.namespace in others:
+                e.set(q(ovf, aq.localname), e.attrib.pop(name))
+    etree.cleanup_namespaces(el, top_nsmap={"ovf": ovf}, keep_ns_prefixes=["xsi"])
     return el
 
 

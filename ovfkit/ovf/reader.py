@@ -199,10 +199,61 @@ def _strip_blank(el: etree._Element) -> etree._Element:
     return el
 
 
-def _raw(el: etree._Element, where: str) -> RawXml:
-    frag = _strip_blank(copy.deepcopy(el))
-    # Keep the prefixes QName-valued content may use (xsi:type="ovf:..._Type").
-    etree.cleanup_namespaces(frag, keep_ns_prefixes=["ovf", "xsi"])
+_PREFIXES = {
+    ns.OVF1: "ovf",
+    ns.OVF2: "ovf",
+    ns.OVF09: "ovf",
+    ns.RASD: "rasd",
+    ns.VSSD: "vssd",
+    ns.EPASD: "epasd",
+    ns.SASD: "sasd",
+    ns.BOOTC: "bootc",
+    ns.BOOTS: "boots",
+    ns.CIM: "cim",
+    ns.VMW: "vmw",
+    ns.VBOX: "vbox",
+    ns.XSI: "xsi",
+}
+
+
+def _canonical(el: etree._Element, ovf: str) -> etree._Element:
+    """A copy of ``el`` with fixed prefixes (ovf, rasd, vmw, ...; others ``ns<n>``), all declared
+    on the fragment's root, so the kept text does not depend on how the source document, or
+    ovfkit's own writer, spelled its namespaces. ``ovf`` and ``xsi`` are always declared: QName
+    values such as ``xsi:type="ovf:DiskSection_Type"`` use them."""
+    used = {ovf, ns.XSI}
+    for e in el.iter():
+        if isinstance(e.tag, str):
+            used.add(etree.QName(e).namespace or "")
+            used.update(etree.QName(a).namespace or "" for a in e.attrib)
+    used.discard("")
+    nsmap: dict[str, str] = {}
+    for i, uri in enumerate(sorted(used)):
+        prefix = _PREFIXES.get(uri, f"ns{i}")
+        if prefix in nsmap:
+            prefix = f"ns{i}"
+        nsmap[prefix] = uri
+
+    def clone(src: etree._Element, parent: etree._Element | None) -> etree._Element:
+        if parent is None:
+            dst = etree.Element(src.tag, nsmap=nsmap)
+        else:
+            dst = etree.SubElement(parent, src.tag)
+        for k, v in src.attrib.items():
+            dst.set(k, v)
+        dst.text = src.text
+        for c in src:
+            if isinstance(c.tag, str):
+                clone(c, dst).tail = c.tail
+            else:  # comments and processing instructions
+                dst.append(copy.copy(c))
+        return dst
+
+    return clone(el, None)
+
+
+def _raw(el: etree._Element, where: str, ovf: str) -> RawXml:
+    frag = _strip_blank(_canonical(el, ovf))
     return RawXml(where, etree.tostring(frag, encoding="unicode", with_tail=False))
 
 
@@ -324,7 +375,7 @@ class _Reader:
             else:
                 if k == "DeploymentOptionSection":
                     self.default_config = self.deployment_default(el)
-                self.extra.append(_raw(el, "envelope"))
+                self.extra.append(_raw(el, "envelope", self.ovf))
         if not contents:
             raise InvalidOvfError("descriptor has no VirtualSystem")
         if contents[0][0] == "VirtualSystemCollection" or len(contents) > 1:
@@ -439,7 +490,7 @@ class _Reader:
             else:
                 if _nsof(el) == ns.VBOX:
                     vendor_sections.append(el)
-                self.extra.append(_raw(el, "virtual-system"))
+                self.extra.append(_raw(el, "virtual-system", self.ovf))
         if hw is None:
             raise InvalidOvfError(f"VirtualSystem {name!r} has no VirtualHardwareSection")
         hwr = _Hardware(self, hw, files, disk_info)
@@ -599,11 +650,11 @@ class _Hardware:
                 if self.r.applies(el):
                     items.append(self.item(el))
                 else:
-                    self.extra.append(_raw(el, "hardware"))
+                    self.extra.append(_raw(el, "hardware", self.r.ovf))
             elif nsu == self.r.ovf and local == "Info":
                 continue
             elif not (nsu == ns.VMW and local == "Config" and self.vmw_config(el)):
-                self.extra.append(_raw(el, "hardware"))
+                self.extra.append(_raw(el, "hardware", self.r.ovf))
         # Controllers first: a device may come before its controller.
         handlers: dict[int, Callable[[_Item], bool]] = {
             3: self.cpu,
@@ -626,7 +677,7 @@ class _Hardware:
         for it in rest:
             handler = device_handlers.get(it.rtype or -1)
             if handler is None or not handler(it):
-                self.extra.append(_raw(it.el, "hardware"))
+                self.extra.append(_raw(it.el, "hardware", self.r.ovf))
 
     def item(self, el: etree._Element) -> _Item:
         it = _Item(el)
@@ -678,7 +729,7 @@ class _Hardware:
         else:
             ctype = ControllerType.SATA  # ResourceType 20: VMware vmware.sata.ahci, vbox AHCI
         n = sum(1 for c in self.controllers if c.type is ctype)
-        addr = it.get("Address")
+        addr = it.get("Address") or it.get("BusNumber")  # BusNumber: OVF 0.9
         bus = _int(addr, f"{it.label()} Address") if addr else n
         cid = f"{ctype.value}{n}"
         self.controllers.append(Controller(cid, ctype, subtype, bus))
@@ -754,8 +805,10 @@ class _Hardware:
         return True
 
     def nic(self, it: _Item) -> bool:
-        sub = (it.get("ResourceSubType") or "").lower()
-        adapter = _NIC_TYPES.get(sub, NicType.E1000)  # unknown: the most widely emulated one
+        # COT lists the acceptable subtypes space-separated ("VMXNET3 virtio"): first known one.
+        subs = (it.get("ResourceSubType") or "").lower().split()
+        known = [_NIC_TYPES[t] for t in subs if t in _NIC_TYPES]
+        adapter = known[0] if known else NicType.E1000  # unknown: the most widely emulated one
         conns = it.props.get("Connection", [])
         nid = f"nic{len(self.nics) + 1}"
         self.nics.append(
