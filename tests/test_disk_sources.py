@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 from conftest import KiB, MakeImage, MiB, random_bytes, text_like
 
-from ovfkit.disk import ImageSource, MemorySource, NbdSource, RawSource, open_source
+from ovfkit.disk import (
+    ImageSource,
+    MappedSource,
+    MemorySource,
+    NbdSource,
+    RawSource,
+    open_source,
+)
 from ovfkit.disk.nbd import QemuNbd
 from ovfkit.disk.source import Extent
 from ovfkit.errors import (
@@ -54,6 +61,12 @@ def _read_like_a_writer(source: ImageSource) -> tuple[bytes, list[Extent]]:
     return bytes(out), extents
 
 
+def _server(source: ImageSource) -> QemuNbd:
+    nbd = source.nbd if isinstance(source, MappedSource) else source
+    assert isinstance(nbd, NbdSource) and nbd.server is not None
+    return nbd.server
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -71,7 +84,8 @@ def test_source_reads_what_qemu_reads(make_image: MakeImage, kind: str, layout: 
     image = make_image(kind, size=size, data=data)
     expected = image.read_raw()
     with open_source(DiskSource(str(image.path), image.format)) as source:
-        assert isinstance(source, RawSource if kind == "raw" else NbdSource)
+        expected_type = {"raw": RawSource, "vmdk": NbdSource}.get(kind, MappedSource)
+        assert isinstance(source, expected_type)
         assert source.capacity == size
         got, extents = _read_like_a_writer(source)
         _check_extents(extents, size)
@@ -106,7 +120,7 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 def test_format_probed_when_not_given(make_image: MakeImage) -> None:
     image = make_image("qcow2-backing")
     with open_source(DiskSource(str(image.path))) as source:
-        assert isinstance(source, NbdSource)
+        assert isinstance(source, MappedSource)
         assert _read_like_a_writer(source)[0] == image.read_raw()
 
 
@@ -209,9 +223,9 @@ def _nbd_dirs(where: Path) -> set[str]:
 def test_qemu_nbd_ends_and_socket_dir_goes(make_image: MakeImage, private_tmp: Path) -> None:
     image = make_image("qcow2")
     with open_source(DiskSource(str(image.path), "qcow2")) as source:
-        assert isinstance(source, NbdSource) and source.server is not None
-        pid = source.server.pid
-        sock = source.server.socket_path
+        server = _server(source)
+        pid = server.pid
+        sock = server.socket_path
         assert pid is not None and _alive(pid) and os.path.exists(sock)
     assert not _alive(pid)
     assert not os.path.exists(os.path.dirname(sock))
@@ -223,8 +237,7 @@ def test_qemu_nbd_ends_on_exception(make_image: MakeImage) -> None:
     image = make_image("qcow2")
     pid = None
     with pytest.raises(RuntimeError), open_source(DiskSource(str(image.path))) as source:
-        assert isinstance(source, NbdSource) and source.server is not None
-        pid = source.server.pid
+        pid = _server(source).pid
         raise RuntimeError("writer failed")
     assert pid is not None and not _alive(pid)
 
@@ -280,3 +293,25 @@ def test_socket_dir_removed_even_if_never_connected(make_image: MakeImage) -> No
     server.stop()
     assert pid is not None and not _alive(pid)
     assert not os.path.exists(os.path.dirname(server.socket_path))
+
+
+def test_direct_reads_only_where_map_places_data(make_image: MakeImage, tmp_path: Path) -> None:
+    """A compressed qcow2 mixes clusters stored as they are (random data does not compress) and
+    compressed ones: both kinds come back right, and the chooser keeps other formats on NBD."""
+    size = 2 * MiB
+    data = [(0, random_bytes(256 * KiB)), (MiB, text_like(512 * KiB))]
+    image = make_image("qcow2-compressed", size=size, data=data)
+    placed = [m for m in img.map(image.path, "qcow2") if m.data]
+    assert any(m.offset is None for m in placed) and any(m.offset is not None for m in placed)
+    with open_source(DiskSource(str(image.path), "qcow2")) as source:
+        assert isinstance(source, MappedSource)
+        assert _read_like_a_writer(source)[0] == image.read_raw()
+    external = tmp_path / "external.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"data_file={tmp_path / 'd.raw'}",
+         str(external), "1M"],
+        check=True,
+    )  # fmt: skip
+    with open_source(DiskSource(str(external), "qcow2")) as source:
+        assert type(source) is NbdSource
+        assert _read_like_a_writer(source)[0] == bytes(MiB)

@@ -2,7 +2,9 @@
 
 :func:`open_source` picks the reader: a raw file is read directly (:mod:`.raw`), anything else
 (qcow2 with a backing chain or compressed clusters, vmdk, vhdx, ...) through a private read-only
-qemu-nbd (:mod:`.nbd`).
+qemu-nbd (:mod:`.nbd`); for chains of plain qcow2/raw layers the clusters qemu-img map places
+are read straight from the files and only the rest (compressed clusters) through qemu-nbd
+(:mod:`.mapped`).
 """
 
 from __future__ import annotations
@@ -14,12 +16,21 @@ from collections.abc import Iterator
 from ..errors import NotFoundError
 from ..model import DiskSource
 from ..qemu import img
+from .mapped import MappedSource, eligible
 from .memory import MemorySource
 from .nbd import NbdSource
 from .raw import RawSource
 from .source import Extent, ImageSource
 
-__all__ = ["Extent", "ImageSource", "MemorySource", "NbdSource", "RawSource", "open_source"]
+__all__ = [
+    "Extent",
+    "ImageSource",
+    "MappedSource",
+    "MemorySource",
+    "NbdSource",
+    "RawSource",
+    "open_source",
+]
 
 
 @contextlib.contextmanager
@@ -45,7 +56,15 @@ def open_source(disk: DiskSource, *, force_shared: bool = False) -> Iterator[Ima
             )
         source = raw
     else:
-        source = NbdSource.open(disk.path, info.format, force_share=force_shared)
+        nbd = NbdSource.open(disk.path, info.format, force_share=force_shared)
+        if eligible(info):
+            try:
+                source = MappedSource(info, nbd, force_share=force_shared)
+            except BaseException:
+                nbd.close()
+                raise
+        else:
+            source = nbd
     try:
         yield source
     finally:

@@ -80,6 +80,7 @@ class ImageInfo:
     encrypted: bool
     compression_type: str | None
     backing_chain: tuple[ImageInfo, ...] = ()
+    data_file: str | None = None
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any], chain: Sequence[ImageInfo] = ()) -> ImageInfo:
@@ -97,6 +98,7 @@ class ImageInfo:
             encrypted=bool(obj.get("encrypted", False)),
             compression_type=specific.get("compression-type"),
             backing_chain=tuple(chain),
+            data_file=specific.get("data-file"),
         )
 
 
@@ -260,12 +262,22 @@ def info(
 
 
 def map(
-    path: str | os.PathLike[str], fmt: str | None = None, force_share: bool = False
+    path: str | os.PathLike[str],
+    fmt: str | None = None,
+    force_share: bool = False,
+    *,
+    start: int | None = None,
+    length: int | None = None,
 ) -> list[MapExtent]:
-    """``qemu-img map --output=json``: allocation of the whole chain as seen by the guest."""
+    """``qemu-img map --output=json``: allocation of the whole chain as seen by the guest,
+    optionally of the window [start, start + length) only."""
     args = ["map", "--output=json", *_fmt_args("-f", fmt)]
     if force_share:
         args.append("-U")
+    if start is not None:
+        args.append(f"--start-offset={start}")
+    if length is not None:
+        args.append(f"--max-length={length}")
     args.append(os.fspath(path))
     return [
         MapExtent(

@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO, Protocol
 
+from ..disk.mapped import MappedSource
 from ..disk.nbd import NbdSource
 from ..disk.raw import RawSource
 from ..errors import IoError, VmdkFormatError
@@ -300,9 +301,9 @@ def write_vmdk_qemu(
             path, src_fmt = source.path, info.format
         elif isinstance(source, RawSource):
             path, src_fmt = source.path, "raw"
-        elif isinstance(source, NbdSource) and source.server is not None:
-            path, src_fmt = source.server.path, source.server.format
-            force_share = source.server.force_share
+        elif (nbd := _nbd_of(source)) is not None and nbd.server is not None:
+            path, src_fmt = nbd.server.path, nbd.server.format
+            force_share = nbd.server.force_share
         else:
             path, src_fmt = _spill(source, where, cancel), "raw"
             stack.callback(_unlink, path)
@@ -349,6 +350,12 @@ def write_vmdk_qemu(
 
 # The name ovfkit.vmdk.writer dispatches to for engine="qemu-img".
 write_vmdk = write_vmdk_qemu
+
+
+def _nbd_of(source: object) -> NbdSource | None:
+    if isinstance(source, MappedSource):
+        return source.nbd
+    return source if isinstance(source, NbdSource) else None
 
 
 def _unlink(path: str) -> None:
