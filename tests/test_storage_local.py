@@ -127,3 +127,22 @@ def test_postponed_removal_is_retried_at_start_up(tmp_path: Path) -> None:
         assert ctx.recovery.removed == [(BS, f"{inv.uuid}.ova")]
         assert ctx.records.pending_cleanup() == []
     assert os.listdir(bs_dir) == []
+
+
+def test_embedded_default_storage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ovfkit.cli import main as cli_main
+
+    with open_context(tmp_path) as ctx:
+        (uuid, storage), = ctx.config.backup_storages.items()
+        assert storage == LocalStorageConfig(
+            uuid, str(tmp_path.resolve() / "packages"), "default local backup storage"
+        )
+    with open_context(tmp_path) as ctx:  # the same uuid after a restart
+        assert list(ctx.config.backup_storages) == [uuid]
+    assert cli_main(["vm", "backup-storages", "--data-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.split()[:2] == [uuid, "local"]
+    # A config naming its own storages gets no default added.
+    other = tmp_path / "other"
+    save_config(other, Config(backup_storages={BS: LocalStorageConfig(BS, str(other / "x"))}))
+    with open_context(other) as ctx:
+        assert list(ctx.config.backup_storages) == [BS]

@@ -1,4 +1,4 @@
-"""``ovfkit vm add|list|remove``: the embedded VM catalog of a data folder.
+"""``ovfkit vm add|list|remove|backup-storages``: the embedded VM catalog of a data folder.
 
 ``add INVENTORY.json`` registers a ZStack VmInstanceInventory (a QueryVmInstance reply, an API
 event or a bare inventory) after checking that ovfkit can build a VM from it; ExportVmOvaPackage
@@ -16,7 +16,14 @@ from typing import Any
 
 from ..errors import InvalidArgumentError
 from ..zstack.catalog import FolderCatalog, unwrap_vm_inventory
-from ..zstack.config import DATA_DIR_ENV, default_data_dir, load_config, save_config
+from ..zstack.config import (
+    DATA_DIR_ENV,
+    LocalStorageConfig,
+    default_data_dir,
+    ensure_default_storage,
+    load_config,
+    save_config,
+)
 
 __all__ = ["register"]
 
@@ -53,6 +60,11 @@ def register(sub: Any) -> None:
     ls.add_argument("--json", action="store_true", help="print the inventories as JSON")
     _data_dir_arg(ls)
     ls.set_defaults(func=_list)
+    bs = vm_sub.add_parser(
+        "backup-storages", help="list the backup storages exports can go to (uuid, kind, place)"
+    )
+    _data_dir_arg(bs)
+    bs.set_defaults(func=_backup_storages)
     rm = vm_sub.add_parser("remove", help="unregister a VM")
     rm.add_argument("uuid", help="the VM's uuid")
     _data_dir_arg(rm)
@@ -93,6 +105,17 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     for vm in vms:
         print(f"{vm.get('uuid')}  {vm.get('state', '?'):<9} {vm.get('name', '')}")
+    return 0
+
+
+def _backup_storages(args: argparse.Namespace) -> int:
+    config = ensure_default_storage(_data_dir(args))
+    for uuid, storage in config.backup_storages.items():
+        if isinstance(storage, LocalStorageConfig):
+            print(f"{uuid}  local  {storage.path}")
+        else:
+            print(f"{uuid}  sftp   {storage.username}@{storage.hostname}:{storage.port}"
+                  f"{storage.path}")
     return 0
 
 

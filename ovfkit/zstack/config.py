@@ -46,6 +46,7 @@ __all__ = [
     "LocalStorageConfig",
     "SftpStorageConfig",
     "default_data_dir",
+    "ensure_default_storage",
     "load_config",
     "save_config",
 ]
@@ -233,3 +234,23 @@ def save_config(data_dir: str | os.PathLike[str], config: Config) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+DEFAULT_STORAGE_FOLDER = "packages"
+
+
+def ensure_default_storage(data_dir: str | os.PathLike[str]) -> Config:
+    """The embedded default: a data folder whose config names no backup storage gets a local
+    one, ``<data>/packages`` under a fresh uuid, written to the config file (so the uuid stays
+    the same across restarts). A config that names any backup storage is left as it is."""
+    from .inventory import new_zstack_uuid
+
+    config = load_config(data_dir)
+    if config.backup_storages:
+        return config
+    folder = Path(data_dir).resolve() / DEFAULT_STORAGE_FOLDER
+    config = config.with_backup_storage(
+        LocalStorageConfig(new_zstack_uuid(), str(folder), "default local backup storage")
+    )
+    save_config(data_dir, config)
+    return config

@@ -5,6 +5,9 @@ Open one per process (``open_context``) and share it between threads; it is what
 from a crash: every ``Exporting`` record whose exporting process is gone (its flock is free) is
 deleted together with its partial files — the package never existed, as after any failed export —
 and file removals that could not be done earlier (storage unreachable) are retried.
+
+A data folder without any backup storage in its config gets the embedded default, a local one in
+``<data>/packages`` (:func:`ovfkit.zstack.config.ensure_default_storage`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 from ..errors import NotFoundError, OvfkitError
 from .catalog import FolderCatalog, VmResolver
-from .config import CONFIG_NAME, Config, load_config
+from .config import CONFIG_NAME, Config, ensure_default_storage, load_config
 from .records import PackageRecords
 from .storage import BackupStorage, open_backup_storage
 
@@ -53,7 +56,7 @@ class ExportContext:
         self.resolver: VmResolver = resolver if resolver is not None else self.catalog
         self._base_url = base_url.rstrip("/") if base_url else None
         self._config_lock = threading.Lock()
-        self._config: Config = load_config(self.data_dir)
+        self._config: Config = ensure_default_storage(self.data_dir)
         self._config_stamp = self._stamp()
         self.records = PackageRecords(self.data_dir)
         self.recovery = RecoveryReport()
