@@ -56,6 +56,7 @@ __all__ = [
     "encode_table",
     "gd_entries",
     "geometry",
+    "grain_marker_frame",
     "grain_marker_sectors",
     "parse_descriptor",
     "sectors_for",
@@ -97,6 +98,7 @@ _HEADER = struct.Struct("<4sIIQQQQIQQQB4sH433x")
 _MARKER = struct.Struct("<QII")
 _GRAIN_MARKER = struct.Struct("<QI")
 _NEWLINE_CHECK = b"\n \r\n"
+_PADS = tuple(bytes(n) for n in range(SECTOR))
 
 assert _HEADER.size == SECTOR
 
@@ -220,14 +222,18 @@ def grain_marker_sectors(compressed_size: int) -> int:
     return sectors_for(MARKER_HEADER_SIZE + compressed_size)
 
 
+def grain_marker_frame(lba: int, size: int) -> tuple[bytes, bytes]:
+    """The bytes before and after ``size`` bytes of compressed grain: (lba u64 + size u32, zero
+    padding to the sector). A writer joins head + data + pad with its other grains in one copy."""
+    if size <= 0:
+        raise InvalidArgumentError("a grain marker needs at least one byte of data")
+    return _GRAIN_MARKER.pack(lba, size), _PADS[(-(MARKER_HEADER_SIZE + size)) % SECTOR]
+
+
 def encode_grain_marker(lba: int, data: bytes | memoryview) -> bytes:
     """Grain marker: lba u64, size u32, then the compressed grain, zero padded to a sector."""
-    n = len(data)
-    if n == 0:
-        raise InvalidArgumentError("a grain marker needs at least one byte of data")
-    head = _GRAIN_MARKER.pack(lba, n)
-    pad = grain_marker_sectors(n) * SECTOR - MARKER_HEADER_SIZE - n
-    return b"".join((head, data, bytes(pad)))
+    head, pad = grain_marker_frame(lba, len(data))
+    return b"".join((head, data, pad))
 
 
 def encode_metadata_marker(marker_type: int, num_sectors: int) -> bytes:

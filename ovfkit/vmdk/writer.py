@@ -166,10 +166,11 @@ def _compress_batch(
         o = k * G
         if buf.startswith(_ZERO_GRAIN, o):  # memcmp, no copy
             continue
-        marker = fmt.encode_grain_marker((first + k) * fmt.GRAIN_SECTORS, compress(view[o : o + G]))
-        parts.append(marker)
+        data = compress(view[o : o + G])
+        head, pad = fmt.grain_marker_frame((first + k) * fmt.GRAIN_SECTORS, len(data))
+        parts += (head, data, pad)
         where.append((first + k, rel))
-        rel += len(marker) // fmt.SECTOR
+        rel += (len(head) + len(data) + len(pad)) // fmt.SECTOR
     return b"".join(parts), where, len(where)
 
 
