@@ -173,6 +173,7 @@ def test_query_conditions(tmp_path: Path) -> None:
     assert "web-b" in q(f"createDate>={(b.create_date).isoformat()}")
     assert q("createDate>2999-01-01T00:00:00") == set()
     assert q("createDate<Jan 1, 2000 12:00:00 AM") == set()
+    assert db.count([parse_condition("name~=web%")]) == 3 and db.count([]) == 4
     # Paging and sorting.
     names = [r.inventory.name for r in db.query([], sort_by="size", sort_direction="desc")]
     assert names[:3] == ["db-c", "web-b", "web-a"]

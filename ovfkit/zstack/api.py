@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PACKAGE_OVERHEAD",
+    "count_image_packages",
     "delete_image_package",
     "estimate_package_size",
     "export_vm_ova_package",
@@ -341,6 +342,11 @@ def query_image_packages(
         conds, limit=limit, start=start, sort_by=sort_by, sort_direction=sort_direction
     )
     return [r.inventory for r in records]
+
+
+def count_image_packages(context: ExportContext, conditions: Sequence[str | Condition] = ()) -> int:
+    """QueryImagePackage with ``count=true``: how many records match every condition."""
+    return context.records.count(conditions_from_query(conditions))
 
 
 def get_image_package(context: ExportContext, uuid: str) -> ImagePackageInventory:

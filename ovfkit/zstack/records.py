@@ -402,7 +402,15 @@ class PackageRecords:
         return [_row_to_record(r) for r in rows]
 
     def count(self, conditions: Sequence[Condition] = ()) -> int:
-        return len(self.query(conditions))
+        where, args = [], []
+        for cond in conditions:
+            sql, values = _condition_sql(cond)
+            where.append(sql)
+            args.extend(values)
+        sql = "SELECT COUNT(*) FROM image_packages"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return int(self._conn().execute(sql, args).fetchone()[0])
 
 
 _NUMERIC = frozenset({"size"})
