@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from ovfkit.disk import (
     MemorySource,
     NbdSource,
     RawSource,
+    mapped,
     open_source,
 )
 from ovfkit.disk.nbd import QemuNbd
@@ -31,7 +33,7 @@ from ovfkit.errors import (
 from ovfkit.model import DiskSource
 from ovfkit.qemu import img
 
-KINDS = ["raw", "qcow2", "qcow2-compressed", "qcow2-backing", "vmdk"]
+KINDS = ["raw", "qcow2", "qcow2-compressed", "qcow2-backing", "vmdk", "vmdk-stream"]
 LAYOUTS = {
     "default-4M": (4 * MiB, None),
     "not-64k-multiple": (3 * MiB + 512, None),
@@ -84,7 +86,9 @@ def test_source_reads_what_qemu_reads(make_image: MakeImage, kind: str, layout: 
     image = make_image(kind, size=size, data=data)
     expected = image.read_raw()
     with open_source(DiskSource(str(image.path), image.format)) as source:
-        expected_type = {"raw": RawSource, "vmdk": NbdSource}.get(kind, MappedSource)
+        expected_type = {"raw": RawSource, "vmdk": NbdSource, "vmdk-stream": NbdSource}.get(
+            kind, MappedSource
+        )
         assert isinstance(source, expected_type)
         assert source.capacity == size
         got, extents = _read_like_a_writer(source)
@@ -315,3 +319,56 @@ def test_direct_reads_only_where_map_places_data(make_image: MakeImage, tmp_path
     with open_source(DiskSource(str(external), "qcow2")) as source:
         assert type(source) is NbdSource
         assert _read_like_a_writer(source)[0] == bytes(MiB)
+
+
+@pytest.mark.parametrize("kind", ["qcow2", "qcow2-compressed", "qcow2-backing", "raw"])
+def test_nbd_alone_reads_what_qemu_reads(make_image: MakeImage, kind: str) -> None:
+    """The NBD client on its own (the fallback of MappedSource, the reader of every other
+    format), block status and reads, against qemu's raw conversion."""
+    image = make_image(kind, size=3 * MiB + 512)
+    source = NbdSource.open(str(image.path), image.format)
+    try:
+        got, extents = _read_like_a_writer(source)
+        _check_extents(extents, image.size)
+        assert got == image.read_raw()
+    finally:
+        source.close()
+
+
+def test_map_windows(make_image: MakeImage, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads and extents that cross map windows (4 GiB in use, 192 KiB here)."""
+    monkeypatch.setattr(mapped, "WINDOW", 192 * KiB)
+    image = make_image("qcow2-backing", size=3 * MiB + 512)
+    expected = image.read_raw()
+    with open_source(DiskSource(str(image.path), "qcow2")) as source:
+        assert isinstance(source, MappedSource)
+        got, extents = _read_like_a_writer(source)
+        _check_extents(extents, image.size)
+        assert got == expected
+        whole = bytearray(image.size)
+        assert source.readinto(0, memoryview(whole)) == image.size
+        assert whole == expected
+        buf = bytearray(300 * KiB)
+        assert source.readinto(100 * KiB + 3, memoryview(buf)) == len(buf)
+        assert buf == expected[100 * KiB + 3 : 400 * KiB + 3]
+
+
+def test_qemu_nbd_goes_when_its_parent_is_killed(make_image: MakeImage) -> None:
+    image = make_image("vmdk")
+    code = (
+        "import os, signal, sys\n"
+        "from ovfkit.disk import open_source\n"
+        "from ovfkit.model import DiskSource\n"
+        "with open_source(DiskSource(sys.argv[1], 'vmdk')) as s:\n"
+        "    print(s.server.pid, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(image.path)], capture_output=True, text=True
+    )
+    assert proc.returncode == -9, proc.stderr
+    pid = int(proc.stdout)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)

@@ -322,7 +322,9 @@ class QemuNbd:
             raise
 
     def _command(self, force_share: bool) -> list[str]:
-        cmd = [QEMU_NBD, "--read-only", "--persistent", f"--socket={self.socket_path}"]
+        # No --persistent: qemu-nbd then exits when its one client goes, so even a parent
+        # killed with SIGKILL leaves no server behind (stop() ends it in every other case).
+        cmd = [QEMU_NBD, "--read-only", f"--socket={self.socket_path}"]
         if not force_share:
             return [*cmd, f"--format={self.format}", self.path]
         # qemu-nbd has no -U: the generic block option force-share=on (read-only only) does it.
