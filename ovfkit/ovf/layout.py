@@ -142,7 +142,7 @@ def safe_basename(vm_name: str, max_len: int = MAX_MEMBER_NAME - _LONGEST_SUFFIX
     cleaned = _UNSAFE.sub("-", folded)
     cleaned = re.sub(r"\.{2,}", ".", cleaned).strip(".-_")
     cleaned = re.sub(r"-{2,}", "-", cleaned)
-    if cleaned == vm_name and len(cleaned) <= max_len:
+    if cleaned and cleaned == vm_name and len(cleaned) <= max_len:
         return cleaned
     digest = hashlib.sha256(vm_name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     stem = cleaned[: max_len - 9].rstrip(".-_") or "vm"
