@@ -16,7 +16,7 @@ import xxhash
 from conftest import KiB, MakeImage, MiB, random_bytes, text_like
 
 from ovfkit.disk import MemorySource, RawSource
-from ovfkit.errors import CancelledError, InvalidArgumentError
+from ovfkit.errors import CancelledError, InvalidArgumentError, IoError, NotFoundError
 from ovfkit.model import DiskSource
 from ovfkit.progress import Progress
 from ovfkit.vmdk import VmdkOptions, VmdkResult, inspect_vmdk, read_vmdk_data, write_vmdk
@@ -249,3 +249,50 @@ def test_empty_10_gib_disk_is_small(tmp_path: Path) -> None:
     assert result.grains == 0
     assert result.size < 64 * KiB + 4 * KiB  # header, descriptor, GD and the three last sectors
     check_with_tools(out, raw, 10 * 1024 * MiB)
+
+
+def test_read_ahead_is_bounded() -> None:
+    """Memory stays bounded: the source is never read far ahead of what reached the sink."""
+    data = random_bytes(4 * MiB) * 12  # 48 MiB of data, 12 batches of 4 MiB
+    read = [0]
+    worst = [0]
+
+    class Src(MemorySource):
+        def readinto(self, offset: int, buf: memoryview) -> int:
+            read[0] = max(read[0], offset + len(buf))
+            return super().readinto(offset, buf)
+
+    class Sink:
+        written = 0
+
+        def write(self, b: bytes) -> int:
+            # Grains are stored about 1:1 (random data), so sink bytes track disk bytes.
+            Sink.written += len(b)
+            worst[0] = max(worst[0], read[0] - Sink.written)
+            return len(b)
+
+    write_vmdk(Src(data), Sink(), VmdkOptions(threads=2))
+    batch = 64 * fmt.GRAIN_SIZE
+    assert worst[0] <= (2 * 2 + 2) * batch
+
+
+def test_sink_and_source_failures_are_io_errors() -> None:
+    class Broken:
+        def write(self, b: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(IoError) as e:
+        write_vmdk(MemorySource(b"x" * 100), Broken())
+    assert e.value.code == "SYS.1016" and "No space" in e.value.details
+
+    class BadSource(MemorySource):
+        def readinto(self, offset: int, buf: memoryview) -> int:
+            raise OSError(5, "Input/output error")
+
+    with pytest.raises(IoError):
+        write_vmdk(BadSource(b"x" * 100), io.BytesIO())
+
+
+def test_missing_disk_source(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError):
+        write_vmdk(DiskSource(str(tmp_path / "nope.qcow2")), io.BytesIO())
