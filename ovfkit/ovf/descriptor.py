@@ -152,9 +152,10 @@ def _check_vm(vm: VirtualMachine) -> None:
 
 
 def _attach_env_iso(vm: VirtualMachine, layout: PackageLayout) -> tuple[VirtualMachine, str]:
-    """Put the OVF environment ISO in the first CD drive that carries no packed ISO, or in a new
-    drive on the first free IDE unit (a new IDE controller if all are full). Returns the VM as
-    written and the id of the drive carrying the environment."""
+    """Put the OVF environment ISO in the first CD drive that carries no packed ISO, else in a
+    new drive on the first free IDE unit, then SATA unit; else on a new IDE controller while
+    there are fewer than two (VMware has IDE buses 0 and 1 only), else a new SATA controller.
+    Returns the VM as written and the id of the drive carrying the environment."""
     for cd in vm.cd_drives:
         if layout.iso_file(cd.id) is None:
             return vm, cd.id
@@ -164,18 +165,23 @@ def _attach_env_iso(vm: VirtualMachine, layout: PackageLayout) -> tuple[VirtualM
     cd_id = "ovf-env"
     while any(c.id == cd_id for c in vm.cd_drives):
         cd_id += "_"
-    for ctrl in vm.controllers:
-        if ctrl.type is ControllerType.IDE:
-            for unit in range(2):
-                if (ctrl.id, unit) not in taken:
-                    cd = CdDrive(cd_id, ctrl.id, unit)
-                    return replace(vm, cd_drives=(*vm.cd_drives, cd)), cd_id
-    ctrl_id = "ovf-env-ide"
+    for ctype in (ControllerType.IDE, ControllerType.SATA):
+        for ctrl in vm.controllers:
+            if ctrl.type is ctype:
+                for unit in _valid_units(ctype):
+                    if (ctrl.id, unit) not in taken:
+                        cd = CdDrive(cd_id, ctrl.id, unit)
+                        return replace(vm, cd_drives=(*vm.cd_drives, cd)), cd_id
+    ctrl_id = "ovf-env-controller"
     while any(c.id == ctrl_id for c in vm.controllers):
         ctrl_id += "_"
     ide_buses = [c.bus_number for c in vm.controllers if c.type is ControllerType.IDE]
-    bus = 1 + max(ide_buses, default=-1)
-    ctrl = Controller(ctrl_id, ControllerType.IDE, None, bus)
+    if len(ide_buses) < 2:
+        bus = min({0, 1} - set(ide_buses))
+        ctrl = Controller(ctrl_id, ControllerType.IDE, None, bus)
+    else:
+        sata_buses = [c.bus_number for c in vm.controllers if c.type is ControllerType.SATA]
+        ctrl = Controller(ctrl_id, ControllerType.SATA, None, 1 + max(sata_buses, default=-1))
     return (
         replace(
             vm,
