@@ -282,3 +282,57 @@ def test_reply_json_round_trips(ctx: ExportContext) -> None:
     reply = export_vm_ova_package(json.dumps(body()), context=ctx)
     text = json.dumps(reply.to_json())
     assert json.loads(text)["inventory"]["uuid"] == reply.inventory.uuid  # type: ignore[union-attr]
+
+
+def test_capacity_is_reserved_while_an_export_runs(ctx: ExportContext, tmp_path: Path) -> None:
+    """Room for one package, two exports at once: the second is refused (SYS.1006) while the
+    first holds its reservation, though the first has hardly written anything yet."""
+    from ovfkit.zstack.adapter import vm_from_zstack
+    from ovfkit.zstack.api import estimate_package_size
+
+    volumes = Path(load_config(ctx.data_dir).storage_roots[0])
+    second_vm = "4d3c2b1a0f9e4d8cb7a6f5e4d3c2b1a0"
+    ctx.catalog.add(
+        make_demo_vm(volumes, vm_uuid=second_vm, root_size=3 * MiB, data_size=2 * MiB, seed=7)
+    )
+    estimate = estimate_package_size(vm_from_zstack(ctx.catalog(VM) or {}))
+    mount = tmp_path / "bs"
+    mount.mkdir()
+    size_kib = estimate * 3 // 2 // 1024
+    if os.system(f"mount -t tmpfs -o size={size_kib}k tmpfs {mount} 2>/dev/null") != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        small = "7e6d5c4b3a2f41e0a9b8c7d6e5f4a3b2"
+        save_config(
+            ctx.data_dir,
+            load_config(ctx.data_dir).with_backup_storage(LocalStorageConfig(small, str(mount))),
+        )
+        first_running = threading.Event()
+        second_done = threading.Event()
+
+        def hold(p: Progress) -> None:
+            first_running.set()
+            second_done.wait(60)
+
+        first: list[Any] = []
+        t = threading.Thread(
+            target=lambda: first.append(
+                export_vm_ova_package(body(backupStorageUuid=small), context=ctx, progress=hold)
+            )
+        )
+        t.start()
+        assert first_running.wait(60)
+        second = export_vm_ova_package(
+            body(vmUuid=second_vm, backupStorageUuid=small), context=ctx
+        )
+        second_done.set()
+        t.join()
+        assert second.error is not None and second.error["code"] == "SYS.1006", second.error
+        assert "does not have enough available capacity" in second.error["details"]
+        assert first[0].success, first[0].error
+        # Released afterwards: with the first package deleted, the second VM fits.
+        delete_image_package(ctx, first[0].inventory.uuid)
+        again = export_vm_ova_package(body(vmUuid=second_vm, backupStorageUuid=small), context=ctx)
+        assert again.success, again.error
+    finally:
+        os.system(f"umount {mount}")

@@ -27,7 +27,6 @@ from ..errors import (
     InvalidArgumentError,
     IoError,
     NotFoundError,
-    OperationFailedError,
     OvfkitError,
 )
 from ..model import VirtualMachine
@@ -222,8 +221,8 @@ def _export(
         )
     vm = _vm_model(inventory, req, config.storage_roots)
     vm_name = inventory.get("name")
-    name = req.name if req.name is not None else f"exported-vm-{vm_name or vm.name}"
-    _check_length("name", name, NAME_MAX)
+    # ZStack's default; cut to the column's 255 characters for a VM name near that limit.
+    name = req.name if req.name is not None else f"exported-vm-{vm_name or vm.name}"[:NAME_MAX]
     description = req.description if req.description is not None else (
         f"source vm uuid: {vm_uuid}"
     )
@@ -234,61 +233,91 @@ def _export(
         required = estimate_package_size(
             vm, include_iso=options.include_iso if options is not None else False
         )
-        available = storage.available_capacity()
-        if available < required:
-            raise OperationFailedError(
-                f"backup storage[uuid: {bs_uuid}] does not have enough available capacity for "
-                f"exporting vm[uuid: {vm_uuid}], required capacity is: {required}"
-            )
         spool = context.spool_dir
-        if storage.remote:  # the package is spooled here first
-            spool.mkdir(parents=True, exist_ok=True)
-            st = os.statvfs(spool)
-            if st.f_bavail * st.f_frsize < required:
-                raise OperationFailedError(
-                    f"the spool folder {spool} does not have enough available capacity for "
-                    f"exporting vm[uuid: {vm_uuid}] to backup storage[uuid: {bs_uuid}], "
-                    f"required capacity is: {required}"
-                )
-        install_path = f"{package_uuid}.ova"
-        lock = ExportLock.try_acquire(context.records.lock_path(package_uuid))
-        if lock is None:
-            raise InvalidArgumentError(
-                f"resourceUuid[{package_uuid}] is already used by another image package"
+        with contextlib.ExitStack() as reservations:
+            reservations.enter_context(
+                context.reserve(bs_uuid, required, storage.available_capacity, lambda: (
+                    f"backup storage[uuid: {bs_uuid}] does not have enough available capacity "
+                    f"for exporting vm[uuid: {vm_uuid}], required capacity is: {required}"
+                ))
             )
-        try:
-            record = ImagePackageInventory(
-                uuid=package_uuid,
-                name=name,
-                description=description,
-                vm_uuid=vm_uuid,
-                backup_storage_uuid=bs_uuid,
-                state=ImagePackageState.EXPORTING,
+            if storage.remote:  # the package is spooled here first
+                spool.mkdir(parents=True, exist_ok=True)
+                reservations.enter_context(
+                    context.reserve("spool", required, lambda: _free_bytes(spool), lambda: (
+                        f"the spool folder {spool} does not have enough available capacity "
+                        f"for exporting vm[uuid: {vm_uuid}] to backup storage[uuid: {bs_uuid}], "
+                        f"required capacity is: {required}"
+                    ))
+                )
+            return _export_reserved(
+                context, storage, vm, package_uuid, name, description, vm_uuid, bs_uuid, spool,
+                options, progress, cancel,
             )
-            context.records.create_exporting(record, install_path)
-            try:
-                md5, size = _write(
-                    vm, storage, install_path, spool, options, progress, cancel
-                )
-                context.records.mark_exported(
-                    package_uuid,
-                    export_url=storage.export_url(install_path, package_uuid),
-                    md5_sum=md5,
-                    size=size,
-                )
-            except BaseException:
-                deleted = context.records.delete(package_uuid)
-                if deleted is not None:
-                    try:
-                        storage.remove(install_path)
-                        context.records.cleanup_done(bs_uuid, install_path)
-                    except OvfkitError as exc:
-                        _log.warning("cleanup of %s postponed: %s", install_path, exc)
-                raise
-        finally:
-            lock.release()
     finally:
         storage.close()
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        st = os.statvfs(folder)
+    except OSError as exc:
+        raise IoError(f"cannot stat {folder}: {exc.strerror}") from None
+    return st.f_bavail * st.f_frsize
+
+
+def _export_reserved(
+    context: ExportContext,
+    storage: BackupStorage,
+    vm: VirtualMachine,
+    package_uuid: str,
+    name: str,
+    description: str,
+    vm_uuid: str,
+    bs_uuid: str,
+    spool: Path,
+    options: OvaOptions | None,
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+) -> ImagePackageInventory:
+    """From the record on: create it Exporting, write, mark Exported, or roll everything back."""
+    install_path = f"{package_uuid}.ova"
+    lock = ExportLock.try_acquire(context.records.lock_path(package_uuid))
+    if lock is None:
+        raise InvalidArgumentError(
+            f"resourceUuid[{package_uuid}] is already used by another image package"
+        )
+    try:
+        record = ImagePackageInventory(
+            uuid=package_uuid,
+            name=name,
+            description=description,
+            vm_uuid=vm_uuid,
+            backup_storage_uuid=bs_uuid,
+            state=ImagePackageState.EXPORTING,
+        )
+        context.records.create_exporting(record, install_path)
+        try:
+            md5, size = _write(
+                vm, storage, install_path, spool, options, progress, cancel
+            )
+            context.records.mark_exported(
+                package_uuid,
+                export_url=storage.export_url(install_path, package_uuid),
+                md5_sum=md5,
+                size=size,
+            )
+        except BaseException:
+            deleted = context.records.delete(package_uuid)
+            if deleted is not None:
+                try:
+                    storage.remove(install_path)
+                    context.records.cleanup_done(bs_uuid, install_path)
+                except OvfkitError as exc:
+                    _log.warning("cleanup of %s postponed: %s", install_path, exc)
+            raise
+    finally:
+        lock.release()
     return get_image_package(context, package_uuid)
 
 

@@ -12,15 +12,16 @@ A data folder without any backup storage in its config gets the embedded default
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ..errors import NotFoundError, OvfkitError
+from ..errors import NotFoundError, OperationFailedError, OvfkitError
 from .catalog import FolderCatalog, VmResolver
 from .config import CONFIG_NAME, Config, ensure_default_storage, load_config
 from .records import PackageRecords
@@ -56,6 +57,8 @@ class ExportContext:
         self.resolver: VmResolver = resolver if resolver is not None else self.catalog
         self._base_url = base_url.rstrip("/") if base_url else None
         self._config_lock = threading.Lock()
+        self._reserve_lock = threading.Lock()
+        self._reserved: dict[str, int] = {}
         self._config: Config = ensure_default_storage(self.data_dir)
         self._config_stamp = self._stamp()
         self.records = PackageRecords(self.data_dir)
@@ -86,6 +89,30 @@ class ExportContext:
     @base_url.setter
     def base_url(self, value: str | None) -> None:
         self._base_url = value.rstrip("/") if value else None
+
+    @contextlib.contextmanager
+    def reserve(
+        self,
+        key: str,
+        size: int,
+        available: Callable[[], int],
+        message: Callable[[], str],
+    ) -> Iterator[None]:
+        """Reserve ``size`` bytes of storage ``key`` for one export while it runs, so exports
+        running at once in this process do not all count the same free space (ZStack reserves
+        backup-storage capacity the same way). SYS.1006 with ``message()`` if it does not fit.
+        Other processes' exports are not counted: only what they have written already."""
+        free = available()
+        with self._reserve_lock:
+            held = self._reserved.get(key, 0)
+            if free - held < size:
+                raise OperationFailedError(message())
+            self._reserved[key] = held + size
+        try:
+            yield
+        finally:
+            with self._reserve_lock:
+                self._reserved[key] -= size
 
     @property
     def spool_dir(self) -> Path:
