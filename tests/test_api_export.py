@@ -336,3 +336,40 @@ def test_capacity_is_reserved_while_an_export_runs(ctx: ExportContext, tmp_path:
         assert again.success, again.error
     finally:
         os.system(f"umount {mount}")
+
+
+def test_caller_supplied_resolver(tmp_path: Path) -> None:
+    """A Python caller resolves VMs itself (e.g. from ZStack's QueryVmInstance)."""
+    volumes = setup_data_dir(tmp_path / "data")
+    inventory = make_demo_vm(volumes, vm_uuid=VM, root_size=2 * MiB, data_size=MiB)
+    asked: list[str] = []
+
+    def resolver(uuid: str) -> dict[str, Any] | None:
+        asked.append(uuid)
+        return {"inventories": [inventory]} if uuid == VM else None
+
+    with open_context(tmp_path / "data", resolver=resolver) as ctx:
+        assert ctx.catalog.list() == []  # the folder catalog is not consulted
+        reply = export_vm_ova_package(body(), context=ctx)
+        assert reply.success, reply.error
+        missing = "0123456789ab4cde8123456789abcdef"
+        reply = export_vm_ova_package(body(vmUuid=missing), context=ctx)
+        assert reply.error is not None and reply.error["code"] == "SYS.1003"
+        assert asked == [VM, missing]
+
+    def liar(uuid: str) -> dict[str, Any] | None:
+        return {**inventory, "uuid": "4d3c2b1a0f9e4d8cb7a6f5e4d3c2b1a0"}
+
+    def broken(uuid: str) -> dict[str, Any] | None:
+        raise RuntimeError("database down")
+
+    for bad, code in ((liar, "SYS.1007"), (broken, "SYS.1000")):
+        with open_context(tmp_path / "other", resolver=bad) as ctx:
+            save_config(
+                ctx.data_dir,
+                load_config(ctx.data_dir).with_backup_storage(
+                    LocalStorageConfig(DEMO_BS_UUID, str(tmp_path / "other-bs"))
+                ),
+            )
+            reply = export_vm_ova_package(body(), context=ctx)
+            assert reply.error is not None and reply.error["code"] == code, reply.error

@@ -21,8 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ..errors import NotFoundError, OperationFailedError, OvfkitError
-from .catalog import FolderCatalog, VmResolver
+from ..errors import InvalidArgumentError, NotFoundError, OperationFailedError, OvfkitError
+from .catalog import FolderCatalog, VmResolver, unwrap_vm_inventory
 from .config import CONFIG_NAME, Config, ensure_default_storage, load_config
 from .records import PackageRecords
 from .storage import BackupStorage, open_backup_storage
@@ -120,7 +120,18 @@ class ExportContext:
         return self.data_dir / "spool"
 
     def resolve_vm(self, vm_uuid: str) -> Mapping[str, Any] | None:
-        return self.resolver(vm_uuid)
+        """The resolver's VmInstanceInventory for ``vm_uuid`` (a QueryVmInstance reply or API
+        event is unwrapped), None if there is no such VM. SYS.1007 if the resolver answers with
+        another VM than the one asked for."""
+        found = self.resolver(vm_uuid)
+        if found is None:
+            return None
+        vm = unwrap_vm_inventory(found)
+        if vm.get("uuid") != vm_uuid:
+            raise InvalidArgumentError(
+                f"the VM resolver answered VM {vm.get('uuid')} for vmUuid {vm_uuid}"
+            )
+        return vm
 
     def open_storage(self, uuid: str) -> BackupStorage:
         """Connect to backup storage ``uuid``; SYS.1003 if it is not configured."""
