@@ -26,7 +26,7 @@ from ovfkit.model import (
     Property,
     VirtualMachine,
 )
-from ovfkit.ovf.descriptor import infer_architecture
+from ovfkit.ovf.view import infer_architecture
 
 __all__ = [
     "GUEST_OSES",

@@ -15,300 +15,29 @@ carries (what ``parse_descriptor`` gives back).
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field, replace
-from typing import Literal, cast
+from dataclasses import dataclass, field
+from typing import cast
 
 from lxml import etree
 
 from ..errors import InvalidArgumentError
-from ..model import (
-    CdDrive,
-    Controller,
-    ControllerType,
-    Disk,
-    Firmware,
-    GuestOs,
-    Network,
-    Product,
-    VirtualMachine,
-)
+from ..model import Controller, ControllerType, Firmware, Product, VirtualMachine
 from . import _ns as ns
 from ._ns import q
-from .layout import FileRef, PackageLayout, plan_layout
+from ._xml import check_text as _text
+from ._xml import element_from_raw, instance_id
+from .layout import PackageLayout, plan_layout
+from .options import STREAM_OPTIMIZED, DescriptorOptions
+from .view import (
+    boot_ranks,
+    check_vm,
+    default_controller_subtype,
+    descriptor_view,
+    networks_of,
+    written_vm,
+)
 
-__all__ = [
-    "STREAM_OPTIMIZED",
-    "DescriptorOptions",
-    "build_descriptor",
-    "default_controller_subtype",
-    "descriptor_view",
-    "infer_architecture",
-]
-
-#: VMware's disk format URI for streamOptimized VMDK (interop-rules "Descriptor"; DSP0243 §8.3
-#: leaves the URI to the vendor).
-STREAM_OPTIMIZED = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
-
-_INVALID_XML_CHARS = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-@dataclass(frozen=True)
-class DescriptorOptions:
-    """How to write the descriptor.
-
-    ``ovf_version`` "1.0" writes the envelope/1 namespace, the only one virt-v2v and Proxmox read
-    (virt-v2v#18); "2.0" writes envelope/2 with EthernetPortItem/StorageItem (DSP0243 2.0 §9.5).
-    ``hardware_version`` is vssd:VirtualSystemType; vmx-13 or lower for broad ESXi support.
-    ``include_iso``: pack the ISOs of CD drives as files. ``ovf_env``: declare
-    ``ovf:transport="iso"`` (DSP0243 §11.1) and carry an OVF environment ISO in a CD drive.
-    """
-
-    ovf_version: Literal["1.0", "2.0"] = "1.0"
-    hardware_version: str = "vmx-13"
-    include_iso: bool = False
-    ovf_env: bool = False
-    disk_format: str = STREAM_OPTIMIZED
-
-    def __post_init__(self) -> None:
-        if self.ovf_version not in ("1.0", "2.0"):
-            raise InvalidArgumentError(
-                f"ovf_version must be '1.0' or '2.0', not {self.ovf_version!r}"
-            )
-        if not self.hardware_version or _INVALID_XML_CHARS.search(self.hardware_version):
-            raise InvalidArgumentError(f"invalid hardware_version {self.hardware_version!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# What a descriptor carries
-# ---------------------------------------------------------------------------------------------
-
-_DEFAULT_SUBTYPE = {
-    # VMware's defaults; an IDE controller needs none (ovftool writes PIIX4 only sometimes).
-    ControllerType.SCSI: "lsilogic",
-    ControllerType.SATA: "vmware.sata.ahci",
-    ControllerType.NVME: "vmware.nvme.controller",
-}
-
-
-def default_controller_subtype(ctype: ControllerType) -> str | None:
-    """The rasd:ResourceSubType written for a controller whose ``subtype`` is None."""
-    return _DEFAULT_SUBTYPE.get(ctype)
-
-
-def infer_architecture(guest: GuestOs) -> str:
-    """The architecture an OVF reader infers: descriptors have no architecture field, only the
-    guest OS (vSphere ids of Arm guests start with ``arm-``; 32-bit ids lack ``64``)."""
-    vid = guest.vmware_id.lower()
-    if vid.startswith("arm-") or "arm64" in vid or "aarch64" in vid:
-        return "aarch64"
-    if vid and "64" not in vid:
-        return "i686"
-    return "x86_64"
-
-
-def _valid_units(ctype: ControllerType) -> range | tuple[int, ...]:
-    if ctype is ControllerType.SCSI:
-        # 16 target ids, 7 is the initiator (VMware: "unit 7 is reserved for the controller").
-        return tuple(u for u in range(16) if u != 7)
-    return range(ctype.max_units)
-
-
-def _check_vm(vm: VirtualMachine) -> None:
-    """Reject what no descriptor can express, naming the field (SYS.1007)."""
-    if not vm.name.strip():
-        raise InvalidArgumentError("VM name is empty")
-    if vm.vcpus < 1 or vm.cores_per_socket < 1:
-        raise InvalidArgumentError(
-            f"vcpus ({vm.vcpus}) and cores_per_socket ({vm.cores_per_socket}) must be >= 1"
-        )
-    if vm.memory_mib < 1:
-        raise InvalidArgumentError(f"memory_mib must be >= 1, not {vm.memory_mib}")
-    if not 0 <= vm.guest_os.cim_id <= 0xFFFF:
-        raise InvalidArgumentError(
-            f"guest_os.cim_id {vm.guest_os.cim_id} is not a CIM OSType (0..65535, DSP8023)"
-        )
-    ids = [c.id for c in vm.controllers]
-    if len(set(ids)) != len(ids):
-        raise InvalidArgumentError(f"duplicate controller ids in VM {vm.name!r}: {ids}")
-    used: set[tuple[str, int]] = set()
-    devices: list[tuple[str, str, int]] = [  # (what, controller id, unit)
-        *((f"disk {d.id!r}", d.controller, d.unit) for d in vm.disks),
-        *((f"CD drive {c.id!r}", c.controller, c.unit) for c in vm.cd_drives),
-    ]
-    for what, ctrl_id, unit in devices:
-        ctrl = vm.controller(ctrl_id)
-        if unit not in _valid_units(ctrl.type):
-            raise InvalidArgumentError(
-                f"{what}: unit {unit} is not a valid {ctrl.type.value} unit of controller "
-                f"{ctrl_id!r} (valid: {list(_valid_units(ctrl.type))})"
-            )
-        if (ctrl_id, unit) in used:
-            raise InvalidArgumentError(f"{what}: unit {unit} of controller {ctrl_id!r} is taken")
-        used.add((ctrl_id, unit))
-    for d in vm.disks:
-        if d.capacity < 0:
-            raise InvalidArgumentError(f"disk {d.id!r}: negative capacity {d.capacity}")
-
-
-def _attach_env_iso(vm: VirtualMachine, layout: PackageLayout) -> tuple[VirtualMachine, str]:
-    """Put the OVF environment ISO in the first CD drive that carries no packed ISO, else in a
-    new drive on the first free IDE unit, then SATA unit; else on a new IDE controller while
-    there are fewer than two (VMware has IDE buses 0 and 1 only), else a new SATA controller.
-    Returns the VM as written and the id of the drive carrying the environment."""
-    for cd in vm.cd_drives:
-        if layout.iso_file(cd.id) is None:
-            return vm, cd.id
-    taken = {(d.controller, d.unit) for d in vm.disks} | {
-        (c.controller, c.unit) for c in vm.cd_drives
-    }
-    cd_id = "ovf-env"
-    while any(c.id == cd_id for c in vm.cd_drives):
-        cd_id += "_"
-    for ctype in (ControllerType.IDE, ControllerType.SATA):
-        for ctrl in vm.controllers:
-            if ctrl.type is ctype:
-                for unit in _valid_units(ctype):
-                    if (ctrl.id, unit) not in taken:
-                        cd = CdDrive(cd_id, ctrl.id, unit)
-                        return replace(vm, cd_drives=(*vm.cd_drives, cd)), cd_id
-    ctrl_id = "ovf-env-controller"
-    while any(c.id == ctrl_id for c in vm.controllers):
-        ctrl_id += "_"
-    ide_buses = [c.bus_number for c in vm.controllers if c.type is ControllerType.IDE]
-    if len(ide_buses) < 2:
-        bus = min({0, 1} - set(ide_buses))
-        ctrl = Controller(ctrl_id, ControllerType.IDE, None, bus)
-    else:
-        sata_buses = [c.bus_number for c in vm.controllers if c.type is ControllerType.SATA]
-        ctrl = Controller(ctrl_id, ControllerType.SATA, None, 1 + max(sata_buses, default=-1))
-    return (
-        replace(
-            vm,
-            controllers=(*vm.controllers, ctrl),
-            cd_drives=(*vm.cd_drives, CdDrive(cd_id, ctrl_id, 0)),
-        ),
-        cd_id,
-    )
-
-
-def _written_vm(
-    vm: VirtualMachine, options: DescriptorOptions, layout: PackageLayout
-) -> tuple[VirtualMachine, dict[str, FileRef]]:
-    """The VM as the descriptor shows it, and the file each CD drive holds."""
-    cd_files = {cd.id: f for cd in vm.cd_drives if (f := layout.iso_file(cd.id)) is not None}
-    if options.ovf_env and layout.env_iso is not None:
-        vm, env_cd = _attach_env_iso(vm, layout)
-        cd_files[env_cd] = layout.env_iso
-    return vm, cd_files
-
-
-def _boot_ranks(vm: VirtualMachine) -> dict[tuple[str, str], int]:
-    """Dense 1-based boot ranks: by boot_order, disks before CD drives on ties, then model
-    order. Keys are ("disk"|"cd", id)."""
-    cands: list[tuple[int, int, int, tuple[str, str]]] = []
-    for i, d in enumerate(vm.disks):
-        if d.boot_order is not None:
-            cands.append((d.boot_order, 0, i, ("disk", d.id)))
-    for i, c in enumerate(vm.cd_drives):
-        if c.boot_order is not None:
-            cands.append((c.boot_order, 1, i, ("cd", c.id)))
-    return {key: rank for rank, (*_, key) in enumerate(sorted(cands), 1)}
-
-
-def _controller_ids(vm: VirtualMachine) -> dict[str, str]:
-    """Model controller id -> the id a reader gives it: type and ordinal (``scsi0``, ``ide1``)."""
-    counts: dict[ControllerType, int] = {}
-    out: dict[str, str] = {}
-    for c in vm.controllers:
-        n = counts.get(c.type, 0)
-        counts[c.type] = n + 1
-        out[c.id] = f"{c.type.value}{n}"
-    return out
-
-
-def _networks(vm: VirtualMachine) -> tuple[Network, ...]:
-    """Declared networks plus any a NIC connects to without a declaration (DSP0243 §9.2: a
-    Connection names a Network of the NetworkSection)."""
-    nets = list(vm.networks)
-    names = {n.name for n in nets}
-    for nic in vm.nics:
-        if nic.network not in names:
-            names.add(nic.network)
-            nets.append(Network(nic.network))
-    return tuple(nets)
-
-
-def descriptor_view(
-    vm: VirtualMachine,
-    options: DescriptorOptions | None = None,
-    layout: PackageLayout | None = None,
-) -> VirtualMachine:
-    """Exactly what a descriptor built from ``vm`` carries: ``parse_descriptor(build_descriptor(
-    vm, options, layout)) == descriptor_view(vm, options, layout)`` for every valid ``vm``.
-
-    Kept as is: name, description, vcpus, cores per socket, memory, firmware, secure boot,
-    guest OS, controller types and bus numbers, disk capacity/controller/unit, CD drive
-    controller/unit, NIC adapter/network/MAC/connected, networks, products with properties,
-    annotation, EULAs, extra (RawXml, where the writer puts it back). Rewritten:
-
-    - ids are the reader's: controllers ``<type><n>`` per type in order, disks ``vmdisk<n>``, CD
-      drives ``cd<n>``, NICs ``nic<n>`` (descriptors only have numeric InstanceIDs);
-    - a controller with subtype None gets the default written (:func:`default_controller_subtype`);
-    - disk ``name`` "" becomes the ElementName written, ``Hard disk <n>``; disk ``source`` is None
-      (the data is in the package, not in the descriptor);
-    - CD ``iso`` is the href of the packed ISO file, None when not packed; with ``ovf_env`` the
-      environment ISO occupies the first empty drive (or a new one on an IDE controller);
-    - boot order: OVF 2.0 keeps it as dense ranks 1..n (BootDeviceSection, DSP0243 2.0 §9.13);
-      OVF 1.x has no schema-valid place for it (vmw:BootOrderSection is not a member of the
-      ovf:Section substitution group), so it is None and importers boot by bus order;
-    - NICs whose network is not declared add a Network; architecture is
-      :func:`infer_architecture` of the guest OS.
-    """
-    options = options or DescriptorOptions()
-    layout = layout or plan_layout(vm, options)
-    vm, cd_files = _written_vm(vm, options, layout)
-    cids = _controller_ids(vm)
-    ranks = _boot_ranks(vm) if options.ovf_version == "2.0" else {}
-    disks = tuple(
-        Disk(
-            id=f"vmdisk{n}",
-            capacity=d.capacity,
-            controller=cids[d.controller],
-            unit=d.unit,
-            source=None,
-            boot_order=ranks.get(("disk", d.id)),
-            name=d.name or f"Hard disk {n}",
-        )
-        for n, d in enumerate(vm.disks, 1)
-    )
-    cds = tuple(
-        CdDrive(
-            id=f"cd{n}",
-            controller=cids[c.controller],
-            unit=c.unit,
-            iso=cd_files[c.id].href if c.id in cd_files else None,
-            boot_order=ranks.get(("cd", c.id)),
-        )
-        for n, c in enumerate(vm.cd_drives, 1)
-    )
-    return replace(
-        vm,
-        architecture=infer_architecture(vm.guest_os),
-        controllers=tuple(
-            replace(c, id=cids[c.id], subtype=c.subtype or default_controller_subtype(c.type))
-            for c in vm.controllers
-        ),
-        disks=disks,
-        cd_drives=cds,
-        nics=tuple(replace(nic, id=f"nic{n}") for n, nic in enumerate(vm.nics, 1)),
-        networks=_networks(vm),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Writer
-# ---------------------------------------------------------------------------------------------
+__all__ = ["STREAM_OPTIMIZED", "DescriptorOptions", "build_descriptor", "descriptor_view"]
 
 
 @dataclass
@@ -322,29 +51,20 @@ class _Item:
     vendor: list[etree._Element] = field(default_factory=list)
 
 
-def _text(where: str, value: str) -> str:
-    bad = _INVALID_XML_CHARS.search(value)
-    if bad:
-        raise InvalidArgumentError(
-            f"{where} contains {bad.group()!r}, which XML 1.0 cannot carry: {value!r}"
-        )
-    return value
-
-
 class _Writer:
     def __init__(self, vm: VirtualMachine, options: DescriptorOptions, layout: PackageLayout):
         self.options = options
         self.layout = layout
         self.v2 = options.ovf_version == "2.0"
         self.ovf = ns.OVF2 if self.v2 else ns.OVF1
-        self.vm, self.cd_files = _written_vm(vm, options, layout)
+        self.vm, self.cd_files = written_vm(vm, options, layout)
         self.raw_hw = [
-            _parse_raw(r.xml, f"extra[{i}]", self.ovf)
+            element_from_raw(r.xml, f"extra[{i}]", self.ovf)
             for i, r in enumerate(self.vm.extra)
             if r.where == "hardware"
         ]
         # Items kept from a parsed descriptor keep their InstanceIDs; ours avoid them.
-        self.taken_ids = {i for el in self.raw_hw if (i := _instance_id(el)) is not None}
+        self.taken_ids = {i for el in self.raw_hw if (i := instance_id(el)) is not None}
         self.next_id = 0
         self.boot_sources: list[tuple[int, str, str, str]] = []
 
@@ -404,7 +124,7 @@ class _Writer:
         self.network_section(env)
         for i, r in enumerate(vm.extra):
             if r.where == "envelope":
-                env.append(_parse_raw(r.xml, f"extra[{i}]", self.ovf))
+                env.append(element_from_raw(r.xml, f"extra[{i}]", self.ovf))
         self.virtual_system(env)
         etree.indent(env, space="  ")
         # Double-quoted declaration, as VMware and VirtualBox write it (lxml's uses quotes ').
@@ -441,7 +161,7 @@ class _Writer:
                 el.set(self.o("populatedSize"), str(df.populated_size))
 
     def network_section(self, env: etree._Element) -> None:
-        nets = _networks(self.vm)
+        nets = networks_of(self.vm)
         if not nets:
             return
         sec = self.section(env, "NetworkSection", "The list of logical networks")
@@ -471,7 +191,7 @@ class _Writer:
         self.hardware_section(vs)
         for i, r in enumerate(vm.extra):
             if r.where == "virtual-system":
-                vs.append(_parse_raw(r.xml, f"extra[{i}]", self.ovf))
+                vs.append(element_from_raw(r.xml, f"extra[{i}]", self.ovf))
 
     def product_section(self, vs: etree._Element, i: int, p: Product) -> None:
         sec = self.sub(vs, "ProductSection")
@@ -628,7 +348,7 @@ class _Writer:
         for c in vm.controllers:
             ctrl_iid[c.id] = self.iid()
             items.append(self.controller_item(c, ctrl_iid[c.id]))
-        ranks = _boot_ranks(vm)
+        ranks = boot_ranks(vm)
         for n, cd in enumerate(vm.cd_drives, 1):
             props = {
                 "AddressOnParent": str(cd.unit),
@@ -729,42 +449,6 @@ class _Writer:
             etree.SubElement(src, q(ns.BOOTS, "StructuredBootString")).text = structured
 
 
-def _instance_id(el: etree._Element) -> str | None:
-    for child in el:
-        if not isinstance(child.tag, str):
-            continue
-        if etree.QName(child).localname in ("InstanceID", "InstanceId"):
-            return (child.text or "").strip()
-    return None
-
-
-_RAW_PARSER = etree.XMLParser(
-    resolve_entities=False, no_network=True, huge_tree=False, remove_blank_text=True
-)
-
-
-def _parse_raw(xml: str, where: str, ovf: str) -> etree._Element:
-    """A kept fragment, moved into the OVF namespace being written (a section read from an
-    envelope/1 descriptor goes into envelope/2 as the same section)."""
-    try:
-        el = etree.fromstring(xml.encode("utf-8"), _RAW_PARSER)
-    except etree.XMLSyntaxError as exc:
-        raise InvalidArgumentError(f"{where}: RawXml is not well-formed XML: {exc}") from None
-    others = set(ns.OVF_NAMESPACES) - {ovf}
-    for e in el.iter():
-        if not isinstance(e.tag, str):
-            continue
-        qn = etree.QName(e)
-        if qn.namespace in others:
-            e.tag = q(ovf, qn.localname)
-        for name in list(e.attrib):
-            aq = etree.QName(name)
-            if aq.namespace in others:
-                e.set(q(ovf, aq.localname), e.attrib.pop(name))
-    etree.cleanup_namespaces(el, top_nsmap={"ovf": ovf}, keep_ns_prefixes=["xsi"])
-    return el
-
-
 def build_descriptor(
     vm: VirtualMachine,
     options: DescriptorOptions | None = None,
@@ -777,6 +461,6 @@ def build_descriptor(
     (SYS.1007) for a VM no descriptor can express (units out of range, texts XML cannot carry).
     """
     options = options or DescriptorOptions()
-    _check_vm(vm)
+    check_vm(vm)
     layout = layout or plan_layout(vm, options)
     return _Writer(vm, options, layout).build()

@@ -22,7 +22,7 @@ from ..errors import InvalidArgumentError
 from ..model import VirtualMachine
 
 if TYPE_CHECKING:
-    from .descriptor import DescriptorOptions
+    from .options import DescriptorOptions
 
 __all__ = ["DiskFile", "FileRef", "IsoFile", "PackageLayout", "plan_layout", "safe_basename"]
 

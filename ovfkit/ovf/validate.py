@@ -24,6 +24,7 @@ from lxml import etree
 
 from ..errors import InvalidOvfError
 from . import _ns as ns
+from ._xml import safe_fromstring
 
 __all__ = ["validate_descriptor", "validate_environment"]
 
@@ -66,8 +67,6 @@ def _strict_schema(namespace: str) -> Any:
 
 def _parse(data: bytes) -> etree._Element:
     # Same hardening as the reader: no entities, no network, no DTD.
-    from .reader import safe_fromstring
-
     return safe_fromstring(data)
 
 
