@@ -32,6 +32,7 @@ from .base import PART_SUFFIX, check_package_name
 __all__ = ["SftpBackupStorage"]
 
 _CONNECT_TIMEOUT = 30.0
+_KEEPALIVE = 30
 
 
 def _io_error(what: str, exc: BaseException) -> IoError:
@@ -117,13 +118,21 @@ class SftpBackupStorage:
                 auth_timeout=_CONNECT_TIMEOUT,
             )
             self.sftp = self.client.open_sftp()
+            transport = self.client.get_transport()
+            if transport is not None:
+                # The connection idles while the package is written to the spool.
+                transport.set_keepalive(_KEEPALIVE)
         except (OSError, paramiko.SSHException) as exc:
             self.client.close()
             raise OperationFailedError(
                 f"cannot connect to backup storage[uuid: {self.uuid}] at "
                 f"{config.username}@{config.hostname}:{config.port}: {exc}"
             ) from None
-        self._ensure_folder()
+        try:
+            self._ensure_folder()
+        except BaseException:
+            self.close()
+            raise
 
     def _ensure_folder(self) -> None:
         parts = [p for p in self.config.path.split("/") if p]
