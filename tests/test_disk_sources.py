@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -372,3 +373,15 @@ def test_qemu_nbd_goes_when_its_parent_is_killed(make_image: MakeImage) -> None:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid)
+
+
+@pytest.mark.parametrize("kind", ["qcow2", "vmdk", "raw"])
+def test_odd_relative_names(
+    make_image: MakeImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    image = make_image(kind)
+    name = f"-odd:{kind}"
+    shutil.copy(image.path, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    with open_source(DiskSource(name, image.format)) as source:
+        assert _read_like_a_writer(source)[0] == image.read_raw()

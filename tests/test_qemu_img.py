@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -356,3 +357,19 @@ def test_qemu_img_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert "qemu-utils" in err.value.details
     with pytest.raises(ToolMissingError):
         img.convert(tmp_path / "a", tmp_path / "b", src_fmt="raw", dst_fmt="raw")
+
+
+@pytest.mark.parametrize("name", ["-dash.qcow2", "colon:name.qcow2"])
+def test_file_names_qemu_would_misread(
+    make_image: MakeImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # A leading "-" reads as an option, "x:" as a protocol prefix, unless the path says "./".
+    image = make_image("qcow2")
+    shutil.copy(image.path, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    assert img.path_arg(name) == "./" + name
+    assert img.info(name).format == "qcow2"
+    assert img.compare(name, image.raw, "qcow2", "raw")
+    assert img.check(name).ok
+    img.convert(name, "-out:x.raw", src_fmt="qcow2", dst_fmt="raw")
+    assert (tmp_path / "-out:x.raw").read_bytes() == image.read_raw()

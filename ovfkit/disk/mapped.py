@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
+import stat
 from collections.abc import Iterator
 
 from ..errors import IoError
@@ -36,7 +37,11 @@ def eligible(info: img.ImageInfo) -> bool:
     for layer in (info, *info.backing_chain):
         if layer.format not in _FORMATS or layer.encrypted or layer.data_file is not None:
             return False
-        if not os.path.isfile(layer.filename):
+        try:
+            mode = os.stat(layer.filename).st_mode
+        except OSError:
+            return False  # not a local file (a json: or nbd: filename, ...)
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):  # qcow2 on LVM is common
             return False
     return True
 

@@ -32,7 +32,7 @@ from ..errors import (
     OvfkitError,
     ToolMissingError,
 )
-from ..qemu.img import classify_failure
+from ..qemu.img import classify_failure, path_arg
 from .source import Extent
 
 __all__ = ["NbdClient", "NbdError", "NbdSource", "QemuNbd"]
@@ -110,6 +110,7 @@ class NbdClient:
     def __init__(self, sock: socket.socket, export_name: str = "") -> None:
         self._sock = sock
         self._cookie = 0
+        self._broken = False
         self._context_id: int | None = None
         self.export_size = 0
         self.transmission_flags = 0
@@ -201,6 +202,8 @@ class NbdClient:
     # -- transmission ------------------------------------------------------------------------
 
     def _request(self, cmd: int, offset: int, length: int, flags: int = 0) -> int:
+        if self._broken:
+            raise NbdError("the NBD connection failed earlier and cannot be used again")
         self._cookie += 1
         self._sock.sendall(_REQUEST.pack(REQUEST_MAGIC, flags, cmd, self._cookie, offset, length))
         return self._cookie
@@ -240,6 +243,15 @@ class NbdClient:
         """Send every read request, then take the replies as they come: qemu-nbd serves them
         concurrently and may interleave their chunks, told apart by cookie. Keeping several
         requests in flight lets qemu read the image while this side copies from the socket."""
+        try:
+            self._read_many(requests)
+        except BaseException:
+            # Replies of the other requests may still be on the wire: the stream is out of
+            # step, so nothing more is read from it.
+            self._broken = True
+            raise
+
+    def _read_many(self, requests: list[tuple[int, memoryview]]) -> None:
         pending: dict[int, tuple[int, memoryview]] = {}
         for offset, buf in requests:
             pending[self._request(CMD_READ, offset, len(buf))] = (offset, buf)
@@ -326,7 +338,7 @@ class QemuNbd:
         # killed with SIGKILL leaves no server behind (stop() ends it in every other case).
         cmd = [QEMU_NBD, "--read-only", f"--socket={self.socket_path}"]
         if not force_share:
-            return [*cmd, f"--format={self.format}", self.path]
+            return [*cmd, f"--format={self.format}", path_arg(self.path)]
         # qemu-nbd has no -U: the generic block option force-share=on (read-only only) does it.
         protocol = "host_device" if stat.S_ISBLK(os.stat(self.path).st_mode) else "file"
         opts = (

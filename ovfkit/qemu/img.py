@@ -45,6 +45,7 @@ __all__ = [
     "info",
     "map",
     "measure",
+    "path_arg",
     "run",
 ]
 
@@ -205,13 +206,29 @@ def run(args: Sequence[str], *, ok_codes: Sequence[int] = (0,)) -> subprocess.Co
     cmd = [QEMU_IMG, *args]
     try:
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=_env(), stdin=subprocess.DEVNULL, check=False
+            cmd,
+            capture_output=True,
+            text=True,
+            errors="replace",  # a path in a message need not be UTF-8
+            env=_env(),
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
     except FileNotFoundError as exc:
         raise _tool_missing(exc) from None
     if proc.returncode not in ok_codes:
         raise classify_failure(f"qemu-img {args[0]}", proc.stderr, proc.returncode)
     return proc
+
+
+def path_arg(path: str | os.PathLike[str]) -> str:
+    """A local path as a qemu-img argument: a relative path that starts with "-" would be read
+    as an option, and one with ":" before any "/" as a protocol prefix (qemu's
+    path_has_protocol), so those get "./" in front. ovfkit passes files, never qemu URIs."""
+    text = os.fspath(path)
+    if not os.path.isabs(text) and (text.startswith("-") or ":" in text.split("/", 1)[0]):
+        return "./" + text
+    return text
 
 
 def _fmt_args(flag: str, fmt: str | None) -> list[str]:
@@ -251,7 +268,7 @@ def info(
         args.append("--backing-chain")
     if force_share:
         args.append("-U")
-    args.append(os.fspath(path))
+    args.append(path_arg(path))
     obj = _parse_json(run(args), "info")
     if isinstance(obj, list):
         images = [ImageInfo.from_json(o) for o in obj]
@@ -278,7 +295,7 @@ def map(
         args.append(f"--start-offset={start}")
     if length is not None:
         args.append(f"--max-length={length}")
-    args.append(os.fspath(path))
+    args.append(path_arg(path))
     return [
         MapExtent(
             start=int(e["start"]),
@@ -336,7 +353,7 @@ def measure(
         args += _fmt_args("-f", fmt)
         if force_share:
             args.append("-U")
-        args.append(os.fspath(path_or_size))
+        args.append(path_arg(path_or_size))
     try:
         obj = _parse_json(run(args), "measure")
     except UnimplementedError:
@@ -382,7 +399,7 @@ def compare(
         args.append("-s")
     if force_share:
         args.append("-U")
-    args += [os.fspath(a), os.fspath(b)]
+    args += [path_arg(a), path_arg(b)]
     proc = run(args, ok_codes=(0, 1))
     return proc.returncode == 0
 
@@ -390,7 +407,7 @@ def compare(
 def check(path: str | os.PathLike[str], fmt: str | None = None) -> CheckResult:
     """``qemu-img check``: exit 0 clean, 2 corruptions, 3 leaks only, 63 format without checks;
     exit 1 (the check itself failed) is an error."""
-    args = ["check", "--output=json", *_fmt_args("-f", fmt), os.fspath(path)]
+    args = ["check", "--output=json", *_fmt_args("-f", fmt), path_arg(path)]
     proc = run(args, ok_codes=(0, 2, 3, 63))
     if proc.returncode == 63:
         return CheckResult(supported=False)
@@ -438,7 +455,7 @@ def convert(
         args += ["-o", format_options(options)]
     if force_share:
         args.append("-U")
-    args += [*extra_args, os.fspath(src), dst_path]
+    args += [*extra_args, path_arg(src), path_arg(dst_path)]
     existed = os.path.lexists(dst_path)
 
     def discard() -> None:

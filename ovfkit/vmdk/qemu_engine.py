@@ -99,8 +99,10 @@ def walk_grains(f: BinaryIO, header: fmt.SparseHeader, file_size: int) -> Iterat
     pos = header.overhead
     last = -1
     capacity_grains = -(-header.capacity // header.grain_size)
+    at = -1  # where the file position is, in sectors: seek only to skip metadata
     while pos < end:
-        f.seek(pos * fmt.SECTOR)
+        if pos != at:
+            f.seek(pos * fmt.SECTOR)
         head = f.read(fmt.SECTOR)
         if len(head) < fmt.SECTOR:
             raise VmdkFormatError("truncated", f"qemu-img output ends inside sector {pos}")
@@ -111,6 +113,7 @@ def walk_grains(f: BinaryIO, header: fmt.SparseHeader, file_size: int) -> Iterat
             if m.type not in (fmt.MARKER_GT, fmt.MARKER_GD, fmt.MARKER_FOOTER):
                 raise VmdkFormatError("bad-marker", f"marker type {m.type} at sector {pos}")
             pos += 1 + m.val
+            at = -1
             continue
         sectors = fmt.grain_marker_sectors(m.size)
         if pos + sectors > end:
@@ -123,6 +126,7 @@ def walk_grains(f: BinaryIO, header: fmt.SparseHeader, file_size: int) -> Iterat
         rest = f.read(sectors * fmt.SECTOR - fmt.SECTOR)
         yield QemuGrain(m.val, head + rest)
         pos += sectors
+        at = pos
 
 
 class _Out:
@@ -300,7 +304,9 @@ def write_vmdk_qemu(
             info = img.info(source.path, source.format)
             path, src_fmt = source.path, info.format
         elif isinstance(source, RawSource):
-            path, src_fmt = source.path, "raw"
+            # open_source already refused a locked raw image unless asked to share it; qemu-img
+            # convert (unlike info) would refuse a locked one, so share as the caller decided.
+            path, src_fmt, force_share = source.path, "raw", True
         elif (nbd := _nbd_of(source)) is not None and nbd.server is not None:
             path, src_fmt = nbd.server.path, nbd.server.format
             force_share = nbd.server.force_share
