@@ -107,13 +107,20 @@ def setup_data_dir(data_dir: Path) -> None:
         backup_storages={BS_UUID: LocalStorageConfig(BS_UUID, str(data_dir / "bs"), "bs-local")},
     )
     (data_dir / "volumes").mkdir(parents=True, exist_ok=True)
+    (data_dir / "bs").mkdir(parents=True, exist_ok=True)
     save_config(data_dir, config)
 
 
-def _qcow2_with_data(path: Path, size: int, seed: int) -> None:
+def _qcow2_with_data(path: Path, size: int, seed: int, *, dense: bool = False) -> None:
+    """A qcow2 with data at the start, middle and end; ``dense``: random data throughout
+    (incompressible, so exporting it takes a while)."""
     raw = path.with_suffix(".raw")
     with open(raw, "wb") as f:
         f.truncate(size)
+        if dense:
+            for _ in range(size // MiB):
+                f.write(os.urandom(MiB))
+            f.seek(0)
         f.write(random.Random(seed).randbytes(65536))
         f.seek(size // 2)
         f.write(f"disk {seed} middle ".encode() * 2000)
@@ -133,6 +140,7 @@ def add_vm(
     *,
     disks: Sequence[int] = (4 * MiB, 2 * MiB),
     state: str = "Stopped",
+    dense: bool = False,
 ) -> str:
     inv = copy.deepcopy(_inventory_template())
     vm_uuid = uuidlib.uuid4().hex
@@ -143,7 +151,7 @@ def add_vm(
         vol = copy.deepcopy(template_volumes[min(i, len(template_volumes) - 1)])
         vol_uuid = uuidlib.uuid4().hex
         path = data_dir / "volumes" / f"{vol_uuid}.qcow2"
-        _qcow2_with_data(path, size, seed=i + 1)
+        _qcow2_with_data(path, size, seed=i + 1, dense=dense)
         vol.update(
             uuid=vol_uuid,
             vmInstanceUuid=vm_uuid,

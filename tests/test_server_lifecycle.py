@@ -1,0 +1,139 @@
+"""The service across restarts and crashes, under concurrent exports, and its CLI set-up."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from server_helpers import BS_UUID, LiveServer, MiB, add_vm, run_server, setup_data_dir
+
+V1 = "/zstack/v1"
+
+
+def _export(live: LiveServer, token: str, vm: str) -> httpx.Response:
+    return live.client.post(
+        f"{V1}/ovf/ova-packages",
+        headers=live.auth(token),
+        json={"params": {"vmUuid": vm, "backupStorageUuid": BS_UUID}},
+    )
+
+
+def test_account_cli_then_login(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    setup_data_dir(data)
+    add = subprocess.run(
+        [sys.executable, "-m", "ovfkit", "account", "add", "bob", "--password-stdin",
+         "--data-dir", str(data)],
+        input="bob's secret\n", capture_output=True, text=True,
+    )
+    assert add.returncode == 0, add.stderr
+    again = subprocess.run(
+        [sys.executable, "-m", "ovfkit", "account", "add", "bob", "--password-stdin",
+         "--data-dir", str(data)],
+        input="x\n", capture_output=True, text=True,
+    )
+    assert again.returncode == 2 and again.stderr.startswith("ERROR SYS.1007:")
+    listed = subprocess.run(
+        [sys.executable, "-m", "ovfkit", "account", "list", "--data-dir", str(data)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert " bob " in listed and " admin " in listed
+    with run_server(data) as live:
+        token = live.login("bob", "bob's secret")
+        assert live.client.get(f"{V1}/image-packages", headers=live.auth(token)).status_code == 200
+
+
+def test_restart_keeps_records_sessions_and_downloads(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    setup_data_dir(data)
+    with run_server(data) as live:
+        token = live.login()
+        inv = _export(live, token, live.add_vm("kept")).json()["inventory"]
+    with run_server(data) as live:
+        # Sessions are in the data folder too: the same token still works.
+        r = live.client.get(f"{V1}/image-packages/{inv['uuid']}", headers=live.auth(token))
+        assert r.json()["inventories"][0]["uuid"] == inv["uuid"]
+        # The new port is a new base URL; the stored exportUrl keeps the old one, the package
+        # path is the same.
+        path = inv["exportUrl"].split("/", 3)[3]
+        body = live.client.get(f"/{path}").content
+        assert hashlib.md5(body).hexdigest() == inv["md5Sum"]
+
+
+def _writing(folder: Path) -> bool:
+    """A partial package with some bytes in it is in ``folder``."""
+    for p in folder.iterdir():
+        try:
+            if p.name.endswith(".part") and p.stat().st_size > 0:
+                return True
+        except FileNotFoundError:  # renamed meanwhile
+            pass
+    return False
+
+
+def test_kill_mid_export_then_restart_cleans_up(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    setup_data_dir(data)
+    bs = data / "bs"
+    vm = add_vm(data, "big", disks=(128 * MiB,), dense=True)
+    with run_server(data) as live:
+        token = live.login()
+        r = live.client.post(
+            f"{V1}/ovf/ova-packages",
+            headers={**live.auth(token), "X-Job-Mode": "async"},
+            json={"params": {"vmUuid": vm, "backupStorageUuid": BS_UUID}},
+        )
+        assert r.status_code == 202
+        deadline = time.monotonic() + 60
+        while not _writing(bs):
+            assert time.monotonic() < deadline, "the export never started writing"
+            time.sleep(0.005)
+        live.process.kill()  # SIGKILL mid-write: no clean-up code runs in the service
+        live.process.wait()
+    # The crash left what a crash leaves: a partial file, no package.
+    left = [p.name for p in bs.iterdir()]
+    assert any(n.endswith(".part") for n in left), left
+    assert not any(n.endswith(".ova") for n in left), left
+    with run_server(data) as live:
+        token = live.login()
+        listed = live.client.get(f"{V1}/image-packages", headers=live.auth(token)).json()
+        assert listed["inventories"] == [], live.log()  # rolled back, never shown Exported
+        assert sorted(p.name for p in bs.iterdir()) == [], live.log()
+        # The VM is free to be exported again.
+        assert _export(live, token, vm).status_code == 200
+
+
+def test_concurrent_exports_over_http(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    setup_data_dir(data)
+    vms = [add_vm(data, f"c{i}", disks=(8 * MiB,)) for i in range(4)]
+    with run_server(data) as live:
+        token = live.login()
+        # Four different VMs, plus the first one twice more: one package per VM.
+        jobs = [*vms, vms[0], vms[0]]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            answers = list(pool.map(lambda vm: _export(live, token, vm), jobs))
+        by_vm: dict[str, list[httpx.Response]] = {}
+        for vm, r in zip(jobs, answers, strict=True):
+            by_vm.setdefault(vm, []).append(r)
+        for vm in vms[1:]:
+            assert [r.status_code for r in by_vm[vm]] == [200]
+        first = sorted(r.status_code for r in by_vm[vms[0]])
+        assert first == [200, 503, 503]
+        for r in by_vm[vms[0]]:
+            if r.status_code == 503:
+                assert r.json()["error"]["code"] == "SYS.1007"
+        listed = live.client.get(f"{V1}/image-packages", headers=live.auth(token)).json()
+        assert sorted(i["vmUuid"] for i in listed["inventories"]) == sorted(vms)
+        for inv in listed["inventories"]:
+            assert inv["state"] == "Exported"
+            body = live.client.get(inv["exportUrl"]).content
+            assert hashlib.md5(body).hexdigest() == inv["md5Sum"]
+        assert sorted(p.name for p in (data / "bs").iterdir()) == sorted(
+            f"{i['uuid']}.ova" for i in listed["inventories"]
+        )
