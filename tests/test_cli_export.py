@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,37 @@ def test_export_errors_leave_nothing(tmp_path: Path, inventory: Path) -> None:
     assert proc.returncode == 2 and "--cert" in proc.stderr
     proc = ovfkit("verify", str(tmp_path / "missing.ova"))
     assert proc.returncode == 1 and "problem: cannot open" in proc.stdout
+
+
+def test_progress_bar_and_ctrl_c(tmp_path: Path, inventory: Path, make_image: MakeImage) -> None:
+    out = tmp_path / "p.ova"
+    proc = ovfkit("export", str(inventory), "-o", str(out), "--progress", "always")
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b[K" in proc.stderr and "disk web-01-disk1.vmdk" in proc.stderr
+    assert "100.0%" in proc.stderr
+    # SIGINT in the middle of a larger disk: exit 130, nothing left in the folder.
+    big = make_image("raw", size=256 * MiB,
+                     data=[(i * MiB, bytes(range(256)) * 4096) for i in range(0, 256, 2)])
+    doc = json.loads(inventory.read_text())
+    doc["inventories"][0]["allVolumes"][0].update(installPath=str(big.path), size=big.size,
+                                                  format="raw")
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps(doc))
+    folder = tmp_path / "int"
+    folder.mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "ovfkit", "export", str(slow), "-o", str(folder / "x.ova"),
+         "--progress", "always"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert child.stderr is not None
+    seen = ""
+    while "disk web-01-disk1.vmdk" not in seen:  # wait until the disk is being written
+        chunk = child.stderr.read(1)
+        assert chunk, "export ended before the disk was written"
+        seen += chunk
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 130, err
+    assert "SYS.1017" in err
+    assert list(folder.iterdir()) == []

@@ -11,12 +11,12 @@ is written, so it leaves out those optional attributes (DSP0243 §7.1, §9.1) an
 ``ovf:chunkSize`` instead. ISO files, whose sizes are known, are written whole with their size.
 The whole-stream MD5 and xxh128 are computed on the way out.
 
-Importers: VMware ovftool and vSphere read chunked packages (ovftool writes them with
-``--chunkSize``); VirtualBox does not (it expects one member per File); virt-v2v reads only the
-last chunk of a chunked disk (virt-v2v#189), so a package for virt-v2v or Proxmox must be written
-to a path (:func:`ovfkit.ova.write_ova` with a path target), never streamed. Cancellation or an
-error leaves the receiver with a truncated archive (no end-of-archive blocks), which every tar
-reader reports as such.
+Importers: vSphere handles chunked files (its OvfFile/OvfFileItem API carries ``chunkSize`` and
+names chunks ``<path>.000000000``, ...); VirtualBox is not known to reassemble chunks (not tested
+here: treat as unsupported); virt-v2v reads only the last chunk of a chunked disk (virt-v2v#189),
+so a package for virt-v2v or Proxmox must be written to a path (:func:`ovfkit.ova.write_ova`
+with a path target), never streamed. Cancellation or an error leaves the receiver with a
+truncated archive (no end-of-archive blocks), which every tar reader reports as such.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def write_ova_stream(
         wire = _Wire(target, tee)
         known = {f.href: plan.iso_sizes[f.id] for f in plan.layout.files if f.id in plan.iso_sizes}
         # Descriptor first, without sizes: they are not known yet.
-        members = front_members(plan, options, {}, {}, {}, pad=False)
+        members = front_members(plan, options, dict(plan.iso_sizes), {}, {}, pad=False)
         descriptor_name, descriptor, descriptor_digests = members[0]
         wire.member(descriptor_name, descriptor, mtime)
         chunker = _Chunker(wire, chunk_size, mtime, algorithm)
