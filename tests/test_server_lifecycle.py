@@ -137,3 +137,37 @@ def test_concurrent_exports_over_http(tmp_path: Path) -> None:
         assert sorted(p.name for p in (data / "bs").iterdir()) == sorted(
             f"{i['uuid']}.ova" for i in listed["inventories"]
         )
+
+
+def test_shutdown_cancels_running_exports(tmp_path: Path) -> None:
+    """SIGTERM while an export runs: the export is cancelled and rolls itself back before the
+    service exits (no partial file left for start-up recovery to find)."""
+    data = tmp_path / "data"
+    setup_data_dir(data)
+    bs = data / "bs"
+    vm = add_vm(data, "big", disks=(128 * MiB,), dense=True)
+    with run_server(data) as live:
+        token = live.login()
+        r = live.client.post(
+            f"{V1}/ovf/ova-packages",
+            headers={**live.auth(token), "X-Job-Mode": "async"},
+            json={"params": {"vmUuid": vm, "backupStorageUuid": BS_UUID}},
+        )
+        assert r.status_code == 202
+        deadline = time.monotonic() + 60
+        while not _writing(bs):
+            assert time.monotonic() < deadline, "the export never started writing"
+            time.sleep(0.005)
+        live.process.terminate()
+        # uvicorn shuts down gracefully, then re-raises the signal it caught (exit by SIGTERM).
+        assert live.process.wait(60) in (0, -15)
+        log = live.log()
+    assert "Traceback" not in log, log
+    assert sorted(p.name for p in bs.iterdir()) == [], log
+    from ovfkit.zstack.records import PackageRecords
+
+    records = PackageRecords(data)
+    try:
+        assert records.query() == []
+    finally:
+        records.close()

@@ -11,6 +11,7 @@ import base64
 import binascii
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -88,7 +89,9 @@ class _State:
     config: ServiceConfig
     jobs: JobRegistry
     limiter: anyio.CapacityLimiter
-    background: set[Any] = field(default_factory=set)
+    # Set when the service shuts down: running exports stop at their next check and roll back
+    # (SYS.1017), so a restart never waits on, nor finds, a half-written package.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
 
 def _state(request: Request) -> _State:
@@ -183,7 +186,9 @@ def _async_mode(request: Request) -> bool:
 
 async def _run_export(state: _State, req: ExportVmOvaPackageRequest) -> tuple[int, dict[str, Any]]:
     try:
-        reply = await anyio.to_thread.run_sync(state.backend.export, req, limiter=state.limiter)
+        reply = await anyio.to_thread.run_sync(
+            lambda: state.backend.export(req, cancel=state.stopping), limiter=state.limiter
+        )
     except OvfkitError as exc:
         return status_for(exc), {"error": exc.to_error_code()}
     except Exception:
@@ -431,9 +436,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error_response(NoApiMappingError(f"no api mapping for {method} {path}"))
     if exc.status_code == 405:
-        allow = tuple(
-            m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip()
-        )
+        given = {m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip()}
+        order = ("GET", "HEAD", "POST", "PUT", "DELETE")
+        allow = tuple(sorted(given, key=lambda m: order.index(m) if m in order else len(order)))
         return error_response(
             MethodNotAllowedError(
                 f"method {method} is not allowed on {path}; allowed: {', '.join(allow)}",
@@ -517,8 +522,12 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tasks:
             app.state.ovfkit_tasks = tasks
-            # Leaving the group waits for jobs still running (their threads cannot be stopped).
-            yield
+            try:
+                yield
+            finally:
+                # Jobs still running are told to stop; leaving the group waits for their
+                # roll-back before the records are closed.
+                app.state.ovfkit.stopping.set()
         backend.close()
 
     app = Starlette(

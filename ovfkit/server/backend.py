@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import NotFoundError
 from ..model import VirtualMachine
+from ..progress import CancelToken
 from ..zstack import api
 from ..zstack.context import ExportContext
 from ..zstack.inventory import ExportVmOvaPackageRequest, ImagePackageInventory, Reply
@@ -20,8 +21,10 @@ class Backend:
     def __init__(self, context: ExportContext) -> None:
         self.context = context
 
-    def export(self, request: ExportVmOvaPackageRequest) -> Reply:
-        return api.export_vm_ova_package(request, context=self.context)
+    def export(
+        self, request: ExportVmOvaPackageRequest, *, cancel: CancelToken | None = None
+    ) -> Reply:
+        return api.export_vm_ova_package(request, context=self.context, cancel=cancel)
 
     def query(
         self,
