@@ -296,3 +296,19 @@ def test_sink_and_source_failures_are_io_errors() -> None:
 def test_missing_disk_source(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError):
         write_vmdk(DiskSource(str(tmp_path / "nope.qcow2")), io.BytesIO())
+
+
+@pytest.mark.parametrize("engine", ["native", "qemu-img"])
+def test_both_engines_pass_the_same_checks(
+    make_image: MakeImage, tmp_path: Path, engine: str
+) -> None:
+    img = make_image("qcow2", size=3 * MiB + 512 * 3)
+    out = tmp_path / "out.vmdk"
+    with out.open("wb") as f:
+        result = write_vmdk(
+            DiskSource(str(img.path), "qcow2"),
+            f,
+            VmdkOptions(engine=engine, filename="out.vmdk"),  # type: ignore[arg-type]
+        )
+    check_with_tools(out, img.raw, img.size)
+    check_own(out, img.read_raw(), result)

@@ -16,7 +16,6 @@ offsets of grains are assigned only when a batch is written, so the sink needs o
 
 from __future__ import annotations
 
-import importlib
 import os
 import secrets
 import zlib
@@ -26,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import ModuleType
 from typing import BinaryIO, Protocol
 
+from ..disk.source import ImageSource
 from ..errors import IoError, OperationFailedError
 from ..model import DiskSource
 from ..progress import CancelToken, Progress, ProgressCallback, check_cancel
@@ -55,25 +55,6 @@ class Sink(Protocol):
     def write(self, data: bytes, /) -> int | None: ...
 
 
-class _ImageSource(Protocol):
-    """ovfkit.disk.source.ImageSource (repeated structurally to keep this import light)."""
-
-    @property
-    def capacity(self) -> int: ...
-    def extents(self) -> Iterator[_Extent]: ...
-    def readinto(self, offset: int, buf: memoryview) -> int: ...
-    def close(self) -> None: ...
-
-
-class _Extent(Protocol):
-    @property
-    def start(self) -> int: ...
-    @property
-    def length(self) -> int: ...
-    @property
-    def zero(self) -> bool: ...
-
-
 Compress = Callable[[memoryview], bytes]
 
 
@@ -98,7 +79,7 @@ def compressor(level: int) -> Compress:
 
 
 def write_vmdk(
-    source: DiskSource | _ImageSource,
+    source: DiskSource | ImageSource,
     sink: Sink | BinaryIO,
     options: VmdkOptions = VmdkOptions(),  # noqa: B008 - frozen, safe as a default
     *,
@@ -113,19 +94,18 @@ def write_vmdk(
     it), OperationFailedError if the disk needs more than the format's 2 TiB of sector offsets.
     """
     if options.engine == "qemu-img":
-        # Lazy: the qemu-img engine is a subprocess edge with the same signature.
-        engine = importlib.import_module(".qemu_engine", __package__)
-        write: Callable[..., VmdkResult] = engine.write_vmdk
-        return write(source, sink, options, progress=progress, cancel=cancel)
+        from .qemu_engine import write_vmdk_qemu  # lazy: the qemu-img subprocess edge
+
+        return write_vmdk_qemu(source, sink, options, progress=progress, cancel=cancel)
     if isinstance(source, DiskSource):
-        from ..disk import open_source  # type: ignore[attr-defined,unused-ignore]
+        from ..disk import open_source  # lazy: qemu-img and qemu-nbd edges
 
         with open_source(source) as opened:
             return _write_native(opened, sink, options, progress, cancel)
     return _write_native(source, sink, options, progress, cancel)
 
 
-def _grain_runs(source: _ImageSource, capacity: int) -> Iterator[tuple[int, int]]:
+def _grain_runs(source: ImageSource, capacity: int) -> Iterator[tuple[int, int]]:
     """Ranges [g0, g1) of grains touched by data extents, merged, cut into batches that stay
     inside one grain table (BATCH_GRAINS divides GTES_PER_GT)."""
     run: list[int] | None = None
@@ -206,7 +186,7 @@ class _Out:
 
 
 def _write_native(
-    source: _ImageSource,
+    source: ImageSource,
     sink: Sink | BinaryIO,
     options: VmdkOptions,
     progress: ProgressCallback | None,
@@ -328,7 +308,7 @@ def _write_native(
     )
 
 
-def _read(source: _ImageSource, offset: int, view: memoryview) -> None:
+def _read(source: ImageSource, offset: int, view: memoryview) -> None:
     """Fill ``view`` from the source; the disk is zero past a short read's end (never past
     capacity, which the caller already clipped)."""
     try:
