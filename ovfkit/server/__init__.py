@@ -1,5 +1,42 @@
 """The HTTP service for ZStack's ExportVmOvaPackage and image-package REST endpoints
-(``ovfkit serve``). Importing this package loads Starlette; nothing else happens on import."""
+(``ovfkit serve``), on Starlette + uvicorn. Importing this package loads Starlette; nothing else
+happens on import.
+
+Endpoints (the OpenAPI document at ``GET /zstack/v1/openapi.json`` has every schema)::
+
+    PUT    /zstack/v1/accounts/login            {"logInByAccount": {accountName, password}}
+    DELETE /zstack/v1/accounts/sessions/{uuid}  log out
+    POST   /zstack/v1/ovf/ova-packages          ExportVmOvaPackage ({"params": {...}} or flat)
+    GET    /zstack/v1/api-jobs/{uuid}           result of an export started in job form
+    GET    /zstack/v1/image-packages[/{uuid}]   QueryImagePackage (q=, limit, start, sortBy,
+                                                sortDirection, replyWithCount, count)
+    PUT    /zstack/v1/image-packages/{uuid}     {"updateImagePackage": {name?, description?}}
+    DELETE /zstack/v1/image-packages/{uuid}     DeleteImagePackage (deleteMode accepted)
+    POST   /zstack/v1/ovf/parse                 {"params": {"xmlBase64": ...}} -> {"ovfInfo"}
+    GET    /ova-packages/{uuid}.ova             download (HEAD too; one byte range per request)
+    GET    /zstack/v1/openapi.json              this API's OpenAPI 3.0 document
+
+Choices:
+
+- Sessions: every API except login, logout, downloads and the OpenAPI document needs
+  ``Authorization: OAuth <session uuid>``. The login password is what ZStack's SDK sends (the
+  SHA-512 hex of the password); a plain password is accepted too, for curl users.
+- Status codes (:mod:`.errors`): 200 success; 503 ``{"error"}`` when the API call ran and failed
+  (ZStack's REST server does the same, so its SDKs read our errors as ZStack's); 400 for a request
+  that cannot be read as the API message; 401 for sessions and credentials; 404 "no api mapping";
+  405 with ``Allow``; never 500 (unexpected exceptions become SYS.1000, logged, not shown).
+- ExportVmOvaPackage is synchronous, as its reference page says. With the header
+  ``X-Job-Mode: async`` it takes ZStack's job form instead: ``202 {"location": ".../api-jobs/
+  <uuid>"}``, then polling gives ``202 {}`` while running, then the synchronous answer. Jobs are
+  kept in memory for an hour after they finish, visible to the account that started them.
+- Exports run in worker threads (``--export-workers`` at a time) so the service keeps answering;
+  on shutdown running exports are cancelled and roll back.
+- Downloads need no session: exportUrl is what importers and ``wget`` fetch, as ZStack's
+  exportUrl is plain HTTP on the backup storage host; the random 128-bit package uuid in the path
+  is the capability. Only Exported packages of local backup storages are served.
+- Bodies are limited to 1 MiB; unknown fields are refused rather than ignored, so a misspelt
+  field name is an error and not a silent default.
+"""
 
 from __future__ import annotations
 
