@@ -385,3 +385,29 @@ def test_odd_relative_names(
     monkeypatch.chdir(tmp_path)
     with open_source(DiskSource(name, image.format)) as source:
         assert _read_like_a_writer(source)[0] == image.read_raw()
+
+
+def _try_write(image: Path, fmt: str) -> subprocess.CompletedProcess[str]:
+    """What a VM starting on the image does first: open it read-write (qemu-io here)."""
+    return subprocess.run(
+        ["qemu-io", "-f", fmt, "-c", "write -P 0x11 0 512", str(image)],
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("kind", ["raw", "qcow2", "vmdk"])
+def test_writers_kept_away_while_exporting(make_image: MakeImage, kind: str) -> None:
+    image = make_image(kind)
+    with open_source(DiskSource(str(image.path), image.format)) as source:
+        proc = _try_write(image.path, image.format)
+        assert proc.returncode != 0
+        assert 'Failed to get "write" lock' in proc.stdout + proc.stderr
+        assert _read_like_a_writer(source)[0] == image.read_raw()
+    assert _try_write(image.path, image.format).returncode == 0  # released at close
+
+
+def test_force_shared_raw_takes_no_lock(make_image: MakeImage) -> None:
+    image = make_image("raw")
+    with open_source(DiskSource(str(image.path), "raw"), force_shared=True):
+        assert _try_write(image.path, "raw").returncode == 0

@@ -48,12 +48,20 @@ def open_source(disk: DiskSource, *, force_shared: bool = False) -> Iterator[Ima
     source: ImageSource
     if info.format == "raw" and not info.backing_chain:
         raw = RawSource(disk.path)
-        if not force_shared and raw.write_locked():
-            raw.close()
-            raise img.ImageInUseError(
-                f"{disk.path}: the image is in use (another process, e.g. a running VM, holds"
-                " qemu's write lock); stop it, or read with force_shared at your own risk"
-            )
+        if not force_shared:
+            try:
+                if raw.write_locked():
+                    raise img.ImageInUseError(
+                        f"{disk.path}: the image is in use (another process, e.g. a running VM,"
+                        " holds qemu's write lock); stop it, or read with force_shared at your"
+                        " own risk"
+                    )
+                # Keep VMs from opening it read-write until the export is done, as qemu-nbd
+                # does for the other formats.
+                raw.lock_like_qemu()
+            except BaseException:
+                raw.close()
+                raise
         source = raw
     else:
         nbd = NbdSource.open(disk.path, info.format, force_share=force_shared)

@@ -22,6 +22,11 @@ __all__ = ["RawSource"]
 # OFD lock on byte RAW_LOCK_PERM_BASE (100) + N; BLK_PERM_WRITE is bit 1. qemu-img info does not
 # test it for raw images (the raw driver needs no consistent read), so the fast path does.
 _QEMU_WRITE_PERM_BYTE = 100 + 1
+# Taking part in that protocol as a reader does: hold CONSISTENT_READ (bit 0, byte 100) and do not
+# share WRITE (byte RAW_LOCK_SHARED_BASE 200 + 1), so a VM cannot open the image read-write while
+# it is exported; qemu-nbd --read-only holds the same locks on the images it serves.
+_QEMU_READ_PERM_BYTE = 100 + 0
+_QEMU_UNSHARED_WRITE_BYTE = 200 + 1
 _FLOCK = struct.Struct("@hhqqi")  # struct flock on 64-bit Linux, padded to 32 bytes below
 _FLOCK_SIZE = 32
 
@@ -108,6 +113,25 @@ class RawSource:
         except OSError:
             return False  # a file system without OFD locks: qemu could not lock it either
         return bool(_FLOCK.unpack_from(reply)[0] != fcntl.F_UNLCK)
+
+    def lock_like_qemu(self) -> bool:
+        """Take qemu's reader locks (see above); False where OFD locks are not supported. The
+        locks go with the file descriptor, at close()."""
+        setlk = getattr(fcntl, "F_OFD_SETLK", None)
+        if setlk is None:
+            return False
+        for byte in (_QEMU_READ_PERM_BYTE, _QEMU_UNSHARED_WRITE_BYTE):
+            request = _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, byte, 1, 0)
+            request += bytes(_FLOCK_SIZE - len(request))
+            try:
+                fcntl.fcntl(self._fd, setlk, request)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    raise OperationFailedError(
+                        f"{self.path}: cannot take qemu's read lock ({exc.strerror})"
+                    ) from None
+                return False
+        return True
 
     def close(self) -> None:
         if self._fd >= 0:
