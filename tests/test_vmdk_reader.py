@@ -102,6 +102,15 @@ def test_good_hand_built_file() -> None:
          "bad-create-type"),
         ("extent", lambda d: d.replace(b"RW 8192 ", b"RW 8193 "), "capacity-mismatch"),
         ("eos-early", lambda d: d[: 257 * S] + bytes(S) + d[257 * S :], "early-eos"),
+        ("footer", lambda d: d[:-1012] + struct.pack("<Q", 1) + d[-1004:], "footer-mismatch"),
+        ("unaligned", lambda d: d + b"x", "unaligned-size"),
+        ("overhead", lambda d: d[:64] + struct.pack("<Q", 10**9) + d[72:], "bad-overhead"),
+        ("footer-last", lambda d: d[:-S] + fmt.encode_metadata_marker(2, 0) + d[-S:],
+         "footer-not-last"),
+        ("no-descriptor", lambda d: d[:28] + bytes(8) + d[36:], "missing-descriptor"),
+        ("gtes", lambda d: d[:44] + struct.pack("<I", 1024) + d[48:], "bad-gt-size"),
+        ("odd-grain", lambda d: d[:20] + struct.pack("<Q", 256) + d[28:], "odd-grain-size"),
+        ("descriptor-text", lambda d: d.replace(b"version=1", b"\xff\xfe=1"), "bad-descriptor"),
     ],
 )
 def test_each_fault_is_named(name: str, mutate: object, fault: str) -> None:
