@@ -18,7 +18,13 @@ import pytest
 from conftest import MakeImage, MiB
 from test_signing import make_key_and_cert
 
-from ovfkit.errors import CancelledError, InvalidArgumentError, NotFoundError, OvfkitError
+from ovfkit.errors import (
+    CancelledError,
+    InvalidArgumentError,
+    IoError,
+    NotFoundError,
+    OvfkitError,
+)
 from ovfkit.model import (
     CdDrive,
     Controller,
@@ -361,3 +367,35 @@ def test_long_and_unicode_vm_name(tmp_path: Path, two_disks: list[tuple[Path, st
     names = [m.name for m in members_by_tarfile(target)]
     assert all(len(n.encode()) <= 100 and "/" not in n and n.isascii() for n in names)
     assert verify_package(target).ok
+
+
+def test_disk_full_leaves_nothing(tmp_path: Path, make_image: MakeImage) -> None:
+    """ENOSPC mid-write on a 2 MiB tmpfs: IoError (SYS.1016), the temporary file removed."""
+    img = make_image("raw", size=8 * MiB, data=[(i * MiB, os.urandom(MiB)) for i in range(8)])
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        with pytest.raises(IoError) as info:
+            write_ova(make_vm([(img.path, "raw")]), mount / "vm.ova")
+        assert info.value.code == "SYS.1016"
+        assert "No space left" in str(info.value)
+        assert _leftovers(mount) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_pad_descriptor_keeps_the_document() -> None:
+    from lxml import etree
+
+    from ovfkit.ova.writer import pad_descriptor
+
+    doc = b"<?xml version='1.0' encoding='UTF-8'?>\n<Envelope a=\"1\"><X/></Envelope>\n"
+    for length in (len(doc) - 1, len(doc), len(doc) + 1, len(doc) + 700):
+        padded = pad_descriptor(doc, length)
+        assert len(padded) == length and padded.endswith(b"\n")
+        assert etree.tostring(etree.fromstring(padded)) == etree.tostring(etree.fromstring(doc))
+    with pytest.raises(InvalidArgumentError):
+        pad_descriptor(doc, len(doc) - 2)
