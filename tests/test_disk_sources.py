@@ -411,3 +411,16 @@ def test_force_shared_raw_takes_no_lock(make_image: MakeImage) -> None:
     image = make_image("raw")
     with open_source(DiskSource(str(image.path), "raw"), force_shared=True):
         assert _try_write(image.path, "raw").returncode == 0
+
+
+def test_image_marked_corrupt_is_refused(make_image: MakeImage) -> None:
+    image = make_image("qcow2-backing")
+    assert image.backing is not None
+    with open(image.backing, "r+b") as f:  # incompatible_features bit 1: corrupt (qcow2 spec)
+        f.seek(72)
+        bits = int.from_bytes(f.read(8), "big")
+        f.seek(72)
+        f.write((bits | 2).to_bytes(8, "big"))
+    with pytest.raises(OperationFailedError) as err, open_source(DiskSource(str(image.path))):
+        pass
+    assert "corrupt" in err.value.details and "qemu-img check -r all" in err.value.details

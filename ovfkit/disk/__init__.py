@@ -13,7 +13,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from ..errors import NotFoundError
+from ..errors import NotFoundError, OperationFailedError
 from ..model import DiskSource
 from ..qemu import img
 from .mapped import MappedSource, eligible
@@ -45,6 +45,14 @@ def open_source(disk: DiskSource, *, force_shared: bool = False) -> Iterator[Ima
     if not os.path.lexists(disk.path):
         raise NotFoundError(f"disk image {disk.path} does not exist")
     info = img.info(disk.path, disk.format, backing_chain=True, force_share=force_shared)
+    for layer in (info, *info.backing_chain):
+        if layer.corrupt:
+            # qemu opens an image marked corrupt read-only and serves whatever its broken
+            # metadata points at; an export must not ship that.
+            raise OperationFailedError(
+                f"{layer.filename}: qemu marked the image corrupt; check and repair it first"
+                f" (qemu-img check -r all {layer.filename})"
+            )
     source: ImageSource
     if info.format == "raw" and not info.backing_chain:
         raw = RawSource(disk.path)
