@@ -157,11 +157,11 @@ def _hw_version(name: str) -> int:
 def pad_descriptor(descriptor: bytes, length: int) -> bytes:
     """``descriptor`` grown to ``length`` bytes with whitespace after the root element (XML 1.0
     §2.1 ``Misc*``), ending with a newline."""
-    if len(descriptor) > length:
-        raise InvalidArgumentError(
-            f"descriptor of {len(descriptor)} bytes does not fit its {length}-byte slot"
-        )
     body = descriptor.rstrip(b"\n")
+    if len(body) > length:
+        raise InvalidArgumentError(
+            f"descriptor of {len(body)} bytes does not fit its {length}-byte slot"
+        )
     extra = length - len(body)
     return body + (b" " * (extra - 1) + b"\n" if extra else b"")
 
