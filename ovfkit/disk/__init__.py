@@ -29,19 +29,15 @@ __all__ = [
     "MemorySource",
     "NbdSource",
     "RawSource",
+    "check_image",
     "open_source",
 ]
 
 
-@contextlib.contextmanager
-def open_source(disk: DiskSource, *, force_shared: bool = False) -> Iterator[ImageSource]:
-    """An ImageSource for ``disk``, closed (qemu-nbd ended, its socket removed) on exit.
-
-    ``qemu-img info`` checks the image and its whole backing chain first: a missing file gives
-    NotFoundError, a broken image OperationFailedError, and an image open read-write elsewhere
-    (a running VM holds qemu's write lock) ImageInUseError, unless ``force_shared`` asks to read
-    it anyway (qemu's force-share; the data may be inconsistent while the VM writes).
-    """
+def check_image(disk: DiskSource, *, force_shared: bool = False) -> img.ImageInfo:
+    """``qemu-img info`` of the image and its backing chain, refusing what must not be exported:
+    a missing file (NotFoundError), an image in use (ImageInUseError, unless ``force_shared``),
+    a broken image or one qemu marked corrupt (OperationFailedError)."""
     if not os.path.lexists(disk.path):
         raise NotFoundError(f"disk image {disk.path} does not exist")
     info = img.info(disk.path, disk.format, backing_chain=True, force_share=force_shared)
@@ -53,6 +49,19 @@ def open_source(disk: DiskSource, *, force_shared: bool = False) -> Iterator[Ima
                 f"{layer.filename}: qemu marked the image corrupt; check and repair it first"
                 f" (qemu-img check -r all {layer.filename})"
             )
+    return info
+
+
+@contextlib.contextmanager
+def open_source(disk: DiskSource, *, force_shared: bool = False) -> Iterator[ImageSource]:
+    """An ImageSource for ``disk``, closed (qemu-nbd ended, its socket removed) on exit.
+
+    ``qemu-img info`` checks the image and its whole backing chain first: a missing file gives
+    NotFoundError, a broken image OperationFailedError, and an image open read-write elsewhere
+    (a running VM holds qemu's write lock) ImageInUseError, unless ``force_shared`` asks to read
+    it anyway (qemu's force-share; the data may be inconsistent while the VM writes).
+    """
+    info = check_image(disk, force_shared=force_shared)
     source: ImageSource
     if info.format == "raw" and not info.backing_chain:
         raw = RawSource(disk.path)

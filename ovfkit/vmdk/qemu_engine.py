@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO, Protocol
 
+from ..disk import check_image
 from ..disk.mapped import MappedSource
 from ..disk.nbd import NbdSource
 from ..disk.raw import RawSource
@@ -301,7 +302,7 @@ def write_vmdk_qemu(
     with contextlib.ExitStack() as stack:
         force_share = False
         if isinstance(source, DiskSource):
-            info = img.info(source.path, source.format)
+            info = check_image(source)
             path, src_fmt = source.path, info.format
         elif isinstance(source, RawSource):
             # open_source already refused a locked raw image unless asked to share it; qemu-img
