@@ -66,7 +66,12 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="session lifetime (default 7200, ZStack's identity.session.timeout)",
     )
-    parser.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug", "trace"),
+        help="uvicorn log level (default info)",
+    )
     parser.set_defaults(func=run)
 
 
