@@ -127,7 +127,13 @@ def test_vmware_ovftool_fixture() -> None:
     kept = " ".join(r.xml for r in vm.extra)
     for needle in ("VirtualVideoCard", "vmware.vmci", "cpuHotAddEnabled", "ExtraConfig"):
         assert needle in kept
-    assert all(r.where == "hardware" for r in vm.extra)
+    # vendor children of Items the model took go back into the same device's Item
+    assert {r.where for r in vm.extra} == {
+        "hardware",
+        "item:controller:scsi0",
+        "item:disk:vmdisk1",
+        "item:nic:nic1",
+    }
     assert [(f.href, f.size) for f in p.files] == [
         ("photon-web-disk1.vmdk", 389519872),
         ("photon-web-disk2.vmdk", 68608),

@@ -119,3 +119,50 @@ def test_boot_order_only_in_ovf2() -> None:
     assert [d.boot_order for d in v2.disks] == [2, 1]
     v1 = parse_descriptor(build_descriptor(vm))
     assert [d.boot_order for d in v1.disks] == [None, None]
+
+
+def _vendor_config(ovf_ns: str, key: str, value: str) -> str:
+    """A vmw:Config as a reader keeps it (canonical prefixes, see ovfkit.ovf._xml)."""
+    from lxml import etree
+
+    from ovfkit.ovf._xml import raw_from_element
+
+    el = etree.Element("{http://www.vmware.com/schema/ovf}Config")
+    el.set(f"{{{ovf_ns}}}required", "false")
+    el.set("{http://www.vmware.com/schema/ovf}key", key)
+    el.set("{http://www.vmware.com/schema/ovf}value", value)
+    return raw_from_element(el, "x", ovf_ns).xml
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    vm=virtual_machines(max_disks=6, max_nics=3),
+    version=st.sampled_from(["1.0", "2.0"]),
+    data=st.data(),
+)
+def test_round_trip_with_kept_vendor_parts(
+    vm: VirtualMachine, version: str, data: st.DataObject
+) -> None:
+    """RawXml extras (hardware-level and per-Item vendor children) come back, in place."""
+    from ovfkit.model import RawXml
+
+    ovf_ns = f"http://schemas.dmtf.org/ovf/envelope/{version[0]}"
+    targets = [
+        "hardware",
+        "item:cpu",
+        "item:memory",
+        *(f"item:controller:{c.id}" for c in vm.controllers),
+        *(f"item:disk:{d.id}" for d in vm.disks),
+        *(f"item:cd:{c.id}" for c in vm.cd_drives),
+        *(f"item:nic:{n.id}" for n in vm.nics),
+    ]
+    picks = data.draw(st.lists(st.sampled_from(targets), max_size=6))
+    extra = tuple(
+        RawXml(where, _vendor_config(ovf_ns, f"key{i}", data.draw(st.sampled_from(["a", "b ✓"]))))
+        for i, where in enumerate(picks)
+    )
+    vm = replace(vm, extra=extra)
+    opts = DescriptorOptions(ovf_version=version)  # type: ignore[arg-type]
+    out = build_descriptor(vm, opts)
+    assert_schema_valid(out)
+    assert parse_descriptor(out) == descriptor_view(vm, opts)

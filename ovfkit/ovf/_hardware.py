@@ -208,6 +208,17 @@ class Hardware:
             if handler is None or not handler(it):
                 self.extra.append(_raw(it.el, "hardware", self.r.ovf))
 
+    def keep_vendor(self, it: _Item, target: str, skip: tuple[str, ...] = ()) -> None:
+        """Vendor children of an Item the model took (a NIC's ``vmw:Config wakeOnLanEnabled``,
+        a controller's ``slotInfo.pciSlotNumber``): kept as RawXml ``item:<kind>:<id>`` for the
+        writer to put back into the same device's Item."""
+        for c in it.el:
+            if not isinstance(c.tag, str) or _nsof(c) in (ns.RASD, ns.EPASD, ns.SASD):
+                continue
+            if _local(c) in skip and _nsof(c) == ns.VMW:
+                continue
+            self.extra.append(_raw(c, f"item:{target}", self.r.ovf))
+
     def item(self, el: etree._Element) -> _Item:
         it = _Item(el)
         for c in el:
@@ -238,6 +249,7 @@ class Hardware:
         for c in it.el:
             if _nsof(c) == ns.VMW and _local(c) == "CoresPerSocket":
                 self.cores_per_socket = _int(c.text, "vmw:CoresPerSocket")
+        self.keep_vendor(it, "cpu", skip=("CoresPerSocket",))
         return True
 
     def memory(self, it: _Item) -> bool:
@@ -245,6 +257,7 @@ class Hardware:
         # Default MB: what virt-v2v and Proxmox assume when AllocationUnits is missing.
         factor = _unit_factor(it.get("AllocationUnits"), 2**20, f"{it.label()} AllocationUnits")
         self.memory_mib = math.ceil(qty * factor / 2**20)
+        self.keep_vendor(it, "memory")
         return True
 
     def controller(self, it: _Item) -> bool:
@@ -263,6 +276,7 @@ class Hardware:
         cid = f"{ctype.value}{n}"
         self.controllers.append(Controller(cid, ctype, subtype, bus))
         self.by_iid[it.iid] = ("controller", cid)
+        self.keep_vendor(it, f"controller:{cid}")
         return True
 
     def parent(self, it: _Item) -> str:
@@ -305,6 +319,7 @@ class Hardware:
             )
         )
         self.by_iid[it.iid] = ("disk", did)
+        self.keep_vendor(it, f"disk:{did}")
         fref = info["fileRef"]
         if fref and fref in self.files:
             pop = info["populatedSize"]
@@ -331,6 +346,7 @@ class Hardware:
                 self.iso_files.append(IsoFile(cid, f))
         self.cds.append(CdDrive(cid, controller, self.unit(it, controller), iso))
         self.by_iid[it.iid] = ("cd", cid)
+        self.keep_vendor(it, f"cd:{cid}")
         return True
 
     def nic(self, it: _Item) -> bool:
@@ -350,6 +366,7 @@ class Hardware:
             )
         )
         self.by_iid[it.iid] = ("nic", nid)
+        self.keep_vendor(it, f"nic:{nid}")
         return True
 
     # -- boot order ---------------------------------------------------------------------------

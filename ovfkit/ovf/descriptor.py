@@ -63,8 +63,21 @@ class _Writer:
             for i, r in enumerate(self.vm.extra)
             if r.where == "hardware"
         ]
+        for i, r in enumerate(self.vm.extra):
+            if r.where not in ("envelope", "virtual-system", "hardware") and not (
+                r.where.startswith("item:")
+            ):
+                raise InvalidArgumentError(
+                    f"extra[{i}].where is {r.where!r}; expected envelope, virtual-system, "
+                    "hardware or item:<kind>:<id>"
+                )
+        self.item_vendor: dict[str, list[etree._Element]] = {}
+        for i, r in enumerate(self.vm.extra):
+            if r.where.startswith("item:"):
+                el = element_from_raw(r.xml, f"extra[{i}]", self.ovf)
+                self.item_vendor.setdefault(r.where.removeprefix("item:"), []).append(el)
         # Items kept from a parsed descriptor keep their InstanceIDs; ours avoid them.
-        self.taken_ids = {i for el in self.raw_hw if (i := instance_id(el)) is not None}
+        self.taken_ids = {x for el in self.raw_hw if (x := instance_id(el)) is not None}
         self.next_id = 0
         self.boot_sources: list[tuple[int, str, str, str]] = []
 
@@ -297,6 +310,10 @@ class _Writer:
         if self.v2:
             self.boot_section(vs)
 
+    def kept(self, target: str) -> list[etree._Element]:
+        """Vendor children read from this device's Item (RawXml ``item:<target>``)."""
+        return self.item_vendor.get(target, [])
+
     def item_element(self, it: _Item) -> etree._Element:
         el = etree.Element(self.o(it.tag))
         for local in sorted(it.props):  # XSD sequence of the CIM class: code-point order
@@ -328,6 +345,7 @@ class _Writer:
             self.vmw_required_false(cps)
             cps.text = str(vm.cores_per_socket)
             cpu.vendor.append(cps)
+        cpu.vendor.extend(self.kept("cpu"))
         items.append(cpu)
         # interop-rules: byte * 2^20 with the quantity in MB, virt-v2v/Proxmox assume MB.
         items.append(
@@ -342,6 +360,7 @@ class _Writer:
                     "ResourceType": "4",
                     "VirtualQuantity": str(vm.memory_mib),
                 },
+                self.kept("memory"),
             )
         )
         ctrl_iid: dict[str, str] = {}
@@ -366,7 +385,7 @@ class _Writer:
                 # An empty drive, as ovftool exports it: not connected at power on.
                 props["AutomaticAllocation"] = "false"
                 props["ResourceSubType"] = "vmware.cdrom.remotepassthrough"
-            items.append(_Item("Item", rasd, props))
+            items.append(_Item("Item", rasd, props, self.kept(f"cd:{cd.id}")))
             if ("cd", cd.id) in ranks:
                 rank = ranks[("cd", cd.id)]
                 label = f"CD/DVD drive {n}"
@@ -384,10 +403,11 @@ class _Writer:
             if nic.mac is not None:
                 props["Address"] = _text(f"nics[{n - 1}].mac", nic.mac)
             # DSP0243 2.0 §9.5: Ethernet adapters as EthernetPortItem (CIM EPASD).
+            kept = self.kept(f"nic:{nic.id}")
             if self.v2:
-                eth.append(_Item("EthernetPortItem", ns.EPASD, props))
+                eth.append(_Item("EthernetPortItem", ns.EPASD, props, kept))
             else:
-                eth.append(_Item("Item", rasd, props))
+                eth.append(_Item("Item", rasd, props, kept))
         for n, d in enumerate(vm.disks, 1):
             name = _text(f"disks[{n - 1}].name", d.name or f"Hard disk {n}")
             props = {
@@ -399,10 +419,11 @@ class _Writer:
                 "ResourceType": "17",
             }
             # DSP0243 2.0 §9.5: disks as StorageItem (CIM SASD).
+            kept = self.kept(f"disk:{d.id}")
             if self.v2:
-                storage.append(_Item("StorageItem", ns.SASD, props))
+                storage.append(_Item("StorageItem", ns.SASD, props, kept))
             else:
-                storage.append(_Item("Item", rasd, props))
+                storage.append(_Item("Item", rasd, props, kept))
             if ("disk", d.id) in ranks:
                 self.boot_sources.append(
                     (ranks[("disk", d.id)], name, props["InstanceID"], f"CIM:Hard-Disk:{n}")
@@ -430,7 +451,7 @@ class _Writer:
         }
         if subtype:
             props["ResourceSubType"] = _text(f"controller {c.id!r} subtype", subtype)
-        return _Item("Item", ns.RASD, props)
+        return _Item("Item", ns.RASD, props, self.kept(f"controller:{c.id}"))
 
     def boot_section(self, vs: etree._Element) -> None:
         """OVF 2.0 BootDeviceSection (DSP0243 2.0 §9.13): CIM_BootConfigSetting with one

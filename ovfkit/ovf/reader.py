@@ -8,6 +8,16 @@ pre-standard ``http://www.vmware.com/schema/ovf/1/envelope``, sections as
 goes into the model) and vendor sections are understood; what the model cannot hold is kept in
 ``VirtualMachine.extra`` as :class:`RawXml`, which ``build_descriptor`` writes back in place.
 
+Not kept from a foreign descriptor (the model has no place for them, and a RawXml copy would
+contradict what the model says): vendor children inside an Item (e.g. a NIC's
+``vmw:Config wakeOnLanEnabled`` or ``slotInfo.pciSlotNumber``), ``Property/Value`` overrides of
+non-default configurations, the default configuration's conditional Items (their values become
+unconditional on a re-write), OperatingSystemSection ``ovf:version`` and vendor children,
+Info texts and localisation (``ovf:msgid``, Strings), DiskSection disks no Item attaches,
+``parentRef`` delta disks, NIC PCI slots (AddressOnParent) and the original InstanceIDs.
+vmw:BootOrderSection becomes ``boot_order`` (OVF 1.x re-writes do not carry it, see
+``descriptor_view``). Unknown NIC subtypes become E1000.
+
 Hardening (the descriptor comes from whoever made the package): at most
 :data:`MAX_DESCRIPTOR_SIZE` bytes, no DTD and no entities at all (billion laughs, XXE) ->
 InvalidOvfError (OVF.1002); no network; lxml's default tree limits. Malformed XML ->
@@ -18,7 +28,7 @@ InvalidOvfError naming the element.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lxml import etree
 
@@ -38,7 +48,7 @@ from ._ns import q
 from ._xml import MAX_DESCRIPTOR_SIZE, safe_fromstring
 from ._xml import raw_from_element as _raw
 from .layout import FileRef, PackageLayout, safe_basename
-from .view import infer_architecture
+from .view import infer_architecture, ordered_extra
 
 __all__ = [
     "MAX_DESCRIPTOR_SIZE",
@@ -307,6 +317,7 @@ class _Reader:
             eulas=tuple(eulas),
             extra=(*self.extra, *hwr.extra),
         )
+        vm = replace(vm, extra=ordered_extra(vm))
         return ParsedDescriptor(
             vm=vm,
             ovf_version=version,

@@ -3,6 +3,7 @@ inverts, and :func:`descriptor_view`, the VM a reader gets back from what was wr
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from ..errors import InvalidArgumentError
@@ -13,6 +14,7 @@ from ..model import (
     Disk,
     GuestOs,
     Network,
+    RawXml,
     VirtualMachine,
 )
 from .layout import FileRef, PackageLayout, plan_layout
@@ -26,6 +28,7 @@ __all__ = [
     "descriptor_view",
     "infer_architecture",
     "networks_of",
+    "ordered_extra",
     "valid_units",
     "written_vm",
 ]
@@ -240,7 +243,7 @@ def descriptor_view(
         )
         for n, c in enumerate(vm.cd_drives, 1)
     )
-    return replace(
+    view = replace(
         vm,
         architecture=infer_architecture(vm.guest_os),
         controllers=tuple(
@@ -251,4 +254,56 @@ def descriptor_view(
         cd_drives=cds,
         nics=tuple(replace(nic, id=f"nic{n}") for n, nic in enumerate(vm.nics, 1)),
         networks=networks_of(vm),
+        extra=tuple(
+            replace(r, where=where)
+            for r in vm.extra
+            if (where := _item_target(r.where, vm, cids)) is not None
+        ),
     )
+    return replace(view, extra=ordered_extra(view))
+
+
+_ITEM_RE = re.compile(r"<(?:[\w.-]+:)?(?:Item|EthernetPortItem|StorageItem)[\s/>]")
+
+
+def ordered_extra(vm: VirtualMachine) -> tuple[RawXml, ...]:
+    """``vm.extra`` in the order a reader finds it: envelope sections, VirtualSystem sections,
+    hardware Items, other hardware elements, then Item vendor children by device (CPU, memory,
+    controllers, CD drives, disks, NICs in model order); document order within each group."""
+    devices = {
+        "cpu": (0, 0),
+        "memory": (1, 0),
+        **{f"controller:{c.id}": (2, i) for i, c in enumerate(vm.controllers)},
+        **{f"cd:{c.id}": (3, i) for i, c in enumerate(vm.cd_drives)},
+        **{f"disk:{d.id}": (4, i) for i, d in enumerate(vm.disks)},
+        **{f"nic:{n.id}": (5, i) for i, n in enumerate(vm.nics)},
+    }
+
+    def key(r: RawXml) -> tuple[int, int, int]:
+        if r.where == "envelope":
+            return (0, 0, 0)
+        if r.where == "virtual-system":
+            return (1, 0, 0)
+        if r.where == "hardware":
+            return (2, 0 if _ITEM_RE.match(r.xml) else 1, 0)
+        return (3, *devices.get(r.where.removeprefix("item:"), (9, 0)))
+
+    return tuple(sorted(vm.extra, key=key))
+
+
+def _item_target(where: str, vm: VirtualMachine, cids: dict[str, str]) -> str | None:
+    """``where`` of a RawXml after the reader's renaming; None for an ``item:`` target that
+    names no device of ``vm`` (the writer drops those)."""
+    if not where.startswith("item:") or where in ("item:cpu", "item:memory"):
+        return where
+    kind, _, dev = where.removeprefix("item:").partition(":")
+    ids: dict[str, str] = {}
+    if kind == "controller":
+        ids = cids
+    elif kind == "disk":
+        ids = {d.id: f"vmdisk{n}" for n, d in enumerate(vm.disks, 1)}
+    elif kind == "cd":
+        ids = {c.id: f"cd{n}" for n, c in enumerate(vm.cd_drives, 1)}
+    elif kind == "nic":
+        ids = {x.id: f"nic{n}" for n, x in enumerate(vm.nics, 1)}
+    return f"item:{kind}:{ids[dev]}" if dev in ids else None
