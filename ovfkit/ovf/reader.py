@@ -8,11 +8,16 @@ pre-standard ``http://www.vmware.com/schema/ovf/1/envelope``, sections as
 goes into the model) and vendor sections are understood; what the model cannot hold is kept in
 ``VirtualMachine.extra`` as :class:`RawXml`, which ``build_descriptor`` writes back in place.
 
+RawXml ``where`` values: ``envelope``, ``virtual-system``, ``hardware`` (as in the model) and
+``item:<kind>[:<id>]`` for vendor children of an Item the model took (``item:cpu``,
+``item:memory``, ``item:controller:scsi0``, ``item:disk:vmdisk1``, ``item:cd:cd1``,
+``item:nic:nic1``; e.g. a NIC's ``vmw:Config wakeOnLanEnabled``), which the writer puts back
+into that device's Item (and drops when the device is gone).
+
 Not kept from a foreign descriptor (the model has no place for them, and a RawXml copy would
-contradict what the model says): vendor children inside an Item (e.g. a NIC's
-``vmw:Config wakeOnLanEnabled`` or ``slotInfo.pciSlotNumber``), ``Property/Value`` overrides of
-non-default configurations, the default configuration's conditional Items (their values become
-unconditional on a re-write), OperatingSystemSection ``ovf:version`` and vendor children,
+contradict what the model says): ``Property/Value`` overrides of non-default configurations,
+the default configuration's conditional Items (their values become unconditional on a
+re-write), OperatingSystemSection ``ovf:version`` and vendor children,
 Info texts and localisation (``ovf:msgid``, Strings), DiskSection disks no Item attaches,
 ``parentRef`` delta disks, NIC PCI slots (AddressOnParent) and the original InstanceIDs.
 vmw:BootOrderSection becomes ``boot_order`` (OVF 1.x re-writes do not carry it, see

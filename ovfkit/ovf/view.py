@@ -201,7 +201,7 @@ def descriptor_view(
     Kept as is: name, description, vcpus, cores per socket, memory, firmware, secure boot,
     guest OS, controller types and bus numbers, disk capacity/controller/unit, CD drive
     controller/unit, NIC adapter/network/MAC/connected, networks, products with properties,
-    annotation, EULAs, extra (RawXml, where the writer puts it back). Rewritten:
+    annotation, EULAs. Rewritten:
 
     - ids are the reader's: controllers ``<type><n>`` per type in order, disks ``vmdisk<n>``, CD
       drives ``cd<n>``, NICs ``nic<n>`` (descriptors only have numeric InstanceIDs);
@@ -209,12 +209,16 @@ def descriptor_view(
     - disk ``name`` "" becomes the ElementName written, ``Hard disk <n>``; disk ``source`` is None
       (the data is in the package, not in the descriptor);
     - CD ``iso`` is the href of the packed ISO file, None when not packed; with ``ovf_env`` the
-      environment ISO occupies the first empty drive (or a new one on an IDE controller);
+      environment ISO occupies the first empty drive, or a new drive (see :func:`written_vm`);
     - boot order: OVF 2.0 keeps it as dense ranks 1..n (BootDeviceSection, DSP0243 2.0 §9.13);
       OVF 1.x has no schema-valid place for it (vmw:BootOrderSection is not a member of the
       ovf:Section substitution group), so it is None and importers boot by bus order;
     - NICs whose network is not declared add a Network; architecture is
-      :func:`infer_architecture` of the guest OS.
+      :func:`infer_architecture` of the guest OS;
+    - extra (RawXml) comes back in :func:`ordered_extra` order with ``item:`` targets renamed
+      with their devices (dropped when the device does not exist); the fragments themselves
+      come back as the reader spells them (fixed prefixes, no layout whitespace, the OVF
+      namespace of the written version).
     """
     options = options or DescriptorOptions()
     layout = layout or plan_layout(vm, options)
