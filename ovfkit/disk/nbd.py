@@ -85,6 +85,8 @@ _OPT_REPLY = struct.Struct(">QIII")
 READ_REQUEST = 1024 * 1024
 MAX_IN_FLIGHT = 8
 MAX_STATUS = 2 * 1024 * 1024 * 1024
+_MAX_OPTION_REPLY = 1024 * 1024  # strings in the handshake are at most 4 KiB (proto.md)
+_MAX_METADATA_CHUNK = 64 * 1024 * 1024  # 8 M block status descriptors
 _START_TIMEOUT = 30.0
 _STOP_GRACE = 5.0
 
@@ -188,6 +190,8 @@ class NbdClient:
         magic, opt, rtype, length = _OPT_REPLY.unpack(self._recv(_OPT_REPLY.size))
         if magic != OPT_REPLY_MAGIC or opt != option:
             raise NbdError(f"bad option reply (magic {magic:#x}, option {opt})")
+        if length > _MAX_OPTION_REPLY:
+            raise NbdError(f"NBD option reply of {length} bytes")
         data = self._recv(length)
         if rtype & REP_FLAG_ERROR:
             message = data.decode("utf-8", "replace")
@@ -207,6 +211,12 @@ class NbdClient:
         self._cookie += 1
         self._sock.sendall(_REQUEST.pack(REQUEST_MAGIC, flags, cmd, self._cookie, offset, length))
         return self._cookie
+
+    def _metadata(self, length: int) -> bytes:
+        """A non-data chunk's payload (block status, error, skipped types), bounded."""
+        if length > _MAX_METADATA_CHUNK:
+            raise NbdError(f"NBD reply chunk of {length} bytes")
+        return self._recv(length)
 
     def _any_reply_header(self) -> tuple[bool, int, int, int, int]:
         """(structured, flags, type, length, cookie) of the next reply; a simple reply with an
@@ -231,7 +241,9 @@ class NbdClient:
         return structured, flags, rtype, length
 
     def _raise_chunk_error(self, what: str, length: int) -> None:
-        data = self._recv(length)
+        data = self._metadata(length)
+        if len(data) < 6:
+            raise NbdError(f"NBD error chunk of {length} bytes")
         error, msg_len = struct.unpack_from(">IH", data)
         raise _nbd_failure(what, error, data[6 : 6 + msg_len].decode("utf-8", "replace"))
 
@@ -266,6 +278,8 @@ class NbdClient:
                 del pending[cookie]
                 continue
             if rtype == REPLY_TYPE_OFFSET_DATA:
+                if chunk_len < 8:
+                    raise NbdError(f"NBD data chunk of {chunk_len} bytes")
                 (at,) = struct.unpack(">Q", self._recv(8))
                 start = at - offset
                 size = chunk_len - 8
@@ -273,6 +287,8 @@ class NbdClient:
                     raise NbdError(f"NBD read chunk {at}+{size} outside request {offset}+{length}")
                 self._recv_into(buf[start : start + size])
             elif rtype == REPLY_TYPE_OFFSET_HOLE:
+                if chunk_len != 12:
+                    raise NbdError(f"NBD hole chunk of {chunk_len} bytes")
                 at, size = struct.unpack(">QI", self._recv(12))
                 start = at - offset
                 if start < 0 or start + size > length:
@@ -281,7 +297,7 @@ class NbdClient:
             elif rtype & REPLY_TYPE_ERROR_BIT:
                 self._raise_chunk_error(f"read at {offset}", chunk_len)
             else:
-                self._recv(chunk_len)  # NONE, or a chunk type a reader may skip
+                self._metadata(chunk_len)  # NONE, or a chunk type a reader may skip
             if flags & REPLY_FLAG_DONE:
                 del pending[cookie]
 
@@ -293,7 +309,9 @@ class NbdClient:
         while True:
             _structured, flags, rtype, chunk_len = self._reply_header(cookie)
             if rtype == REPLY_TYPE_BLOCK_STATUS:
-                data = self._recv(chunk_len)
+                data = self._metadata(chunk_len)
+                if chunk_len < 12 or (chunk_len - 4) % 8:
+                    raise NbdError(f"NBD block status chunk of {chunk_len} bytes")
                 (context,) = struct.unpack_from(">I", data)
                 if context == self._context_id and not result:
                     result = [
@@ -302,7 +320,7 @@ class NbdClient:
             elif rtype & REPLY_TYPE_ERROR_BIT:
                 self._raise_chunk_error(f"block status at {offset}", chunk_len)
             else:
-                self._recv(chunk_len)
+                self._metadata(chunk_len)
             if flags & REPLY_FLAG_DONE:
                 break
         if not result:
