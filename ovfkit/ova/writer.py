@@ -343,14 +343,6 @@ def _fsync_dir(folder: str) -> None:
 
 
 @dataclass
-class _Member:
-    name: str
-    header_at: int  # offset of its tar header
-    size: int = 0
-    digests: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
 class _Plan:
     """Everything about a package that is known before any disk is read."""
 
