@@ -104,7 +104,7 @@ class _Writer:
 
     def vmw_required_false(self, el: etree._Element) -> etree._Element:
         # interop-rules: vendor elements carry ovf:required="false" so that importers which do
-        # not know them go on (DSP0243 §9.1).
+        # not know them go on (DSP0243 1.1 §7.3, extensibility).
         el.set(self.o("required"), "false")
         return el
 
@@ -164,7 +164,7 @@ class _Writer:
             if df is None:
                 raise InvalidArgumentError(f"the package layout has no file for disk {d.id!r}")
             el = self.sub(sec, "Disk")
-            # DSP0243 §9.1: capacity with its unit; byte is exact and needs no conversion.
+            # DSP0243 1.1 §9.1 DiskSection: capacity with its unit; byte is exact and needs no conversion.
             el.set(self.o("capacity"), str(d.capacity))
             el.set(self.o("capacityAllocationUnits"), "byte")
             el.set(self.o("diskId"), f"vmdisk{n}")
@@ -213,7 +213,7 @@ class _Writer:
         if p.instance:
             sec.set(self.o("instance"), _text(f"products[{i}].instance", p.instance))
         self.sub(sec, "Info", "Information about the installed software")
-        # DSP0243 §9.5 element order: Product, Vendor, Version, FullVersion, ProductUrl,
+        # DSP0243 1.1 §9.5 ProductSection element order: Product, Vendor, Version, FullVersion, ProductUrl,
         # VendorUrl, AppUrl, Icon*, then Category/Property in any order.
         for local, value in (
             ("Product", p.product),
@@ -251,7 +251,7 @@ class _Writer:
     def os_section(self, vs: etree._Element) -> None:
         g = self.vm.guest_os
         sec = self.sub(vs, "OperatingSystemSection")
-        # ovf:id: CIM_OperatingSystem.OSType (DSP0243 §9.7); vmw:osType: vSphere guest id.
+        # ovf:id: CIM_OperatingSystem.OSType (DSP0243 1.1 §9.9); vmw:osType: vSphere guest id.
         sec.set(self.o("id"), str(g.cim_id))
         if g.vmware_id:
             sec.set(q(ns.VMW, "osType"), _text("guest_os.vmware_id", g.vmware_id))
@@ -264,7 +264,7 @@ class _Writer:
         vm = self.vm
         hw = self.sub(vs, "VirtualHardwareSection")
         if self.options.ovf_env:
-            hw.set(self.o("transport"), "iso")  # DSP0243 §11.1
+            hw.set(self.o("transport"), "iso")  # DSP0243 1.1 §11, OVF environment transport
         self.sub(hw, "Info", "Virtual hardware requirements")
         system = self.sub(hw, "System")
         vssd: dict[str, str] = {
@@ -379,7 +379,7 @@ class _Writer:
             f = self.cd_files.get(cd.id)
             if f is not None:
                 props["AutomaticAllocation"] = "true"
-                props["HostResource"] = f"ovf:/file/{f.id}"  # DSP0243 §9.8 Table 7
+                props["HostResource"] = f"ovf:/file/{f.id}"  # DSP0243 1.1 §8.3 HostResource
                 props["ResourceSubType"] = "vmware.cdrom.iso"
             else:
                 # An empty drive, as ovftool exports it: not connected at power on.
@@ -402,7 +402,7 @@ class _Writer:
             }
             if nic.mac is not None:
                 props["Address"] = _text(f"nics[{n - 1}].mac", nic.mac)
-            # DSP0243 2.0 §9.5: Ethernet adapters as EthernetPortItem (CIM EPASD).
+            # DSP0243 2.0 clause 8: Ethernet adapters as EthernetPortItem (CIM EPASD).
             kept = self.kept(f"nic:{nic.id}")
             if self.v2:
                 eth.append(_Item("EthernetPortItem", ns.EPASD, props, kept))
@@ -413,12 +413,12 @@ class _Writer:
             props = {
                 "AddressOnParent": str(d.unit),
                 "ElementName": name,
-                "HostResource": f"ovf:/disk/vmdisk{n}",  # DSP0243 §9.8 Table 7
+                "HostResource": f"ovf:/disk/vmdisk{n}",  # DSP0243 1.1 §8.3 HostResource
                 "InstanceID": self.iid(),
                 "Parent": ctrl_iid[d.controller],
                 "ResourceType": "17",
             }
-            # DSP0243 2.0 §9.5: disks as StorageItem (CIM SASD).
+            # DSP0243 2.0 clause 8: disks as StorageItem (CIM SASD).
             kept = self.kept(f"disk:{d.id}")
             if self.v2:
                 storage.append(_Item("StorageItem", ns.SASD, props, kept))
@@ -454,7 +454,7 @@ class _Writer:
         return _Item("Item", ns.RASD, props, self.kept(f"controller:{c.id}"))
 
     def boot_section(self, vs: etree._Element) -> None:
-        """OVF 2.0 BootDeviceSection (DSP0243 2.0 §9.13): CIM_BootConfigSetting with one
+        """OVF 2.0 BootDeviceSection (DSP0243 2.0; DSP8023 2.0.1 BootDeviceSection_Type): CIM_BootConfigSetting with one
         CIM_BootSourceSetting per device in boot order; StructuredBootString is
         ``CIM:<device kind>:<n>`` with n counting that kind of device in the descriptor."""
         if not self.boot_sources:

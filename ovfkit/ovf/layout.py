@@ -1,7 +1,7 @@
 """Which package member carries which disk or ISO, and the members' names (pure).
 
 Member names follow the tar rules of the OVA (interop-rules "Tar container"): flat, ASCII, at most
-100 bytes (ustar ``name`` field, no PAX/GNU long names), unique. DSP0243 §5.1 makes ``ovf:href``
+100 bytes (ustar ``name`` field, no PAX/GNU long names), unique. DSP0243 1.1 §7.1 makes ``ovf:href``
 a relative URI, so the names also avoid ``/``, ``..``, spaces and anything a URI would escape.
 
 The packer gets a layout from :func:`plan_layout`, writes the members, fills in the sizes with
@@ -37,7 +37,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 class FileRef:
     """A ``References/File``: ``ovf:id``, ``ovf:href``, ``ovf:size`` and ``ovf:chunkSize``.
 
-    ``size`` is None until the packer knows the member's exact byte count (DSP0243 §7.1: the
+    ``size`` is None until the packer knows the member's exact byte count (DSP0243 1.1 §7.1: the
     attribute is optional, but VMware checks it when present, so it is never guessed).
     """
 
@@ -69,7 +69,7 @@ class PackageLayout:
     """The File references of one package.
 
     ``base`` names the descriptor, manifest and certificate (``<base>.ovf`` ...). ``env_iso``
-    is the OVF environment ISO (DSP0243 §11, DSP8027), carried by an empty CD drive.
+    is the OVF environment ISO (DSP0243 1.1 §11, DSP8027), carried by an empty CD drive.
     """
 
     base: str

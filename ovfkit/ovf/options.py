@@ -10,7 +10,7 @@ from ._xml import INVALID_XML_CHARS
 
 __all__ = ["STREAM_OPTIMIZED", "DescriptorOptions"]
 
-#: VMware's disk format URI for streamOptimized VMDK (interop-rules "Descriptor"; DSP0243 §8.3
+#: VMware's disk format URI for streamOptimized VMDK (interop-rules "Descriptor"; DSP0243 1.1 §5.2
 #: leaves the URI to the vendor).
 STREAM_OPTIMIZED = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
 
@@ -20,10 +20,10 @@ class DescriptorOptions:
     """How to write the descriptor.
 
     ``ovf_version`` "1.0" writes the envelope/1 namespace, the only one virt-v2v and Proxmox read
-    (virt-v2v#18); "2.0" writes envelope/2 with EthernetPortItem/StorageItem (DSP0243 2.0 §9.5).
+    (virt-v2v#18); "2.0" writes envelope/2 with EthernetPortItem/StorageItem (DSP0243 2.0 clause 8).
     ``hardware_version`` is vssd:VirtualSystemType; vmx-13 or lower for broad ESXi support.
     ``include_iso``: pack the ISOs of CD drives as files. ``ovf_env``: declare
-    ``ovf:transport="iso"`` (DSP0243 §11.1) and carry an OVF environment ISO in a CD drive.
+    ``ovf:transport="iso"`` (DSP0243 1.1 §11) and carry an OVF environment ISO in a CD drive.
     """
 
     ovf_version: Literal["1.0", "2.0"] = "1.0"

@@ -4,7 +4,7 @@ Reads what ovfkit, VMware ovftool, VirtualBox and COT-style tools write: OVF 0.9
 pre-standard ``http://www.vmware.com/schema/ovf/1/envelope``, sections as
 ``<Section xsi:type="ovf:DiskSection_Type">``, ``rasd:InstanceId``), 1.x (envelope/1) and 2.0
 (envelope/2 with EthernetPortItem/StorageItem). Several ProductSections, per-configuration Items
-(DSP0243 §9.8 ``ovf:configuration``; the default configuration of the DeploymentOptionSection
+(DSP0243 1.1 §9.8 ``ovf:configuration``; the default configuration of the DeploymentOptionSection
 goes into the model) and vendor sections are understood; what the model cannot hold is kept in
 ``VirtualMachine.extra`` as :class:`RawXml`, which ``build_descriptor`` writes back in place.
 
@@ -137,7 +137,7 @@ class _Reader:
         return (c.text or "") if c is not None else ""
 
     def applies(self, el: etree._Element) -> bool:
-        """Whether an Item/Value belongs to the default configuration (DSP0243 §9.8)."""
+        """Whether an Item/Value belongs to the default configuration (DSP0243 1.1 §9.8)."""
         conf = self.a(el, "configuration")
         bound = self.a(el, "bound")
         if bound not in (None, "", "normal"):
@@ -375,7 +375,7 @@ class _Reader:
         if key is None:
             raise InvalidOvfError("ProductSection/Property without ovf:key")
         value = self.a(el, "value")
-        for v in el:  # a Value for the default configuration overrides (DSP0243 §9.5.1)
+        for v in el:  # a Value for the default configuration overrides (DSP0243 1.1 §9.5, §9.8)
             is_value = _nsof(v) == self.ovf and _local(v) == "Value"
             if is_value and self.a(v, "configuration") and self.applies(v):
                 value = self.a(v, "value")
@@ -392,7 +392,7 @@ class _Reader:
         )
 
     def resolve(self, value: str) -> str:
-        """``${key}`` refers to a ProductSection property (DSP0243 §9.5, e.g. a disk capacity
+        """``${key}`` refers to a ProductSection property (DSP0243 1.1 §9.5, e.g. a disk capacity
         chosen at deployment); use its default value."""
         m = re.fullmatch(r"\$\{(.+)\}", value.strip())
         if not m:

@@ -179,7 +179,7 @@ def controller_ids(vm: VirtualMachine) -> dict[str, str]:
 
 
 def networks_of(vm: VirtualMachine) -> tuple[Network, ...]:
-    """Declared networks plus any a NIC connects to without a declaration (DSP0243 §9.2: a
+    """Declared networks plus any a NIC connects to without a declaration (DSP0243 1.1 §9.2: a
     Connection names a Network of the NetworkSection)."""
     nets = list(vm.networks)
     names = {n.name for n in nets}
@@ -210,7 +210,7 @@ def descriptor_view(
       (the data is in the package, not in the descriptor);
     - CD ``iso`` is the href of the packed ISO file, None when not packed; with ``ovf_env`` the
       environment ISO occupies the first empty drive, or a new drive (see :func:`written_vm`);
-    - boot order: OVF 2.0 keeps it as dense ranks 1..n (BootDeviceSection, DSP0243 2.0 §9.13);
+    - boot order: OVF 2.0 keeps it as dense ranks 1..n (BootDeviceSection of DSP0243 2.0);
       OVF 1.x has no schema-valid place for it (vmw:BootOrderSection is not a member of the
       ovf:Section substitution group), so it is None and importers boot by bus order;
     - NICs whose network is not declared add a Network; architecture is
