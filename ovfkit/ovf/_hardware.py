@@ -296,7 +296,8 @@ class Hardware:
 
     def disk(self, it: _Item) -> bool:
         host = it.get("HostResource") or ""
-        # ovf:/disk/<id> (DSP0243 1.1 §8.3, HostResource); VirtualBox writes /disk/<id>, OVF 0.9 ovf:disk/<id>.
+        # ovf:/disk/<id> (DSP0243 1.1 §8.3, HostResource); VirtualBox writes /disk/<id>,
+        # OVF 0.9 ovf:disk/<id>.
         m = re.fullmatch(r"(?:ovf:)?/?disk/(.+)", host)
         if not m or m.group(1) not in self.disk_info:
             return False  # a disk Item without a disk of the DiskSection: kept raw

@@ -164,7 +164,7 @@ class _Writer:
             if df is None:
                 raise InvalidArgumentError(f"the package layout has no file for disk {d.id!r}")
             el = self.sub(sec, "Disk")
-            # DSP0243 1.1 §9.1 DiskSection: capacity with its unit; byte is exact and needs no conversion.
+            # DSP0243 1.1 §9.1 DiskSection: capacity with its unit; bytes are exact.
             el.set(self.o("capacity"), str(d.capacity))
             el.set(self.o("capacityAllocationUnits"), "byte")
             el.set(self.o("diskId"), f"vmdisk{n}")
@@ -213,8 +213,8 @@ class _Writer:
         if p.instance:
             sec.set(self.o("instance"), _text(f"products[{i}].instance", p.instance))
         self.sub(sec, "Info", "Information about the installed software")
-        # DSP0243 1.1 §9.5 ProductSection element order: Product, Vendor, Version, FullVersion, ProductUrl,
-        # VendorUrl, AppUrl, Icon*, then Category/Property in any order.
+        # DSP0243 1.1 §9.5 ProductSection element order: Product, Vendor, Version,
+        # FullVersion, ProductUrl, VendorUrl, AppUrl, Icon*, then Category/Property mixed.
         for local, value in (
             ("Product", p.product),
             ("Vendor", p.vendor),
@@ -454,8 +454,9 @@ class _Writer:
         return _Item("Item", ns.RASD, props, self.kept(f"controller:{c.id}"))
 
     def boot_section(self, vs: etree._Element) -> None:
-        """OVF 2.0 BootDeviceSection (DSP0243 2.0; DSP8023 2.0.1 BootDeviceSection_Type): CIM_BootConfigSetting with one
-        CIM_BootSourceSetting per device in boot order; StructuredBootString is
+        """OVF 2.0 BootDeviceSection (DSP0243 2.0; DSP8023 2.0.1 BootDeviceSection_Type):
+        CIM_BootConfigSetting with one CIM_BootSourceSetting per device in boot order;
+        StructuredBootString is
         ``CIM:<device kind>:<n>`` with n counting that kind of device in the descriptor."""
         if not self.boot_sources:
             return
