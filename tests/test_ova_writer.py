@@ -399,3 +399,27 @@ def test_pad_descriptor_keeps_the_document() -> None:
         assert etree.tostring(etree.fromstring(padded)) == etree.tostring(etree.fromstring(doc))
     with pytest.raises(InvalidArgumentError):
         pad_descriptor(doc, len(doc) - 2)
+
+
+def test_streaming_with_iso_and_signature(
+    tmp_path: Path, two_disks: list[tuple[Path, str]]
+) -> None:
+    iso = tmp_path / "cd.iso"
+    iso.write_bytes(make_env_iso(b"<cd/>"))
+    key, cert = make_key_and_cert()
+    target = tmp_path / "s.ova"
+    with open(target, "wb") as f:
+        proc = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=f)
+        assert proc.stdin is not None
+        write_ova(make_vm(two_disks, iso=str(iso)), proc.stdin,
+                  OvaOptions(include_iso=True, signer=load_signer(key, cert)))
+        proc.stdin.close()
+        assert proc.wait() == 0
+    names = [m.name for m in members_by_tarfile(target)]
+    assert names[-3:] == ["web-01-iso1.iso", "web-01.mf", "web-01.cert"]
+    package = open_package(target)
+    sizes = {f.href: f.size for f in package.parsed.files}
+    assert sizes["web-01-iso1.iso"] == iso.stat().st_size
+    assert sizes["web-01-disk1.vmdk"] is None  # not known before the data: left out
+    report = verify_package(target)
+    assert report.ok, report.problems
