@@ -369,3 +369,12 @@ def test_vendor_raw_xml_round_trips_verbatim() -> None:
     machine = next(r for r in vm.extra if r.where == "virtual-system")
     assert isinstance(machine, RawXml) and 'Firmware type="EFI"/>' in machine.xml
     assert machine in parse_descriptor(build_descriptor(vm)).extra
+
+
+def test_validate_rejects_non_ovf_and_malformed() -> None:
+    with pytest.raises(InvalidOvfError, match="namespace"):
+        validate_descriptor(b"<Envelope/>")
+    with pytest.raises(InvalidOvfError, match="namespace"):
+        validate_descriptor(fixture("vmware-ovf09.ovf"))  # OVF 0.9 has no DMTF schema
+    with pytest.raises(OvfParseError):
+        validate_descriptor(b"<Envelope")
