@@ -8,6 +8,7 @@ import io
 import itertools
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,14 @@ import pytest
 import xxhash
 from conftest import KiB, MakeImage, MiB, random_bytes, text_like
 
-from ovfkit.disk import MemorySource, RawSource
-from ovfkit.errors import CancelledError, InvalidArgumentError, IoError, NotFoundError
+from ovfkit.disk import Extent, MemorySource, RawSource
+from ovfkit.errors import (
+    CancelledError,
+    InvalidArgumentError,
+    IoError,
+    NotFoundError,
+    OperationFailedError,
+)
 from ovfkit.model import DiskSource
 from ovfkit.progress import Progress
 from ovfkit.vmdk import VmdkOptions, VmdkResult, inspect_vmdk, read_vmdk_data, write_vmdk
@@ -312,3 +319,12 @@ def test_both_engines_pass_the_same_checks(
         )
     check_with_tools(out, img.raw, img.size)
     check_own(out, img.read_raw(), result)
+
+
+def test_unordered_extents_are_refused() -> None:
+    class Shuffled(MemorySource):
+        def extents(self) -> Iterator[Extent]:
+            return iter([Extent(MiB, MiB, False), Extent(0, MiB, False)])
+
+    with pytest.raises(OperationFailedError):
+        write_vmdk(Shuffled(random_bytes(2 * MiB)), io.BytesIO())

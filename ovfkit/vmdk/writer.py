@@ -109,7 +109,13 @@ def _grain_runs(source: ImageSource, capacity: int) -> Iterator[tuple[int, int]]
     """Ranges [g0, g1) of grains touched by data extents, merged, cut into batches that stay
     inside one grain table (BATCH_GRAINS divides GTES_PER_GT)."""
     run: list[int] | None = None
+    prev_end = 0
     for ext in source.extents():
+        if ext.start < prev_end:  # grains must go out in ascending LBA order
+            raise OperationFailedError(
+                f"the disk source's extents are not ascending: {ext.start} after {prev_end}"
+            )
+        prev_end = ext.start + max(ext.length, 0)
         if ext.zero or ext.length <= 0:
             continue
         end = min(ext.start + ext.length, capacity)
