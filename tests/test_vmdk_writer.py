@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import xxhash
 from conftest import KiB, MakeImage, MiB, random_bytes, text_like
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ovfkit.disk import Extent, MemorySource, RawSource
 from ovfkit.errors import (
@@ -328,3 +330,30 @@ def test_unordered_extents_are_refused() -> None:
 
     with pytest.raises(OperationFailedError):
         write_vmdk(Shuffled(random_bytes(2 * MiB)), io.BytesIO())
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    size=st.integers(0, 3 * 64 * KiB + 1000),
+    chunks=st.lists(
+        st.tuples(st.integers(0, 3 * 64 * KiB), st.binary(min_size=1, max_size=5000)),
+        max_size=6,
+    ),
+    threads=st.integers(1, 3),
+)
+def test_write_read_round_trip(size: int, chunks: list[tuple[int, bytes]], threads: int) -> None:
+    disk = bytearray(size)
+    for offset, data in chunks:
+        piece = data[: max(0, size - offset)]
+        disk[offset : offset + len(piece)] = piece
+    out = io.BytesIO()
+    result = write_vmdk(MemorySource(bytes(disk)), out, VmdkOptions(threads=threads))
+    body = out.getvalue()
+    info = inspect_vmdk(io.BytesIO(body), strict=True)
+    assert info.grains == result.grains
+    back = bytearray(info.capacity)
+    for offset, data in read_vmdk_data(io.BytesIO(body)):
+        back[offset : offset + len(data)] = data
+    assert bytes(back[:size]) == bytes(disk) and not any(back[size:])
+    nonzero = {i // fmt.GRAIN_SIZE for i, b in enumerate(disk) if b}
+    assert result.grains == len(nonzero)
