@@ -85,6 +85,16 @@ def test_login_returns_zstack_session_inventory(server: LiveServer) -> None:
     assert ok.status_code == 200
 
 
+def test_login_as_zstack_java_sdk_sends_it(server: LiveServer) -> None:
+    """ZStack's SDK wraps every field of the action, tags included, in the message object."""
+    r = server.client.put(
+        f"{V1}/accounts/login",
+        json={"logInByAccount": {"accountName": USER, "password": wire_password(PASSWORD),
+                                 "systemTags": [], "userTags": []}},
+    )
+    assert r.status_code == 200, r.text
+
+
 def test_login_accepts_plain_password_and_zstack_extras(server: LiveServer) -> None:
     r = server.client.put(
         f"{V1}/accounts/login",
@@ -587,7 +597,9 @@ def test_update_package(server: LiveServer, token: str) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["inventory"]["name"] == "renamed"
     assert r.json()["inventory"]["description"] == inv["description"]
-    r = server.client.put(url, headers=h, json={"updateImagePackage": {"description": "new"}})
+    r = server.client.put(
+        url, headers=h, json={"updateImagePackage": {"description": "new", "systemTags": []}}
+    )
     assert r.json()["inventory"]["name"] == "renamed"
     assert r.json()["inventory"]["description"] == "new"
     listed = server.client.get(url, headers=h).json()["inventories"]

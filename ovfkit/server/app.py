@@ -134,9 +134,12 @@ async def login(request: Request) -> Response:
     where = "logInByAccount"
     check_keys(
         msg,
-        ("accountName", "password", "accountType", "captchaUuid", "verifyCode", "clientInfo"),
+        ("accountName", "password", "accountType", "captchaUuid", "verifyCode", "clientInfo",
+         *_TAGS),
         where,
     )
+    for key in _TAGS:
+        string_list(msg, key, where)
     name = optional_str(msg, "accountName", where)
     password = optional_str(msg, "password", where)
     for key in ("accountType", "captchaUuid", "verifyCode"):
@@ -348,7 +351,10 @@ async def update_package(request: Request) -> Response:
     for key in _TAGS:
         string_list(body, key, "the request body")
     msg = sub_object(body, "updateImagePackage")
-    check_keys(msg, ("name", "description"), "updateImagePackage")
+    # ZStack's SDK puts the tags inside the message object; ZStack's docs beside it.
+    check_keys(msg, ("name", "description", *_TAGS), "updateImagePackage")
+    for key in _TAGS:
+        string_list(msg, key, "updateImagePackage")
     name = optional_str(msg, "name", "updateImagePackage")
     description = optional_str(msg, "description", "updateImagePackage")
     uuid = request.path_params["uuid"]
@@ -381,7 +387,9 @@ async def parse_ovf(request: Request) -> Response:
     for key in _TAGS:
         string_list(body, key, "the request body")
     params = sub_object(body, "params")
-    check_keys(params, ("xmlBase64",), "params")
+    check_keys(params, ("xmlBase64", *_TAGS), "params")
+    for key in _TAGS:
+        string_list(params, key, "params")
     text = optional_str(params, "xmlBase64", "params")
     if text is None:
         raise MalformedRequestError(
