@@ -101,7 +101,8 @@ def test_good_hand_built_file() -> None:
         ("create-type", lambda d: d.replace(b'"streamOptimized"', b'"monolithicSparse"'),
          "bad-create-type"),
         ("extent", lambda d: d.replace(b"RW 8192 ", b"RW 8193 "), "capacity-mismatch"),
-        ("eos-early", lambda d: d[: 257 * S] + bytes(S) + d[257 * S :], "early-eos"),
+        ("zero-gap", lambda d: d[: 257 * S] + bytes(S) + d[257 * S :], "zero-gap"),
+        ("eos-early", lambda d: d + bytes(4 * S), "early-eos"),
         ("footer", lambda d: d[:-1012] + struct.pack("<Q", 1) + d[-1004:], "footer-mismatch"),
         ("unaligned", lambda d: d + b"x", "unaligned-size"),
         ("overhead", lambda d: d[:64] + struct.pack("<Q", 10**9) + d[72:], "bad-overhead"),
@@ -220,3 +221,13 @@ def test_reader_agrees_with_writer_result() -> None:
     assert (info.grains, info.populated_size, info.capacity, info.size) == (
         res.grains, res.populated_size, res.capacity, res.size
     )  # fmt: skip
+
+
+def test_zero_padding_before_grains_still_reads() -> None:
+    """Some writers pad with zero sectors (overHead short of the first grain): the data still
+    reads back, the padding is reported as a layout-only fault."""
+    good = build([(0, grain(1)), (128, grain(2))], CAP)
+    h = fmt.decode_header(good)
+    padded = fmt.encode_header(fmt.SparseHeader(capacity=h.capacity, overhead=21)) + good[S:]
+    assert "zero-gap" in faults(padded)
+    assert dict(read_vmdk_data(io.BytesIO(padded))) == {0: b"\1" * G, G: b"\2" * G}

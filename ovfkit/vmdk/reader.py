@@ -70,7 +70,7 @@ class _Stop(Exception):
 # Faults of layout only: the data still reads back right, so read_vmdk_data lets them pass.
 _LAYOUT_ONLY = frozenset(
     {"bad-version", "odd-grain-size", "bad-newline", "bad-overhead", "unsorted-grains",
-     "early-eos", "footer-not-last", "bad-capacity"}
+     "early-eos", "footer-not-last", "bad-capacity", "zero-gap"}
 )  # fmt: skip
 
 
@@ -313,9 +313,18 @@ class _Walk:
                 pos += nsec
                 continue
             if m.type == fmt.MARKER_EOS:
-                if pos != end - 1:
-                    add("early-eos", f"end-of-stream marker at sector {pos}, file ends at {end}")
-                return
+                if pos == end - 1:
+                    return
+                # A zero sector is an EOS marker, or padding some writers leave before the
+                # first grain or between grains: look for more markers after the zeros.
+                nxt = self._next_nonzero(pos + 1, end)
+                if nxt is None:
+                    add("early-eos", f"end-of-stream marker at sector {pos}, then "
+                        f"{end - pos - 1} zero sectors")  # fmt: skip
+                    return
+                add("zero-gap", f"zero sectors {pos}..{nxt - 1} between markers")
+                pos = nxt
+                continue
             if m.type not in (fmt.MARKER_GT, fmt.MARKER_GD, fmt.MARKER_FOOTER):
                 add("bad-marker", f"unknown marker type {m.type} at sector {pos}")
             if m.val > end - pos:
@@ -327,6 +336,18 @@ class _Walk:
             stored = sum(1 for v in self.gt if v)
             if stored != walked_gt_entries:
                 add("bad-gt", f"grain tables list {stored} grains, {walked_gt_entries} found")
+
+    def _next_nonzero(self, pos: int, end: int) -> int | None:
+        """The first sector at or after ``pos`` that is not all zeros, read 1 MiB at a time."""
+        step = 2048
+        while pos < end:
+            n = min(step, end - pos)
+            chunk = self.win.read(pos * fmt.SECTOR, n * fmt.SECTOR)
+            rest = chunk.lstrip(b"\0")
+            if rest:
+                return pos + (len(chunk) - len(rest)) // fmt.SECTOR
+            pos += n
+        return None
 
     def _seen(self, lba: int, pos: int) -> bool:
         # With grain tables loaded, an earlier grain for this LBA shows as a different entry.
