@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import os
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
 from conftest import MakeImage, MiB
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_ova_writer import make_vm
 
-from ovfkit.errors import InvalidArgumentError, NotFoundError
+from ovfkit.errors import InvalidArgumentError, NotFoundError, OvfkitError
+from ovfkit.model import VirtualMachine
 from ovfkit.ova import extract_package, open_package, verify_package, write_ova
+from ovfkit.ova.manifest import encode_line
 from ovfkit.ova.reader import MAX_DESCRIPTOR
 from ovfkit.ova.tar import BLOCK, END_OF_ARCHIVE, TarFormatError, encode_header, padding
+from ovfkit.ovf import build_descriptor
 
 
 @pytest.fixture
@@ -170,3 +178,37 @@ def test_extract_stays_inside_and_refuses_symlinks(tmp_path: Path, package: Path
     with pytest.raises(InvalidArgumentError, match="already exists"):
         extract_package(package, trap)
     assert victim.read_bytes() == b"keep"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(flips=st.lists(st.tuples(st.integers(0, 4095), st.integers(1, 255)), max_size=8),
+       cut=st.integers(0, 6000))
+def test_damaged_archives_fail_cleanly(flips: list[tuple[int, int]], cut: int) -> None:
+    """Any damage to the headers or the descriptor gives an OvfkitError or a problem list,
+    never another exception."""
+    base = bytearray(_SMALL_PACKAGE)
+    for at, mask in flips:
+        base[at % len(base)] ^= mask
+    data = bytes(base[: max(cut, 512)] if cut < len(base) else base)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "damaged.ova"
+        path.write_bytes(data)
+        with contextlib.suppress(OvfkitError):
+            open_package(path)
+        if not flips and cut >= len(_SMALL_PACKAGE):
+            assert open_package(path).vm.vcpus == 2  # the undamaged package opens
+            assert verify_package(path).ok
+        report = verify_package(path, check_data=False)
+        assert report.ok or report.problems
+
+
+def _small_package() -> bytes:
+    descriptor = _DESCRIPTOR
+    out = bytearray()
+    for name, data in (("vm.ovf", descriptor), ("vm.mf", encode_line("sha256", "vm.ovf", hashlib.sha256(descriptor).hexdigest()))):
+        out += encode_header(name, len(data), 0) + data + bytes(padding(len(data)))
+    return bytes(out + END_OF_ARCHIVE)
+
+
+_DESCRIPTOR = build_descriptor(VirtualMachine(name="vm", vcpus=2))
+_SMALL_PACKAGE = _small_package()
