@@ -428,6 +428,12 @@ def test_query_paging_sorting_counting(
     assert names == sorted(names, reverse=True)
     page = _query(server, token, sortBy="name", sortDirection="desc", limit="1", start="1")
     assert page.json()["inventories"] == everything[1:2]
+    # ZStack's SDK form: sort=-name (URL-encoded minus).
+    assert _query(server, token, sort="-name").json()["inventories"] == everything
+    ascending = _query(server, token, sort="+name").json()["inventories"]
+    assert ascending == sorted(everything, key=lambda inv: inv["name"])
+    slim = _query(server, token, fields="uuid,name").json()["inventories"]
+    assert slim and all(set(inv) == {"uuid", "name"} for inv in slim)
     counted = _query(server, token, limit="1", replyWithCount="true").json()
     assert counted["total"] == len(everything) and len(counted["inventories"]) == 1
     assert _query(server, token, count="true").json() == {"total": len(everything)}
@@ -636,7 +642,10 @@ def test_delete_package(server: LiveServer, token: str) -> None:
     package = server.data_dir / "bs" / f"{inv['uuid']}.ova"
     assert package.is_file()
     error_of(server.client.delete(url, headers=h, params={"deleteMode": "x"}), 400, "SYS.1007")
-    r = server.client.delete(url, headers=h, params={"deleteMode": "Permissive"})
+    # As ZStack's SDK sends a DELETE: its parameters in the query string.
+    r = server.client.delete(
+        url, headers=h, params={"deleteMode": "Permissive", "systemTags": "a", "requestIp": "::1"}
+    )
     assert r.status_code == 200 and r.json() == {}
     assert not package.exists()
     assert server.client.get(url, headers=h).json() == {"inventories": []}

@@ -54,12 +54,28 @@ def test_query_spec_reads_zstack_parameters() -> None:
 
 
 @pytest.mark.parametrize(
+    ("sort", "expected"),
+    [("+name", ("name", False)), ("-size", ("size", True)), (" name", ("name", False)),
+     ("createDate", ("createDate", False))],
+)
+def test_query_spec_sort_as_zstack_sdk_sends_it(sort: str, expected: tuple[str, bool]) -> None:
+    spec = query_spec([("sort", sort)])
+    assert (spec.sort_by, spec.descending) == expected
+
+
+def test_query_spec_fields() -> None:
+    assert query_spec([("fields", "uuid,name")]).fields == ("uuid", "name")
+
+
+@pytest.mark.parametrize(
     "items",
     [
         [("q", "bogus=1")], [("q", "=1")], [("q", "nothing")], [("limit", "-1")],
         [("limit", "1e3")], [("start", "")], [("sortBy", "install_path")],
         [("sortDirection", "ASC ")], [("count", "yes")], [("x", "1")],
-        [("start", "1"), ("start", "2")], [("limit", "9" * 30)],
+        [("start", "1"), ("start", "2")], [("limit", "9" * 30)], [("sort", "-bogus")],
+        [("sort", "name"), ("sortBy", "name")], [("fields", "uuid,password")], [("fields", ",")],
+        [("groupBy", "name")], [("filterName", "x")],
     ],
 )
 def test_query_spec_refuses(items: list[tuple[str, str]]) -> None:

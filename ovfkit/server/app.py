@@ -65,7 +65,14 @@ V1 = "/zstack/v1"
 
 _EXPORT_FIELDS = ("name", "description", "vmUuid", "backupStorageUuid", "resourceUuid", "tagUuids")
 _TAGS = ("systemTags", "userTags")
-_QUERY_PARAMS = ("q", "limit", "start", "sortBy", "sortDirection", "replyWithCount", "count")
+_QUERY_PARAMS = (
+    "q", "limit", "start", "sort", "sortBy", "sortDirection", "replyWithCount", "count", "fields",
+)
+# Sent by ZStack's SDK only when the caller sets them; not supported here, refused by name.
+_UNSUPPORTED_QUERY = ("groupBy", "filterName")
+# ZStack's SDK sends these API parameters in the body (or the query string for DELETE) besides
+# the API's own fields; requestIp is also sent as a header.
+_COMMON = ("systemTags", "userTags", "requestIp")
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,12 @@ class _State:
 def _state(request: Request) -> _State:
     state: _State = request.app.state.ovfkit
     return state
+
+
+def _check_common(obj: Mapping[str, Any], where: str) -> None:
+    for key in _TAGS:
+        string_list(obj, key, where)
+    optional_str(obj, "requestIp", where)
 
 
 # -- sessions ---------------------------------------------------------------------------------
@@ -135,11 +148,10 @@ async def login(request: Request) -> Response:
     check_keys(
         msg,
         ("accountName", "password", "accountType", "captchaUuid", "verifyCode", "clientInfo",
-         *_TAGS),
+         *_COMMON),
         where,
     )
-    for key in _TAGS:
-        string_list(msg, key, where)
+    _check_common(msg, where)
     name = optional_str(msg, "accountName", where)
     password = optional_str(msg, "password", where)
     for key in ("accountType", "captchaUuid", "verifyCode"):
@@ -164,9 +176,11 @@ async def logout(request: Request) -> Response:
 
 def export_request_from_body(body: Mapping[str, Any]) -> ExportVmOvaPackageRequest:
     """Check the body's keys and JSON types (400 on any fault), then build the request."""
-    check_keys(body, ("params", *_EXPORT_FIELDS, *_TAGS), "the request body")
+    check_keys(body, ("params", *_EXPORT_FIELDS, *_COMMON), "the request body")
+    _check_common(body, "the request body")
     params = sub_object(body, "params", required=False)
-    check_keys(params, (*_EXPORT_FIELDS, *_TAGS), "params")
+    check_keys(params, (*_EXPORT_FIELDS, *_COMMON), "params")
+    _check_common(params, "params")
     try:
         return ExportVmOvaPackageRequest.from_json(body)
     except InvalidArgumentError as exc:
@@ -271,6 +285,7 @@ class QuerySpec:
     descending: bool = False
     with_count: bool = False
     count_only: bool = False
+    fields: tuple[str, ...] = ()
 
 
 _SORTABLE = {
@@ -279,12 +294,38 @@ _SORTABLE = {
 }
 
 
+def _sort(values: Mapping[str, str]) -> tuple[str | None, bool]:
+    """(field, descending) from ZStack's ``sort=[+|-]field`` (what its SDK sends) or from
+    ``sortBy`` + ``sortDirection``. A ``+`` left unencoded in a URL arrives as a space."""
+    field_name: str | None
+    if "sort" in values:
+        if "sortBy" in values or "sortDirection" in values:
+            raise MalformedRequestError("give either sort or sortBy/sortDirection, not both")
+        text = values["sort"]
+        descending = text.startswith("-")
+        field_name = text[1:] if text[:1] in ("+", "-", " ") else text
+    else:
+        field_name = values.get("sortBy")
+        direction = values.get("sortDirection", "asc")
+        if direction not in ("asc", "desc"):
+            raise MalformedRequestError("sortDirection must be asc or desc")
+        descending = direction == "desc"
+    if field_name is not None and field_name not in _SORTABLE:
+        raise MalformedRequestError(
+            f"cannot sort by {field_name!r}; fields: {', '.join(sorted(_SORTABLE))}"
+        )
+    return field_name, descending
+
+
 def query_spec(items: list[tuple[str, str]]) -> QuerySpec:
-    """ZStack's query string (pure): repeated ``q``, limit/start paging, sortBy/sortDirection,
-    replyWithCount (adds ``total``), count (only ``total``)."""
+    """ZStack's query string (pure): repeated ``q``, limit/start paging, ``sort=[+|-]field`` or
+    sortBy/sortDirection, replyWithCount (adds ``total``), count (only ``total``), fields (a
+    comma-separated list of the inventory fields to return)."""
     conditions: list[str] = []
     values: dict[str, str] = {}
     for key, value in items:
+        if key in _UNSUPPORTED_QUERY:
+            raise MalformedRequestError(f"query parameter {key} is not supported by this service")
         if key not in _QUERY_PARAMS:
             raise MalformedRequestError(
                 f"unknown query parameter {key!r}; known: {', '.join(_QUERY_PARAMS)}"
@@ -299,20 +340,24 @@ def query_spec(items: list[tuple[str, str]]) -> QuerySpec:
             raise MalformedRequestError(f"query parameter {key} given more than once")
         else:
             values[key] = value
-    sort_by = values.get("sortBy")
-    if sort_by is not None and sort_by not in _SORTABLE:
-        raise MalformedRequestError(f"cannot sort by {sort_by!r}; fields: {sorted(_SORTABLE)}")
-    direction = values.get("sortDirection", "asc")
-    if direction not in ("asc", "desc"):
-        raise MalformedRequestError("sortDirection must be asc or desc")
+    sort_by, descending = _sort(values)
+    fields: tuple[str, ...] = ()
+    if "fields" in values:
+        fields = tuple(f.strip() for f in values["fields"].split(",") if f.strip())
+        unknown = [f for f in fields if f not in _SORTABLE]
+        if unknown or not fields:
+            raise MalformedRequestError(
+                f"invalid fields {values['fields']!r}; fields: {', '.join(sorted(_SORTABLE))}"
+            )
     return QuerySpec(
         conditions=tuple(conditions),
         limit=_int_param(values["limit"], "limit") if "limit" in values else None,
         start=_int_param(values["start"], "start") if "start" in values else 0,
         sort_by=sort_by,
-        descending=direction == "desc",
+        descending=descending,
         with_count=_bool_param(values.get("replyWithCount", "false"), "replyWithCount"),
         count_only=_bool_param(values.get("count", "false"), "count"),
+        fields=fields,
     )
 
 
@@ -337,7 +382,10 @@ async def query_packages(request: Request) -> Response:
             sort_direction="desc" if spec.descending else "asc",
         )
     )
-    out: dict[str, Any] = {"inventories": [inv.to_json() for inv in rows]}
+    inventories = [inv.to_json() for inv in rows]
+    if spec.fields:
+        inventories = [{k: v for k, v in inv.items() if k in spec.fields} for inv in inventories]
+    out: dict[str, Any] = {"inventories": inventories}
     if spec.with_count:
         out["total"] = len(await run_in_threadpool(backend.query, conditions))
     return JSONResponse(out)
@@ -352,9 +400,8 @@ async def update_package(request: Request) -> Response:
         string_list(body, key, "the request body")
     msg = sub_object(body, "updateImagePackage")
     # ZStack's SDK puts the tags inside the message object; ZStack's docs beside it.
-    check_keys(msg, ("name", "description", *_TAGS), "updateImagePackage")
-    for key in _TAGS:
-        string_list(msg, key, "updateImagePackage")
+    check_keys(msg, ("name", "description", *_COMMON), "updateImagePackage")
+    _check_common(msg, "updateImagePackage")
     name = optional_str(msg, "name", "updateImagePackage")
     description = optional_str(msg, "description", "updateImagePackage")
     uuid = request.path_params["uuid"]
@@ -368,8 +415,12 @@ async def delete_package(request: Request) -> Response:
     state = _state(request)
     await require_session(request)
     for key, value in request.query_params.multi_items():
+        if key in _COMMON:
+            continue  # ZStack's SDK sends a DELETE's parameters in the query string
         if key != "deleteMode":
-            raise MalformedRequestError(f"unknown query parameter {key!r}; known: deleteMode")
+            raise MalformedRequestError(
+                f"unknown query parameter {key!r}; known: deleteMode, {', '.join(_COMMON)}"
+            )
         if value not in ("Permissive", "Enforcing"):
             raise MalformedRequestError("deleteMode must be Permissive or Enforcing")
     await run_in_threadpool(state.backend.delete, request.path_params["uuid"])
@@ -387,9 +438,8 @@ async def parse_ovf(request: Request) -> Response:
     for key in _TAGS:
         string_list(body, key, "the request body")
     params = sub_object(body, "params")
-    check_keys(params, ("xmlBase64", *_TAGS), "params")
-    for key in _TAGS:
-        string_list(params, key, "params")
+    check_keys(params, ("xmlBase64", *_COMMON), "params")
+    _check_common(params, "params")
     text = optional_str(params, "xmlBase64", "params")
     if text is None:
         raise MalformedRequestError(

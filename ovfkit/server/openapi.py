@@ -36,6 +36,12 @@ _UUID_PARAM = {
 }
 
 _STR_LIST = {"type": "array", "items": {"type": "string"}}
+# What ZStack's SDK adds to every message object besides the API's own fields.
+_COMMON: dict[str, Any] = {
+    "systemTags": _STR_LIST,
+    "userTags": _STR_LIST,
+    "requestIp": {"type": "string"},
+}
 
 _EXPORT_FIELDS: dict[str, Any] = {
     "name": {"type": "string", "maxLength": 255, "description": "default exported-vm-<vmName>"},
@@ -101,7 +107,7 @@ _SCHEMAS: dict[str, Any] = {
     "ExportVmOvaPackageParams": {
         "type": "object",
         "additionalProperties": False,
-        "properties": {**_EXPORT_FIELDS, "systemTags": _STR_LIST, "userTags": _STR_LIST},
+        "properties": {**_EXPORT_FIELDS, **_COMMON},
     },
     "ExportVmOvaPackageRequest": {
         "description": "ZStack's form ({params, systemTags, userTags}) or the flat form of the "
@@ -111,8 +117,7 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "params": _ref("ExportVmOvaPackageParams"),
             **_EXPORT_FIELDS,
-            "systemTags": _STR_LIST,
-            "userTags": _STR_LIST,
+            **_COMMON,
         },
     },
     "LogInByAccountRequest": {
@@ -135,8 +140,7 @@ _SCHEMAS: dict[str, Any] = {
                     "captchaUuid": {"type": "string"},
                     "verifyCode": {"type": "string"},
                     "clientInfo": {"type": "object"},
-                    "systemTags": _STR_LIST,
-                    "userTags": _STR_LIST,
+                    **_COMMON,
                 },
             },
             "systemTags": _STR_LIST,
@@ -170,8 +174,7 @@ _SCHEMAS: dict[str, Any] = {
                 "properties": {
                     "name": {"type": "string", "maxLength": 255},
                     "description": {"type": "string", "maxLength": 2048},
-                    "systemTags": _STR_LIST,
-                    "userTags": _STR_LIST,
+                    **_COMMON,
                 },
             },
             "systemTags": _STR_LIST,
@@ -189,8 +192,7 @@ _SCHEMAS: dict[str, Any] = {
                 "required": ["xmlBase64"],
                 "properties": {
                     "xmlBase64": {"type": "string", "format": "byte"},
-                    "systemTags": _STR_LIST,
-                    "userTags": _STR_LIST,
+                    **_COMMON,
                 },
             },
             "systemTags": _STR_LIST,
@@ -257,6 +259,12 @@ _Q_PARAMS: list[dict[str, Any]] = [
     },
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
     {"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+    {
+        "name": "sort",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "[+|-]field, as ZStack's SDK sends it (+ ascending, - descending)",
+    },
     {"name": "sortBy", "in": "query", "schema": {"type": "string"}},
     {
         "name": "sortDirection",
@@ -265,6 +273,12 @@ _Q_PARAMS: list[dict[str, Any]] = [
     },
     {"name": "replyWithCount", "in": "query", "schema": {"type": "boolean"}},
     {"name": "count", "in": "query", "schema": {"type": "boolean"}},
+    {
+        "name": "fields",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "comma-separated inventory fields to return",
+    },
 ]
 
 _SECURED: list[dict[str, list[str]]] = [{"OAuth": []}]
@@ -369,7 +383,10 @@ def _paths() -> dict[str, Any]:
                         "name": "deleteMode",
                         "in": "query",
                         "schema": {"type": "string", "enum": ["Permissive", "Enforcing"]},
-                    }
+                    },
+                    {"name": "systemTags", "in": "query", "schema": _STR_LIST},
+                    {"name": "userTags", "in": "query", "schema": _STR_LIST},
+                    {"name": "requestIp", "in": "query", "schema": {"type": "string"}},
                 ],
                 "responses": {"200": _json(_ref("Empty"), "Deleted"), **_ERRORS},
             },
