@@ -205,7 +205,8 @@ def test_damaged_archives_fail_cleanly(flips: list[tuple[int, int]], cut: int) -
 def _small_package() -> bytes:
     descriptor = _DESCRIPTOR
     out = bytearray()
-    for name, data in (("vm.ovf", descriptor), ("vm.mf", encode_line("sha256", "vm.ovf", hashlib.sha256(descriptor).hexdigest()))):
+    manifest = encode_line("sha256", "vm.ovf", hashlib.sha256(descriptor).hexdigest())
+    for name, data in (("vm.ovf", descriptor), ("vm.mf", manifest)):
         out += encode_header(name, len(data), 0) + data + bytes(padding(len(data)))
     return bytes(out + END_OF_ARCHIVE)
 
