@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import subprocess
 import threading
@@ -13,7 +14,7 @@ import xxhash
 from conftest import MadeImage, MakeImage, MiB, random_bytes, text_like
 
 from ovfkit.disk import MemorySource, open_source
-from ovfkit.errors import CancelledError, NotFoundError
+from ovfkit.errors import CancelledError, IoError, NotFoundError
 from ovfkit.model import DiskSource
 from ovfkit.progress import Progress
 from ovfkit.qemu import img
@@ -74,7 +75,7 @@ def _digests(data: bytes) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize("kind", ["raw", "qcow2", "qcow2-backing", "qcow2-compressed"])
+@pytest.mark.parametrize("kind", ["raw", "qcow2", "qcow2-backing", "qcow2-compressed", "vmdk"])
 def test_qemu_engine_output(make_image: MakeImage, tmp_path: Path, kind: str, layout: str) -> None:
     size, data = LAYOUTS[layout]
     image = make_image(kind, size=size, data=data)
@@ -178,3 +179,16 @@ def test_same_rules_as_the_native_writer(make_image: MakeImage, tmp_path: Path) 
         inspect_vmdk(tmp_path / "native.vmdk").grains
         == inspect_vmdk(tmp_path / "qemu-img.vmdk").grains
     )
+
+
+class _FullDisk:
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_sink_failure_is_io_error_and_cleans_up(make_image: MakeImage, tmp_path: Path) -> None:
+    image = make_image("qcow2")
+    with pytest.raises(IoError) as err:
+        write_vmdk_qemu(DiskSource(str(image.path)), _FullDisk(), OPTIONS, tmpdir=str(tmp_path))
+    assert "No space left on device" in err.value.details
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".ovfkit")] == []
