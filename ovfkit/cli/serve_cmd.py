@@ -92,9 +92,9 @@ def run(args: argparse.Namespace) -> int:
     ttl = args.session_ttl if args.session_ttl is not None else DEFAULT_SESSION_TTL
     auth = AuthStore(data_dir, session_ttl=ttl)
     context = open_context(data_dir, base_url=base_url)
-    config = ServiceConfig(session_ttl=ttl)
+    config = ServiceConfig()
     if args.export_workers is not None:
-        config = ServiceConfig(session_ttl=ttl, export_workers=args.export_workers)
+        config = ServiceConfig(export_workers=args.export_workers)
     app = create_app(Backend(context), auth, config)
     if not auth.list_accounts():
         print(

@@ -82,7 +82,6 @@ class ServiceConfig:
     body_limit: int = DEFAULT_BODY_LIMIT
     export_workers: int = max(2, min(4, os.cpu_count() or 2))
     job_keep: float = 3600.0
-    session_ttl: float | None = None
 
 
 class JobNotFoundError(NotFoundError):
@@ -225,14 +224,9 @@ async def export_package(request: Request) -> Response:
         status, answer = await _run_export(state, req)
         return JSONResponse(answer, status_code=status)
     job = state.jobs.create(session.account_uuid)
-    _spawn(request, state, _job_runner(state, job, req))
+    request.app.state.ovfkit_tasks.start_soon(_job_runner(state, job, req))
     location = str(request.url_for("api_job", uuid=job.uuid))
     return JSONResponse({"location": location}, status_code=202)
-
-
-def _spawn(request: Request, state: _State, work: Callable[[], Awaitable[None]]) -> None:
-    group = request.app.state.ovfkit_tasks
-    group.start_soon(work)
 
 
 def _job_runner(

@@ -62,10 +62,6 @@ class JobRegistry:
             self._forget_old()
             return self._jobs.get(uuid)
 
-    def running(self) -> int:
-        with self._lock:
-            return sum(1 for j in self._jobs.values() if not j.done)
-
     def _forget_old(self) -> None:
         limit = self._clock() - self._keep
         old = [
