@@ -178,7 +178,8 @@ def run_server(data_dir: Path, *extra_args: str, timeout: float = 30.0) -> Itera
     """``ovfkit serve`` on a free port; waits until it answers, stops it (SIGTERM, then SIGKILL)
     on the way out whatever happens."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    tls = "--ssl-certfile" in extra_args
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     log_path = data_dir.parent / f"serve-{port}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:
@@ -190,7 +191,14 @@ def run_server(data_dir: Path, *extra_args: str, timeout: float = 30.0) -> Itera
             cwd=REPO,
             env=env,
         )
-    client = httpx.Client(base_url=url, timeout=60.0)
+    verify: Any = True
+    if tls:  # trust exactly the test's self-signed certificate
+        import ssl
+
+        verify = ssl.create_default_context(
+            cafile=extra_args[extra_args.index("--ssl-certfile") + 1]
+        )
+    client = httpx.Client(base_url=url, timeout=60.0, verify=verify)
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -171,3 +171,73 @@ def test_shutdown_cancels_running_exports(tmp_path: Path) -> None:
         assert records.query() == []
     finally:
         records.close()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1, made with the cryptography package."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https_export_and_download(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    setup_data_dir(data)
+    cert, key = _self_signed(tmp_path)
+    with run_server(data, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)) as live:
+        assert live.url.startswith("https://")
+        token = live.login()
+        inv = _export(live, token, live.add_vm("tls", disks=(MiB,))).json()["inventory"]
+        assert inv["exportUrl"].startswith("https://127.0.0.1:")
+        body = live.client.get(inv["exportUrl"]).content
+        assert hashlib.md5(body).hexdigest() == inv["md5Sum"]
+        # Plain HTTP on the TLS port gets nowhere.
+        plain = live.url.replace("https://", "http://")
+        try:
+            r = httpx.get(f"{plain}/zstack/v1/openapi.json", timeout=10)
+            assert r.status_code >= 400
+        except httpx.HTTPError:
+            pass
+
+
+def test_serve_refuses_half_tls_settings(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ovfkit", "serve", "--data-dir", str(tmp_path / "d"),
+         "--ssl-certfile", str(tmp_path / "cert.pem")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("ERROR SYS.1007:") and "--ssl-keyfile" in done.stderr

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 from typing import Any
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, NotFoundError
 from ..zstack.config import DATA_DIR_ENV, default_data_dir
 
 __all__ = ["add_data_dir_argument", "default_data_dir", "public_url", "register", "run"]
@@ -22,14 +23,14 @@ def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def public_url(host: str, port: int) -> str:
+def public_url(host: str, port: int, scheme: str = "http") -> str:
     """The URL clients reach the service at, for exportUrl: a wildcard bind address is replaced
     by this machine's name; IPv6 literals get brackets (RFC 3986 3.2.2)."""
     if host in ("0.0.0.0", "::", ""):
         host = socket.getfqdn()
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 def register(sub: Any) -> None:
@@ -67,6 +68,13 @@ def register(sub: Any) -> None:
         help="session lifetime (default 7200, ZStack's identity.session.timeout)",
     )
     parser.add_argument(
+        "--ssl-certfile",
+        metavar="PEM",
+        help="serve HTTPS with this certificate (chain); the session and the password digest "
+        "then never cross the network in clear",
+    )
+    parser.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key")
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=("critical", "error", "warning", "info", "debug", "trace"),
@@ -87,8 +95,18 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--port must be 1-65535, not {args.port}")
     if args.export_workers is not None and args.export_workers < 1:
         raise InvalidArgumentError("--export-workers must be at least 1")
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+        raise InvalidArgumentError("--ssl-certfile and --ssl-keyfile go together")
+    for path in (args.ssl_certfile, args.ssl_keyfile):
+        if path is not None and not os.path.isfile(path):
+            raise NotFoundError(f"TLS file {path!r} not found")
+    scheme = "https" if args.ssl_certfile else "http"
     data_dir = args.data_dir or default_data_dir()
-    base_url = args.public_url or load_config(data_dir).base_url or public_url(args.host, args.port)
+    base_url = (
+        args.public_url
+        or load_config(data_dir).base_url
+        or public_url(args.host, args.port, scheme)
+    )
     ttl = args.session_ttl if args.session_ttl is not None else DEFAULT_SESSION_TTL
     auth = AuthStore(data_dir, session_ttl=ttl)
     context = open_context(data_dir, base_url=base_url)
@@ -110,5 +128,7 @@ def run(args: argparse.Namespace) -> int:
         proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=10,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
     return 0
