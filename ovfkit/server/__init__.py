@@ -34,6 +34,8 @@ Choices:
 - Downloads need no session: exportUrl is what importers and ``wget`` fetch, as ZStack's
   exportUrl is plain HTTP on the backup storage host; the random 128-bit package uuid in the path
   is the capability. Only Exported packages of local backup storages are served.
+- ``--ssl-certfile``/``--ssl-keyfile`` serve HTTPS (the session uuid and the password digest
+  are replayable, so use it off localhost); exportUrl then starts with https.
 - Bodies are limited to 1 MiB; unknown fields are refused rather than ignored, so a misspelt
   field name is an error and not a silent default.
 """
