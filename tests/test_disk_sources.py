@@ -231,7 +231,8 @@ def test_qemu_nbd_ends_and_socket_dir_goes(make_image: MakeImage, private_tmp: P
         server = _server(source)
         pid = server.pid
         sock = server.socket_path
-        assert pid is not None and _alive(pid) and os.path.exists(sock)
+        assert pid is not None and _alive(pid)
+        assert not os.path.exists(os.path.dirname(sock))  # removed once connected
     assert not _alive(pid)
     assert not os.path.exists(os.path.dirname(sock))
     assert os.path.dirname(os.path.dirname(sock)) == str(private_tmp)
@@ -354,7 +355,7 @@ def test_map_windows(make_image: MakeImage, monkeypatch: pytest.MonkeyPatch) -> 
         assert buf == expected[100 * KiB + 3 : 400 * KiB + 3]
 
 
-def test_qemu_nbd_goes_when_its_parent_is_killed(make_image: MakeImage) -> None:
+def test_qemu_nbd_goes_when_its_parent_is_killed(make_image: MakeImage, private_tmp: Path) -> None:
     image = make_image("vmdk")
     code = (
         "import os, signal, sys\n"
@@ -365,9 +366,13 @@ def test_qemu_nbd_goes_when_its_parent_is_killed(make_image: MakeImage) -> None:
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(image.path)], capture_output=True, text=True
+        [sys.executable, "-c", code, str(image.path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TMPDIR": str(private_tmp)},
     )
     assert proc.returncode == -9, proc.stderr
+    assert _nbd_dirs(private_tmp) == set()  # nothing left on disk either
     pid = int(proc.stdout)
     deadline = time.monotonic() + 10
     while _alive(pid) and time.monotonic() < deadline:

@@ -392,7 +392,7 @@ class QemuNbd:
                 raise self._failure()
             if os.path.exists(self.socket_path):
                 try:
-                    return NbdClient.connect_unix(self.socket_path)
+                    client = NbdClient.connect_unix(self.socket_path)
                 except (ConnectionRefusedError, FileNotFoundError):
                     pass
                 except (OSError, NbdError):
@@ -403,6 +403,12 @@ class QemuNbd:
                     except subprocess.TimeoutExpired:
                         raise
                     raise self._failure() from None
+                else:
+                    # The one client is connected: the path is no longer needed, and without it
+                    # nothing is left on disk even if this process is killed outright (qemu-nbd
+                    # then exits as its client goes, see _command).
+                    shutil.rmtree(self._dir, ignore_errors=True)
+                    return client
             if time.monotonic() > deadline:
                 raise OperationTimeoutError(
                     f"qemu-nbd did not start serving {self.path} within {_START_TIMEOUT:.0f} s"
