@@ -12,9 +12,9 @@ what the copy changes:
   them; siderolabs/image-factory#232);
 - no footer, no end-of-stream marker, and zero padding after the last grain (it reads as a run of
   EOS markers) -> dropped, the proper tail is written;
-- the descriptor lacks ddb.toolsInstallType, ddb.longContentID and ddb.uuid, names the temporary
-  file in its extent line, and says cylinders 0 for disks under 8 MiB -> replaced by the native
-  writer's descriptor (``format.encode_descriptor``).
+- the descriptor lacks ddb.toolsInstallType, ddb.longContentID, ddb.uuid and encoding, and names
+  the temporary file in its extent line -> replaced by the native writer's descriptor
+  (``format.encode_descriptor``, same adapter type, hardware version and geometry rule).
 
 Grains are copied byte for byte (qemu's zlib streams are valid RFC 1950 grains), only their sector
 offsets move, so the file is never re-compressed and is read once. Digests are computed on the
