@@ -178,3 +178,48 @@ def test_zstack_timestamp_shape(ts: float) -> None:
     # The API helper's parser of ZStack dates reads ours back to the same wall-clock second
     # (compared as text: in a DST fall-back hour two instants share one local time).
     assert zstack_timestamp(parse_zstack_time(text).timestamp()) == text
+
+
+def test_failed_logins_lock_the_name_for_a_while(tmp_path: Path) -> None:
+    from ovfkit.zstack.auth import LOCKOUT_SECONDS, MAX_FAILED_LOGINS
+
+    clock = Clock()
+    store = AuthStore(tmp_path, clock=clock)
+    store.create_account("admin", "pw")
+    for _ in range(MAX_FAILED_LOGINS - 1):
+        with pytest.raises(AuthenticationError, match="wrong"):
+            store.login("admin", "guess")
+    store.login("admin", "pw")  # a success clears the series
+    for _ in range(MAX_FAILED_LOGINS):
+        with pytest.raises(AuthenticationError, match="wrong"):
+            store.login("admin", "guess")
+    # Locked: even the right password is refused, without a hint of its correctness.
+    with pytest.raises(AuthenticationError, match="too many failed logins") as info:
+        store.login("admin", "pw")
+    assert info.value.code == "ID.1000"
+    clock.now += LOCKOUT_SECONDS + 1
+    store.login("admin", "pw")
+
+
+def test_failures_far_apart_do_not_add_up(tmp_path: Path) -> None:
+    from ovfkit.zstack.auth import LOCKOUT_SECONDS, MAX_FAILED_LOGINS
+
+    clock = Clock()
+    store = AuthStore(tmp_path, clock=clock)
+    store.create_account("admin", "pw")
+    for _ in range(MAX_FAILED_LOGINS * 2):
+        with pytest.raises(AuthenticationError, match="wrong"):
+            store.login("admin", "guess")
+        clock.now += LOCKOUT_SECONDS + 1
+    store.login("admin", "pw")
+
+
+def test_unknown_names_are_counted_alike(tmp_path: Path) -> None:
+    from ovfkit.zstack.auth import MAX_FAILED_LOGINS
+
+    store = AuthStore(tmp_path, clock=Clock())
+    for _ in range(MAX_FAILED_LOGINS):
+        with pytest.raises(AuthenticationError, match="wrong"):
+            store.login("ghost", "x")
+    with pytest.raises(AuthenticationError, match="too many"):
+        store.login("ghost", "x")

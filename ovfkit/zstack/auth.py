@@ -6,8 +6,10 @@ Here the digest is never stored as is: it is stretched with scrypt under a per-a
 (RFC 7914 parameters below) and compared in constant time, so a copy of ``auth.sqlite`` does not
 give anyone a password that logs in.
 
-Sessions carry ZStack's default lifetime (global config ``identity.session.timeout``, 7200 s) and
-are refused once expired; the uuid of a session is what clients send as ``Authorization: OAuth``.
+After ``MAX_FAILED_LOGINS`` failures in a row an account name is refused for ``LOCKOUT_SECONDS``
+(online guessing; counted in memory). Sessions carry ZStack's default lifetime (global config
+``identity.session.timeout``, 7200 s) and are refused once expired; the uuid of a session is what
+clients send as ``Authorization: OAuth``.
 Error codes follow ZStack's ``IdentityErrors``: ID.1000 authentication error, ID.1001 invalid
 session.
 """
@@ -19,6 +21,7 @@ import hmac
 import re
 import secrets
 import sqlite3
+import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
@@ -26,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import InvalidArgumentError, IoError, OvfkitError
 
@@ -51,6 +54,11 @@ _SCRYPT_N = 2**14
 _SCRYPT_R = 8
 _SCRYPT_P = 1
 _SCRYPT_LEN = 32
+
+# Online guessing: after this many failed logins in a row an account name is refused for a while
+# (in memory; a restart forgets it). Unknown names count too, so refusals tell nothing.
+MAX_FAILED_LOGINS = 10
+LOCKOUT_SECONDS = 60.0
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,254}")
 _SHA512_HEX = re.compile(r"[0-9a-fA-F]{128}")
@@ -161,6 +169,8 @@ class AuthStore:
         self.path = Path(data_dir) / AUTH_DB_NAME
         self.session_ttl = session_ttl
         self._clock = clock
+        self._failures: dict[str, tuple[int, float]] = {}  # name -> (count, locked until)
+        self._failures_lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._db() as db:
@@ -216,6 +226,7 @@ class AuthStore:
     def login(self, name: str, password: str) -> Session:
         """Open a session for ``name``; ``password`` as ZStack sends it (SHA-512 hex) or plain.
         A wrong name and a wrong password give the same ID.1000 error after the same work."""
+        self._check_lockout(name)
         wire = normalize_wire_password(password)
         with self._db() as db:
             row = db.execute(
@@ -224,10 +235,12 @@ class AuthStore:
         if row is None:
             # Same scrypt cost for unknown names, so timing does not tell which names exist.
             _stretch(wire, b"\0" * 16)
-            raise AuthenticationError("wrong account name or password")
+            self._failed(name)
         account_uuid, salt, stored = row
         if not hmac.compare_digest(_stretch(wire, salt), stored):
-            raise AuthenticationError("wrong account name or password")
+            self._failed(name)
+        with self._failures_lock:
+            self._failures.pop(name, None)
         now = self._clock()
         session = Session(
             uuid=uuidlib.uuid4().hex,
@@ -243,6 +256,27 @@ class AuthStore:
                 (session.uuid, session.account_uuid, session.create_date, session.expired_date),
             )
         return session
+
+    def _check_lockout(self, name: str) -> None:
+        with self._failures_lock:
+            count, until = self._failures.get(name, (0, 0.0))
+        wait = until - self._clock()
+        if count >= MAX_FAILED_LOGINS and wait > 0:
+            raise AuthenticationError(
+                f"too many failed logins for account[{name}]; try again in {int(wait) + 1} s"
+            )
+
+    def _failed(self, name: str) -> NoReturn:
+        """Count a failure; failures more than LOCKOUT_SECONDS apart start a new series."""
+        now = self._clock()
+        with self._failures_lock:
+            if len(self._failures) > 4096:  # bounded memory whatever names are tried
+                self._failures = {k: v for k, v in self._failures.items() if v[1] > now}
+            count, until = self._failures.get(name, (0, 0.0))
+            if until <= now:
+                count = 0
+            self._failures[name] = (count + 1, now + LOCKOUT_SECONDS)
+        raise AuthenticationError("wrong account name or password")
 
     def validate(self, session_uuid: str) -> Session:
         """The live session ``session_uuid``; ID.1001 if unknown, logged out or expired."""
