@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovfkit.errors import InvalidArgumentError
+from ovfkit.errors import InvalidArgumentError, NotFoundError
 from ovfkit.zstack.auth import (
     AuthenticationError,
     AuthStore,
@@ -223,3 +223,34 @@ def test_unknown_names_are_counted_alike(tmp_path: Path) -> None:
             store.login("ghost", "x")
     with pytest.raises(AuthenticationError, match="too many"):
         store.login("ghost", "x")
+
+
+def test_set_password_ends_sessions(tmp_path: Path) -> None:
+    store = AuthStore(tmp_path)
+    store.create_account("admin", "old")
+    session = store.login("admin", "old")
+    store.set_password("admin", "new")
+    with pytest.raises(InvalidSessionError):
+        store.validate(session.uuid)
+    with pytest.raises(AuthenticationError):
+        store.login("admin", "old")
+    store.login("admin", "new")
+    with pytest.raises(NotFoundError):
+        store.set_password("nobody", "x")
+    with pytest.raises(InvalidArgumentError):
+        store.set_password("admin", "")
+
+
+def test_remove_account_ends_sessions(tmp_path: Path) -> None:
+    store = AuthStore(tmp_path)
+    store.create_account("admin", "pw")
+    store.create_account("other", "pw")
+    session = store.login("admin", "pw")
+    kept = store.login("other", "pw")
+    store.remove_account("admin")
+    with pytest.raises(InvalidSessionError):
+        store.validate(session.uuid)
+    store.validate(kept.uuid)
+    assert [a.name for a in store.list_accounts()] == ["other"]
+    with pytest.raises(NotFoundError):
+        store.remove_account("admin")

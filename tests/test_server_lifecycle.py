@@ -46,6 +46,26 @@ def test_account_cli_then_login(tmp_path: Path) -> None:
     with run_server(data) as live:
         token = live.login("bob", "bob's secret")
         assert live.client.get(f"{V1}/image-packages", headers=live.auth(token)).status_code == 200
+        # A new password from the CLI ends bob's sessions in the running service at once.
+        subprocess.run(
+            [sys.executable, "-m", "ovfkit", "account", "passwd", "bob", "--password-stdin",
+             "--data-dir", str(data)],
+            input="new one\n", capture_output=True, text=True, check=True,
+        )
+        r = live.client.get(f"{V1}/image-packages", headers=live.auth(token))
+        assert r.status_code == 401
+        token = live.login("bob", "new one")
+        subprocess.run(
+            [sys.executable, "-m", "ovfkit", "account", "remove", "bob", "--data-dir", str(data)],
+            capture_output=True, text=True, check=True,
+        )
+        r = live.client.get(f"{V1}/image-packages", headers=live.auth(token))
+        assert r.status_code == 401
+        r = live.client.put(
+            f"{V1}/accounts/login",
+            json={"logInByAccount": {"accountName": "bob", "password": "new one"}},
+        )
+        assert r.status_code == 401
 
 
 def test_restart_keeps_records_sessions_and_downloads(tmp_path: Path) -> None:

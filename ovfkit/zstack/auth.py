@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..errors import InvalidArgumentError, IoError, OvfkitError
+from ..errors import InvalidArgumentError, IoError, NotFoundError, OvfkitError
 
 __all__ = [
     "DEFAULT_SESSION_TTL",
@@ -213,6 +213,35 @@ class AuthStore:
             except sqlite3.IntegrityError:
                 raise InvalidArgumentError(f"account {name!r} already exists") from None
         return account
+
+    def set_password(self, name: str, password: str) -> None:
+        """Give ``name`` a new password and end its sessions; SYS.1003 if there is no such
+        account."""
+        if not password:
+            raise InvalidArgumentError("the password of an account cannot be empty")
+        salt = secrets.token_bytes(16)
+        digest = _stretch(wire_password(password), salt)
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT uuid FROM accounts WHERE name = ?", (name,)).fetchone()
+                if row is None:
+                    raise NotFoundError(f"account {name!r} not found")
+                db.execute(
+                    "UPDATE accounts SET salt = ?, hash = ? WHERE uuid = ?", (salt, digest, row[0])
+                )
+                db.execute("DELETE FROM sessions WHERE account_uuid = ?", (row[0],))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def remove_account(self, name: str) -> None:
+        """Remove ``name`` and end its sessions; SYS.1003 if there is no such account."""
+        with self._db() as db:
+            cur = db.execute("DELETE FROM accounts WHERE name = ?", (name,))
+        if cur.rowcount == 0:
+            raise NotFoundError(f"account {name!r} not found")
 
     def list_accounts(self) -> list[Account]:
         with self._db() as db:
