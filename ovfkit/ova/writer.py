@@ -20,7 +20,7 @@ temporary file in the target's folder:
 4. The whole-package MD5 (ZStack's md5Sum) and xxh128 need the front's bytes first, and MD5 cannot
    be resumed from a later point, so they cannot be computed while the disks stream. The package
    is hashed once more, in one sequential pass over the finished file: the bytes were just
-   written and are read back from the page cache (never recompressed) through one reused buffer;
+   written and are read back from the page cache (never recompressed), mapped window by window;
    fsync runs in a second thread at the same time, so the pass overlaps the flush to disk
    instead of adding to it. Cost: one MD5 of the package's compressed bytes (3.3 s for the
    1.34 GB package of the reference disk on the 2-core test machine, a quarter of the export).
@@ -35,11 +35,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import mmap
 import os
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import IO, BinaryIO, Literal, NamedTuple, Protocol, cast
 
@@ -66,7 +68,7 @@ __all__ = ["OvaOptions", "PackageFile", "PackageResult", "write_ova"]
 ManifestAlgorithm = Literal["sha1", "sha256", "sha512", "none"]
 _PLACEHOLDER = 2**64 - 1  # widest value an xs:unsignedLong size attribute can take
 _COPY_CHUNK = 4 << 20
-_HASH_CHUNK = 16 << 20
+_HASH_WINDOW = 32 << 20  # a multiple of mmap.ALLOCATIONGRANULARITY
 
 
 @dataclass(frozen=True)
@@ -250,27 +252,41 @@ def _copy_file(
 def _hash_file(
     fd: int, size: int, progress: ProgressCallback | None, cancel: CancelToken | None
 ) -> tuple[str, str]:
-    """MD5 and xxh128 of the first ``size`` bytes of ``fd`` in one sequential pass through one
-    reused 16 MiB buffer. Not mmap: mapped page-cache pages count in the process's RSS, which
-    would then grow with the package."""
+    """MD5 and xxh128 of the first ``size`` bytes of ``fd`` in one sequential pass.
+
+    The file is mapped ``_HASH_WINDOW`` bytes at a time and each window unmapped before the next:
+    no copy into Python buffers (10% faster than pread here), while RSS stays bounded (mapped
+    page-cache pages count in RSS, so one whole-file map would grow with the package). xxh128
+    runs in a second thread beside MD5 (both release the GIL). pread where mmap is refused.
+    """
     md5 = hashlib.md5(usedforsecurity=False)
     xxh = xxhash.xxh128()
+    with ThreadPoolExecutor(1, thread_name_prefix="ovfkit-xxh128") as pool:
 
-    def feed(part: bytes | memoryview, end: int) -> None:
-        check_cancel(cancel, "checksum")
-        md5.update(part)  # hashlib and xxhash release the GIL on large buffers
-        xxh.update(part)
-        _report(progress, "checksum", end, size)
+        def feed(part: bytes | memoryview, end: int) -> None:
+            check_cancel(cancel, "checksum")
+            beside = pool.submit(xxh.update, part)
+            md5.update(part)
+            beside.result()
+            _report(progress, "checksum", end, size)
 
-    buf = bytearray(_HASH_CHUNK)
-    view = memoryview(buf)
-    done = 0
-    while done < size:
-        n = os.preadv(fd, [view[: min(_HASH_CHUNK, size - done)]], done)
-        if n <= 0:
-            raise IoError(f"the package shrank while it was hashed (at byte {done} of {size})")
-        feed(view[:n], done + n)
-        done += n
+        for start in range(0, size, _HASH_WINDOW):
+            length = min(_HASH_WINDOW, size - start)
+            try:
+                mm: mmap.mmap | None = mmap.mmap(fd, length, prot=mmap.PROT_READ, offset=start)
+            except (OSError, ValueError):
+                mm = None
+            if mm is None:
+                data = os.pread(fd, length, start)
+                if len(data) != length:
+                    raise IoError(f"the package shrank while it was hashed (at byte {start})")
+                feed(data, start + length)
+                continue
+            with mm:
+                with contextlib.suppress(AttributeError, OSError):
+                    mm.madvise(mmap.MADV_SEQUENTIAL)
+                with memoryview(mm) as window:
+                    feed(window, start + length)
     return md5.hexdigest(), xxh.hexdigest()
 
 
