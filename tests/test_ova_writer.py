@@ -423,3 +423,24 @@ def test_streaming_with_iso_and_signature(
     assert sizes["web-01-disk1.vmdk"] is None  # not known before the data: left out
     report = verify_package(target)
     assert report.ok, report.problems
+
+
+def test_streaming_long_name_with_environment(
+    tmp_path: Path, two_disks: list[tuple[Path, str]]
+) -> None:
+    """Chunk names are 10 bytes longer: member names are shortened, the VirtualSystem id and
+    the environment's ovfenv:id still agree."""
+    vm = make_vm(two_disks[:1], name="v" * 95)
+    target = tmp_path / "s.ova"
+    with open(target, "wb") as f:
+        write_ova(vm, f, OvaOptions(ovf_env={}, chunk_size=1 << 20))
+    names = [m.name for m in members_by_tarfile(target)]
+    assert all(len(n) <= 100 for n in names) and any(n.endswith(".000000000") for n in names)
+    package = open_package(target)
+    env_member = package.member(next(n for n in names if n.endswith("ovf-env.iso")))
+    assert env_member is not None
+    env = read_env_iso(package.read_member(env_member))
+    vs_id = package.descriptor.split(b"<VirtualSystem ovf:id=\"")[1].split(b"\"")[0]
+    assert b'oe:id="' + vs_id + b'"' in env
+    report = verify_package(target)
+    assert report.ok, report.problems

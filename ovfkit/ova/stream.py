@@ -27,7 +27,7 @@ from typing import IO
 
 from ..errors import InvalidArgumentError, IoError
 from ..model import VirtualMachine
-from ..ovf.layout import safe_basename
+from ..ovf.layout import FileRef, PackageLayout, safe_basename
 from ..progress import CancelToken, ProgressCallback, check_cancel
 from ..vmdk.hashing import DigestTee, new_hash
 from . import tar
@@ -140,6 +140,21 @@ class _Chunker:
         pass
 
 
+def _rebase(layout: PackageLayout, base: str) -> PackageLayout:
+    """``layout`` with every href's ``layout.base`` prefix replaced by ``base``."""
+
+    def moved(f: FileRef) -> FileRef:
+        return replace(f, href=base + f.href[len(layout.base) :])
+
+    return replace(
+        layout,
+        base=base,
+        disks=tuple(replace(d, file=moved(d.file)) for d in layout.disks),
+        isos=tuple(replace(i, file=moved(i.file)) for i in layout.isos),
+        env_iso=moved(layout.env_iso) if layout.env_iso is not None else None,
+    )
+
+
 def write_ova_stream(
     vm: VirtualMachine,
     target: IO[bytes],
@@ -159,11 +174,14 @@ def write_ova_stream(
     plan = plan_package(vm, options)
     layout = plan.layout
     if any(len(f.href) + _CHUNK_SUFFIX > tar.MAX_NAME for f in layout.files):
-        # Chunk names add 10 characters; shorten the base so every member name fits 100 bytes.
+        # Chunk names add 10 characters: shorten the base of every member name (the VM and its
+        # VirtualSystem id stay as they are) so that each fits the 100-byte ustar name field.
         short = safe_basename(vm.name, tar.MAX_NAME - _CHUNK_SUFFIX - len("-disk9999.vmdk"))
-        plan = plan_package(replace(vm, name=short), options)
-        plan.vm = vm
-        layout = plan.layout
+        layout = _rebase(layout, short)
+        plan.layout = layout
+        plan.descriptor_name = f"{short}.ovf"
+        plan.manifest_name = f"{short}.mf" if plan.manifest_name else None
+        plan.cert_name = f"{short}.cert" if plan.cert_name else None
     disk_ids = {d.file.id for d in layout.disks}
     chunked = {f.id: replace(f, chunk_size=chunk_size) for f in layout.files if f.id in disk_ids}
     plan.layout = replace(
