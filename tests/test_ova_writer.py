@@ -271,6 +271,8 @@ def test_include_iso_and_ovf_environment(
     assert {"web-01-iso1.iso", "web-01-ovf-env.iso"} <= hrefs
     report = verify_package(target)
     assert report.ok, report.problems
+    assert "web-01-iso1.iso: ISO 9660 image" in report.checked
+    assert "web-01-ovf-env.iso: ovf-env.xml valid against DSP8027" in report.checked
 
 
 def _leftovers(folder: Path) -> list[str]:

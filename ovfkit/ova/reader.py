@@ -369,6 +369,7 @@ def verify_package(
     else:
         checked.append("no manifest (digests not checked)")
     _check_disks(package, file_members, check_data, problems, checked, cancel)
+    _check_isos(package, file_members, problems, checked)
     return Report(path, tuple(problems), tuple(checked), package.vm, package.members)
 
 
@@ -523,6 +524,43 @@ def _check_disks(
         if not info.faults:
             what = "structure and every grain" if check_data else "structure"
             checked.append(f"{name}: VMDK {what} valid ({info.grains} grains)")
+
+
+def _check_isos(
+    package: Package,
+    file_members: dict[str, tuple[Member, ...]],
+    problems: list[str],
+    checked: list[str],
+) -> None:
+    """ISO files carried by CD drives start with an ISO 9660 volume descriptor ("CD001" at
+    byte 32769, ECMA-119 §8.1); an OVF environment ISO holds a schema-valid ovf-env.xml."""
+    from ..ovf.validate import validate_environment
+    from .iso import read_env_iso
+
+    layout = package.parsed.layout
+    refs = {i.file.id: i.file for i in layout.isos}
+    if layout.env_iso is not None:
+        refs[layout.env_iso.id] = layout.env_iso
+    for file_id, ref in refs.items():
+        members = file_members.get(file_id, ())
+        if not members:
+            continue
+        with package.open_stream(members) as stream:
+            stream.seek(16 * 2048 + 1)
+            magic = stream.read(5)
+        if magic != b"CD001":
+            problems.append(f"{ref.href}: not an ISO 9660 image (no CD001 volume descriptor)")
+            continue
+        env = layout.env_iso
+        if env is not None and file_id == env.id and sum(m.size for m in members) <= 1 << 24:
+            try:
+                data = b"".join(package.read_member(m) for m in members)
+                validate_environment(read_env_iso(data))
+                checked.append(f"{ref.href}: ovf-env.xml valid against DSP8027")
+            except OvfkitError as exc:
+                problems.append(f"{ref.href}: {exc.details}")
+        else:
+            checked.append(f"{ref.href}: ISO 9660 image")
 
 
 # ---------------------------------------------------------------------------------------------
