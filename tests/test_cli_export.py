@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 from conftest import MakeImage, MiB
+from test_iso import make_cd_iso
 from test_signing import make_key_and_cert
-
-from ovfkit.ova.iso import make_env_iso
 
 EXAMPLE = Path(__file__).parents[2] / "shared" / "zstack" / "vm-inventory-example.json"
 BS_UUID = "4ed5bbb150a044b5917e7e6c9c4b8170"
@@ -37,7 +36,7 @@ def inventory(tmp_path: Path, make_image: MakeImage) -> Path:
     root = make_image("qcow2", size=6 * MiB)
     data = make_image("raw", size=2 * MiB, data=[(MiB, b"data" * 1000)])
     iso = tmp_path / "cd.iso"
-    iso.write_bytes(make_env_iso(b"<cd/>"))
+    make_cd_iso(iso)
     vm["allVolumes"][0].update(installPath=str(root.path), size=root.size, format="qcow2")
     vm["allVolumes"][1].update(installPath=str(data.path), size=data.size, format="raw")
     vm["vmCdRoms"][0]["isoInstallPath"] = str(iso)

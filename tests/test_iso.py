@@ -92,3 +92,17 @@ def test_check_iso_image_refuses_non_iso(tmp_path: Path) -> None:
         check_iso_image(str(bogus))
     with pytest.raises(Exception, match="not found"):
         check_iso_image(str(tmp_path / "missing.iso"))
+
+
+def make_cd_iso(path: Path, text: bytes = b"hello from a CD\n") -> Path:
+    """A small ISO 9660 CD image holding README.TXT (a stand-in for an installer ISO)."""
+    import io
+
+    import pycdlib
+
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, vol_ident="CD")
+    iso.add_fp(io.BytesIO(text), len(text), iso_path="/README.TXT;1")
+    iso.write(str(path))
+    iso.close()
+    return path

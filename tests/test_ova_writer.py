@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MakeImage, MiB
+from test_iso import make_cd_iso
 from test_signing import make_key_and_cert
 
 from ovfkit.errors import (
@@ -47,7 +48,7 @@ from ovfkit.ova import (
     verify_package,
     write_ova,
 )
-from ovfkit.ova.iso import ENV_NS, make_env_iso, read_env_iso
+from ovfkit.ova.iso import ENV_NS, read_env_iso
 from ovfkit.ova.manifest import parse_manifest
 from ovfkit.ovf import parse_package_descriptor, validate_descriptor, validate_environment
 from ovfkit.progress import Progress
@@ -249,7 +250,7 @@ def test_include_iso_and_ovf_environment(
     tmp_path: Path, two_disks: list[tuple[Path, str]]
 ) -> None:
     iso = tmp_path / "install.iso"
-    iso.write_bytes(make_env_iso(b"<x/>"))  # any ISO 9660 image will do
+    make_cd_iso(iso)
     vm = make_vm(two_disks, iso=str(iso))
     target = tmp_path / "vm.ova"
     write_ova(vm, target, OvaOptions(include_iso=True, ovf_env={"hostname": "db-7"}))
@@ -407,7 +408,7 @@ def test_streaming_with_iso_and_signature(
     tmp_path: Path, two_disks: list[tuple[Path, str]]
 ) -> None:
     iso = tmp_path / "cd.iso"
-    iso.write_bytes(make_env_iso(b"<cd/>"))
+    make_cd_iso(iso)
     key, cert = make_key_and_cert()
     target = tmp_path / "s.ova"
     with open(target, "wb") as f:

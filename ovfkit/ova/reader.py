@@ -46,6 +46,7 @@ __all__ = [
 MAX_DESCRIPTOR = 32 << 20  # VMware's own limit is far lower; real descriptors are a few KiB
 MAX_MEMBERS = 10_000
 _READ_CHUNK = 4 << 20
+_ENV_ISO_MAX = 16 << 20  # environment ISOs are a few blocks; larger ones are CD images
 _CHUNK_NAME = re.compile(r"(.+)\.(\d{9})")
 
 
@@ -551,16 +552,21 @@ def _check_isos(
         if magic != b"CD001":
             problems.append(f"{ref.href}: not an ISO 9660 image (no CD001 volume descriptor)")
             continue
-        env = layout.env_iso
-        if env is not None and file_id == env.id and sum(m.size for m in members) <= 1 << 24:
-            try:
-                data = b"".join(package.read_member(m) for m in members)
-                validate_environment(read_env_iso(data))
-                checked.append(f"{ref.href}: ovf-env.xml valid against DSP8027")
-            except OvfkitError as exc:
-                problems.append(f"{ref.href}: {exc.details}")
-        else:
+        # The reader cannot tell an environment ISO from a CD image by the descriptor alone:
+        # a small ISO holding ovf-env.xml at its root is taken for one (DSP0243 §11).
+        env_xml: bytes | None = None
+        if sum(m.size for m in members) <= _ENV_ISO_MAX:
+            data = b"".join(package.read_member(m, _ENV_ISO_MAX) for m in members)
+            with contextlib.suppress(OvfkitError):
+                env_xml = read_env_iso(data)
+        if env_xml is None:
             checked.append(f"{ref.href}: ISO 9660 image")
+            continue
+        try:
+            validate_environment(env_xml)
+            checked.append(f"{ref.href}: ovf-env.xml valid against DSP8027")
+        except OvfkitError as exc:
+            problems.append(f"{ref.href}: {exc.details}")
 
 
 # ---------------------------------------------------------------------------------------------
