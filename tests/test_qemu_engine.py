@@ -22,7 +22,9 @@ from ovfkit.vmdk import VmdkOptions, inspect_vmdk, write_vmdk
 from ovfkit.vmdk import format as fmt
 from ovfkit.vmdk.qemu_engine import write_vmdk_qemu
 
-OPTIONS = VmdkOptions(engine="qemu-img", filename="disk1.vmdk", digests=("sha256", "sha1"))
+OPTIONS = VmdkOptions(
+    engine="qemu-img", filename="disk1.vmdk", digests=("sha256", "sha1", "md5", "xxh128")
+)
 LAYOUTS = {
     "default-4M": (4 * MiB, None),
     "not-64k-multiple": (3 * MiB + 512, None),

@@ -14,7 +14,8 @@ __all__ = ["DIGEST_ALGORITHMS", "Engine", "VmdkOptions", "VmdkResult"]
 Engine = Literal["native", "qemu-img"]
 
 # Manifest algorithms (SHA1 for old vCenter, SHA256 default, SHA512 accepted by ovftool;
-# ../shared/notes/interop-rules.md); md5 and xxh128 are always computed besides.
+# ../shared/notes/interop-rules.md), plus md5 and xxh128 for callers that want them. Only
+# the asked ones are computed: each costs CPU time on every byte written.
 DIGEST_ALGORITHMS = ("sha1", "sha256", "sha512", "md5", "xxh128")
 
 
@@ -22,7 +23,8 @@ DIGEST_ALGORITHMS = ("sha1", "sha256", "sha512", "md5", "xxh128")
 class VmdkOptions:
     """``engine``: "native" (ovfkit's parallel writer) or "qemu-img". ``adapter_type`` and
     ``hw_version`` go to the descriptor (ddb.adapterType, ddb.virtualHWVersion). ``digests``:
-    algorithms asked besides md5 and xxh128. ``threads``: compression threads, None = all cores.
+    the algorithms computed over the bytes written (any of DIGEST_ALGORITHMS). ``threads``:
+    compression threads, None = all cores.
 
     Extensions to the ARCHITECTURE contract, all defaulted: ``filename`` is the extent file name
     the embedded descriptor names (the member name in the OVA); ``compress_level`` the isal level
@@ -57,10 +59,6 @@ class VmdkOptions:
         if not 0 <= self.compress_level <= 3:
             raise InvalidArgumentError(f"compress_level {self.compress_level} must be 0..3")
 
-    @property
-    def all_digests(self) -> tuple[str, ...]:
-        """The asked algorithms plus md5 and xxh128, without repeats, in a stable order."""
-        return tuple(dict.fromkeys((*self.digests, "md5", "xxh128")))
 
 
 @dataclass(frozen=True)

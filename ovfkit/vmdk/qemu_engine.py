@@ -333,7 +333,7 @@ def write_vmdk_qemu(
             force_share=force_share,
         )
         check_cancel(cancel, stage)
-        with open(tmp, "rb", buffering=_COPY_CHUNK) as src, DigestTee(options.all_digests) as tee:
+        with open(tmp, "rb", buffering=_COPY_CHUNK) as src, DigestTee(options.digests) as tee:
             out = _Out(sink, tee)
             capacity_sectors, grains = _copy_repaired(src, out, options, stage, progress, cancel)
             digests = tee.hexdigests()

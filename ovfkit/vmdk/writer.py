@@ -219,7 +219,7 @@ def _write_native(
     gt_group = -1
     grains = 0
 
-    with DigestTee(options.all_digests) as tee, ThreadPoolExecutor(
+    with DigestTee(options.digests) as tee, ThreadPoolExecutor(
         threads, thread_name_prefix="ovfkit-deflate"
     ) as pool:
         out = _Out(sink, tee)
