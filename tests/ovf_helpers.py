@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_SCHEMAS = REPO.parent / "shared" / "schemas"
 BUNDLED_SCHEMAS = REPO / "ovfkit" / "ovf" / "schemas"
 SCHEMAS = SHARED_SCHEMAS if SHARED_SCHEMAS.is_dir() else BUNDLED_SCHEMAS
-SAMPLES = SHARED_SCHEMAS / "samples"
+SAMPLES = REPO / "fixtures" / "ovf" / "samples"  # copied from ../shared/schemas/samples
 
 _ENTRY = {
     "http://schemas.dmtf.org/ovf/envelope/1": "ovf-1.1/dsp8023_1.1.1.xsd",

@@ -31,7 +31,7 @@ from ovfkit.zstack.catalog import FolderCatalog
 from ovfkit.zstack.config import Config, LocalStorageConfig, save_config
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE_INVENTORY = REPO.parent / "shared" / "zstack" / "vm-inventory-example.json"
+EXAMPLE_INVENTORY = REPO / "fixtures" / "zstack" / "vm-inventory-example.json"
 
 USER = "admin"
 PASSWORD = "s3cret-Pa55"
@@ -48,17 +48,10 @@ def free_port() -> int:
 
 
 def _inventory_template() -> dict[str, Any]:
-    """A VmInstanceInventory shaped like ZStack's QueryVmInstance reply (kept here, so the
-    tests do not depend on the reference folder being beside the repo)."""
-    if EXAMPLE_INVENTORY.is_file():
-        doc = json.loads(EXAMPLE_INVENTORY.read_text())
-        inv: dict[str, Any] = doc["inventories"][0] if "inventories" in doc else doc
-        return inv
-    return {
-        "uuid": "", "name": "", "platform": "Linux", "architecture": "x86_64",
-        "guestOsType": "CentOS 7", "memorySize": 1073741824, "cpuNum": 1, "state": "Stopped",
-        "vmNics": [], "allVolumes": [], "vmCdRoms": [],
-    }
+    """A VmInstanceInventory shaped like ZStack's QueryVmInstance reply."""
+    doc = json.loads(EXAMPLE_INVENTORY.read_text())
+    inv: dict[str, Any] = doc["inventories"][0]
+    return inv
 
 
 @dataclass

@@ -16,7 +16,7 @@ from conftest import MakeImage, MiB
 from test_iso import make_cd_iso
 from test_signing import make_key_and_cert
 
-EXAMPLE = Path(__file__).parents[2] / "shared" / "zstack" / "vm-inventory-example.json"
+EXAMPLE = Path(__file__).parents[1] / "fixtures" / "zstack" / "vm-inventory-example.json"
 BS_UUID = "4ed5bbb150a044b5917e7e6c9c4b8170"
 ZSTACK_TIME = re.compile(r"[A-Z][a-z]{2} \d{1,2}, \d{4} \d{1,2}:\d{2}:\d{2} [AP]M")
 
@@ -28,10 +28,7 @@ def ovfkit(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def inventory(tmp_path: Path, make_image: MakeImage) -> Path:
-    if EXAMPLE.exists():
-        doc: Any = json.loads(EXAMPLE.read_text())
-    else:  # CI without ../shared: the same shape, trimmed
-        pytest.skip("../shared/zstack/vm-inventory-example.json not available")
+    doc: Any = json.loads(EXAMPLE.read_text())
     vm = doc["inventories"][0]
     root = make_image("qcow2", size=6 * MiB)
     data = make_image("raw", size=2 * MiB, data=[(MiB, b"data" * 1000)])
