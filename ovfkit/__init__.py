@@ -25,7 +25,8 @@ _EXPORTS: dict[str, str] = {
         for name in (
             "OvfkitError", "InvalidArgumentError", "NotFoundError", "OperationFailedError",
             "IoError", "CancelledError", "InvalidOvfError", "OvfParseError", "VmdkFormatError",
-            "ToolMissingError",
+            "ToolMissingError", "OperationTimeoutError", "InternalError", "NotReadyError",
+            "UnimplementedError",
         )
     },
     **{
@@ -42,8 +43,20 @@ _EXPORTS: dict[str, str] = {
             "extract_package",
         )
     },
+    **{
+        name: "ovfkit.vmdk"
+        for name in ("write_vmdk", "VmdkOptions", "VmdkResult", "inspect_vmdk", "read_vmdk_data")
+    },
+    **{
+        name: "ovfkit.zstack"
+        for name in (
+            "vm_from_zstack", "open_context", "export_vm_ova_package", "query_image_packages",
+            "get_image_package", "update_image_package", "delete_image_package",
+            "ExportVmOvaPackageRequest", "ImagePackageInventory", "Reply",
+        )
+    },
+    "open_source": "ovfkit.disk",
     "Progress": "ovfkit.progress",
-    "vm_from_zstack": "ovfkit.zstack",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

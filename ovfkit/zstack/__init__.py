@@ -1,4 +1,4 @@
-"""ZStack: the VM inventory adapter (and, later, the ExportVmOvaPackage API)."""
+"""ZStack: the VM inventory adapter, the ExportVmOvaPackage API and its package records."""
 
 from __future__ import annotations
 
