@@ -212,6 +212,18 @@ def test_not_an_image(tmp_path: Path) -> None:
         pass
 
 
+
+@pytest.mark.parametrize("kind", ["raw", "qcow2"])
+def test_zero_size_image_is_refused(make_image: MakeImage, kind: str) -> None:
+    # A 0-sector VMDK is refused by qemu ("Unsupported image type") and libvmdk alike, so
+    # exporting it would make a package no importer opens.
+    image = make_image(kind, size=0, data=[])
+    with (
+        pytest.raises(InvalidArgumentError, match="0 bytes"),
+        open_source(DiskSource(str(image.path), kind)),
+    ):
+        pass
+
 @pytest.fixture
 def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A temporary directory of this test's own, so other runs' sockets do not count."""

@@ -86,6 +86,12 @@ def test_good_hand_built_file() -> None:
     assert got == {0: b"\1" * G, G: b"\2" * G, 63 * G: b"\3" * G}
 
 
+
+def test_zero_capacity_is_a_fault() -> None:
+    # qemu ("Unsupported image type 'streamOptimized'") and vmdkinfo refuse a 0-sector disk,
+    # so verify must not call such a package valid.
+    assert "zero-capacity" in faults(build([], 0))
+
 @pytest.mark.parametrize(
     ("name", "mutate", "fault"),
     [

@@ -13,7 +13,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from ..errors import NotFoundError, OperationFailedError
+from ..errors import InvalidArgumentError, NotFoundError, OperationFailedError
 from ..model import DiskSource
 from ..qemu import img
 from .mapped import MappedSource, eligible
@@ -37,10 +37,20 @@ __all__ = [
 def check_image(disk: DiskSource, *, force_shared: bool = False) -> img.ImageInfo:
     """``qemu-img info`` of the image and its backing chain, refusing what must not be exported:
     a missing file (NotFoundError), an image in use (ImageInUseError, unless ``force_shared``),
-    a broken image or one qemu marked corrupt (OperationFailedError)."""
+    a broken image or one qemu marked corrupt (OperationFailedError), an image of 0 bytes
+    (InvalidArgumentError: a VMDK cannot describe it)."""
     if not os.path.lexists(disk.path):
         raise NotFoundError(f"disk image {disk.path} does not exist")
     info = img.info(disk.path, disk.format, backing_chain=True, force_share=force_shared)
+    if info.virtual_size == 0:
+        # A sparse extent of 0 sectors has 0 grain tables: qemu's vmdk driver ("Unsupported
+        # image type 'streamOptimized'") and libvmdk ("grain table size value out of bounds")
+        # refuse it, so the package would not import anywhere.
+        raise InvalidArgumentError(
+            f"disk image {disk.path} has a virtual size of 0 bytes; a streamOptimized VMDK"
+            " cannot describe an empty disk (qemu and libvmdk refuse it): resize it"
+            " (qemu-img resize) or leave the volume out"
+        )
     for layer in (info, *info.backing_chain):
         if layer.corrupt:
             # qemu opens an image marked corrupt read-only and serves whatever its broken

@@ -167,6 +167,9 @@ class _Walk:
         if h.flags & fmt.FLAG_VALID_NEWLINE and h.newline_check != b"\n \r\n":
             add("bad-newline", f"newline check bytes {h.newline_check!r}: file went through a "
                 "text-mode transfer")  # fmt: skip
+        if h.capacity == 0:
+            # qemu's vmdk driver ("Unsupported image type") and libvmdk refuse 0 grain tables.
+            add("zero-capacity", "capacity 0 sectors: qemu and libvmdk refuse an empty disk")
         if h.capacity * fmt.SECTOR >= 1 << 63:
             add("bad-capacity", f"capacity {h.capacity} sectors is not a real disk size")
         return h
