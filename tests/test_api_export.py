@@ -123,8 +123,11 @@ def test_records_query_update_delete_and_restart(ctx: ExportContext) -> None:
     updated = update_image_package(ctx, uuid, name="renamed", description="new text")
     assert (updated.name, updated.description) == ("renamed", "new text")
     assert updated.md5_sum == reply.inventory.md5_sum
-    with pytest.raises(InvalidArgumentError):
+    # The error names the message that was sent, not the export's.
+    with pytest.raises(InvalidArgumentError, match=r"message\[APIUpdateImagePackageMsg\]"):
         update_image_package(ctx, uuid, name="x" * 256)
+    with pytest.raises(InvalidArgumentError, match=r"message\[APIUpdateImagePackageMsg\]"):
+        update_image_package(ctx, uuid, description="x" * 2049)
     with pytest.raises(InvalidArgumentError):
         update_image_package(ctx, uuid, name="")
     with pytest.raises(NotFoundError):

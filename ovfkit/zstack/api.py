@@ -86,10 +86,12 @@ def _check_uuid(field: str, value: str) -> None:
         )
 
 
-def _check_length(field: str, value: str | None, limit: int) -> None:
+def _check_length(
+    field: str, value: str | None, limit: int, message: str = API_MESSAGE
+) -> None:
     if value is not None and len(value) > limit:
         raise InvalidArgumentError(
-            f"field[{field}] of message[{API_MESSAGE}] exceeds max length of string. "
+            f"field[{field}] of message[{message}] exceeds max length of string. "
             f"expected was <= {limit}, actual was {len(value)}"
         )
 
@@ -387,6 +389,9 @@ def get_image_package(context: ExportContext, uuid: str) -> ImagePackageInventor
     return record.inventory
 
 
+_UPDATE_MESSAGE = "APIUpdateImagePackageMsg"
+
+
 def update_image_package(
     context: ExportContext,
     uuid: str,
@@ -399,11 +404,11 @@ def update_image_package(
             raise InvalidArgumentError("field[name] must be a string")
         if not name:
             raise InvalidArgumentError("field[name] can not be empty")
-        _check_length("name", name, NAME_MAX)
+        _check_length("name", name, NAME_MAX, _UPDATE_MESSAGE)
     if description is not None:
         if not isinstance(description, str):
             raise InvalidArgumentError("field[description] must be a string")
-        _check_length("description", description, DESCRIPTION_MAX)
+        _check_length("description", description, DESCRIPTION_MAX, _UPDATE_MESSAGE)
     get_image_package(context, uuid)
     record = context.records.update(uuid, name=name, description=description)
     if record is None:
