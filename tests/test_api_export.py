@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -376,3 +377,29 @@ def test_caller_supplied_resolver(tmp_path: Path) -> None:
             )
             reply = export_vm_ova_package(body(), context=ctx)
             assert reply.error is not None and reply.error["code"] == code, reply.error
+
+
+@pytest.mark.parametrize("how", ["backing", "data-file"])
+def test_image_reading_a_file_outside_the_roots_is_refused(
+    ctx: ExportContext, tmp_path: Path, how: str
+) -> None:
+    # A qcow2 inside a storage root can name any file as its backing file or external data
+    # file; exporting it would put that file's bytes in a downloadable package.
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(b"top secret".ljust(MiB, b"\0"))
+    inv = ctx.catalog(VM)
+    assert inv is not None
+    root = next(v["installPath"] for v in inv["allVolumes"] if v["type"] == "Root")
+    if how == "backing":
+        args = ["rebase", "-u", "-f", "qcow2", "-b", str(secret), "-F", "raw", root]
+    else:
+        os.unlink(root)
+        args = ["create", "-f", "qcow2", "-o", f"data_file={secret},data_file_raw=on", root,
+                str(MiB)]
+    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+    reply = export_vm_ova_package(body(), context=ctx)
+    assert reply.error is not None and reply.inventory is None
+    assert reply.error["code"] == "SYS.1007"
+    assert str(secret) in reply.error["details"] and "storage roots" in reply.error["details"]
+    assert not packages_dir(ctx).exists() or os.listdir(packages_dir(ctx)) == []
+    assert query_image_packages(ctx, []) == []

@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..model import VirtualMachine
 from ..progress import CancelToken, ProgressCallback, check_cancel
-from .catalog import confine_paths
+from .catalog import confine_images, confine_paths
 from .context import ExportContext
 from .inventory import (
     API_MESSAGE,
@@ -143,8 +143,9 @@ def _vm_model(
     from .adapter import vm_from_zstack
 
     # The request's system tags (bootMode::UEFI, ...) join the VM's own, as ZStack does.
-    vm = vm_from_zstack(inventory, system_tags=list(req.system_tags))
-    return confine_paths(vm, roots)
+    vm = confine_paths(vm_from_zstack(inventory, system_tags=list(req.system_tags)), roots)
+    confine_images(vm, roots)
+    return vm
 
 
 def _write(

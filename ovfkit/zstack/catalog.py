@@ -7,6 +7,8 @@ deployment would pass a resolver that calls QueryVmInstance instead.
 The inventory is untrusted: :func:`confine_paths` refuses (SYS.1007) any volume or ISO path that,
 after resolving symlinks (realpath), is not inside one of the configured storage roots, and gives
 back the model with the resolved paths so the writer opens exactly what was checked.
+:func:`confine_images` then holds every file qemu would open for a disk (backing chain, qcow2
+external data file) to the same rule: an image inside a root may name any file as its backing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from ..errors import InvalidArgumentError, IoError, NotFoundError
 from ..model import VirtualMachine
 from .inventory import is_zstack_uuid
 
-__all__ = ["VMS_DIR", "FolderCatalog", "VmResolver", "confine_paths", "unwrap_vm_inventory"]
+__all__ = [
+    "VMS_DIR",
+    "FolderCatalog",
+    "VmResolver",
+    "confine_images",
+    "confine_paths",
+    "unwrap_vm_inventory",
+]
 
 VmResolver = Callable[[str], Mapping[str, Any] | None]
 
@@ -147,3 +156,36 @@ def confine_paths(vm: VirtualMachine, roots: Sequence[str]) -> VirtualMachine:
         for c in vm.cd_drives
     )
     return dataclasses.replace(vm, disks=disks, cd_drives=cds)
+
+
+def confine_images(vm: VirtualMachine, roots: Sequence[str]) -> None:
+    """Require every file qemu opens for the VM's disks under a storage root: each layer of the
+    backing chain and each qcow2 external data file (``qemu-img info --backing-chain``).
+
+    A qcow2 inside a root whose backing file is ``/etc/shadow`` would otherwise be exported, and
+    served for download, with that file's bytes as its disk. Raises InvalidArgumentError naming
+    the file; a missing volume is left for the writer to report (NotFoundError).
+    """
+    from ..qemu import img  # lazy: the qemu-img edge
+
+    real_roots = [os.path.realpath(r) for r in roots]
+    for disk in vm.disks:
+        if disk.source is None or not os.path.lexists(disk.source.path):
+            continue
+        # -U: only metadata is read here; the writer still refuses an image in use.
+        top = img.info(disk.source.path, disk.source.format, backing_chain=True, force_share=True)
+        for layer in (top, *top.backing_chain):
+            files = [("backing file", layer.filename)]
+            if layer.data_file:
+                # qemu resolves a relative data-file against the image's folder.
+                here = os.path.dirname(layer.filename)
+                files.append(("external data file", os.path.join(here, layer.data_file)))
+            for what, name in files:
+                # json:{...} and protocol names (nbd://, http://) are no local file at all.
+                local = os.path.isabs(name) and not name.startswith("json:")
+                if not local or not _inside(os.path.realpath(name), real_roots):
+                    raise InvalidArgumentError(
+                        f"volume {disk.id} {disk.source.path!r} reads the {what} {name!r}, "
+                        f"which is outside the configured storage roots "
+                        f"({', '.join(roots) or 'none configured'})"
+                    )
