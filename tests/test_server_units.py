@@ -112,6 +112,17 @@ def test_parse_json_object_any_bytes(body: bytes) -> None:
         assert isinstance(parse_json_object(body), dict)
 
 
+
+@pytest.mark.parametrize(
+    "body", [rb'{"name": "\ud800"}', rb'{"a": ["x\udfff"]}', rb'{"\udc00": 1}']
+)
+def test_parse_json_object_refuses_unpaired_surrogates(body: bytes) -> None:
+    # json.loads accepts them, then SQLite's UTF-8 encoding failed: a 503 SYS.1000 in the
+    # export's reply instead of a 400 for the malformed body.
+    with pytest.raises(MalformedRequestError, match="surrogate"):
+        parse_json_object(body)
+    assert parse_json_object(rb'{"name": "\ud83d\ude00"}') == {"name": "\U0001f600"}
+
 def test_check_keys_names_the_first_unknown_key() -> None:
     check_keys({"a": 1}, ("a", "b"), "x")
     with pytest.raises(MalformedRequestError, match=r"unknown field\[c\] in x"):

@@ -64,6 +64,15 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise MalformedRequestError(
             f"request body must be a JSON object, not {_json_type(data)}"
         )
+    try:
+        # json.loads lets "\ud800" through as a lone surrogate, which no UTF-8 store (SQLite,
+        # the package name) can hold; RFC 8259 §8.2 leaves such strings unpredictable.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MalformedRequestError(
+            f"request body holds an unpaired UTF-16 surrogate {exc.object[exc.start:exc.end]!r}"
+            " in a string; send valid Unicode"
+        ) from None
     return data
 
 
