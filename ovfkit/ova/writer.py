@@ -68,6 +68,7 @@ __all__ = ["OvaOptions", "PackageFile", "PackageResult", "write_ova"]
 ManifestAlgorithm = Literal["sha1", "sha256", "sha512", "none"]
 _PLACEHOLDER = 2**64 - 1  # widest value an xs:unsignedLong size attribute can take
 _COPY_CHUNK = 4 << 20
+_SMALL_WRITES = 256 << 10  # BufferedWriter passes writes larger than its buffer straight on
 _HASH_WINDOW = 32 << 20  # a multiple of mmap.ALLOCATIONGRANULARITY
 
 
@@ -567,7 +568,9 @@ def _write_seekable(
     fd = raw.fileno()
     headers: list[tuple[int, bytes]] = []
 
-    buffered = io.BufferedWriter(raw, buffer_size=_COPY_CHUNK)
+    # A small buffer: the VMDK writer's blobs (MiBs) go straight to the file, uncopied; the
+    # buffer only gathers markers, grain tables and tar padding.
+    buffered = io.BufferedWriter(raw, buffer_size=_SMALL_WRITES)
     sink = _Sink(buffered)
     position = plan.front
     buffered.seek(position)
