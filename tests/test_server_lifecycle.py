@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import socket
 import subprocess
 import sys
 import time
@@ -261,3 +262,19 @@ def test_serve_refuses_half_tls_settings(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.startswith("ERROR SYS.1007:") and "--ssl-keyfile" in done.stderr
+
+
+def test_serve_on_a_busy_port_is_one_error_line(tmp_path: Path) -> None:
+    # uvicorn alone logs the bind failure over several lines and exits 3.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "ovfkit", "serve", "--data-dir", str(tmp_path / "d"),
+             "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert done.returncode == 2
+    assert done.stderr.startswith("ERROR SYS.1016:") and str(port) in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr

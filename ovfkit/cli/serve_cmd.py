@@ -8,7 +8,7 @@ import os
 import socket
 from typing import Any
 
-from ..errors import InvalidArgumentError, NotFoundError
+from ..errors import InvalidArgumentError, IoError, NotFoundError
 from ..zstack.config import DATA_DIR_ENV, default_data_dir
 
 __all__ = ["add_data_dir_argument", "default_data_dir", "public_url", "register", "run"]
@@ -83,6 +83,18 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _check_bind(host: str, port: int) -> None:
+    """Bind ``host:port`` once, as uvicorn will (SO_REUSEADDR, IPv6 when the host has a colon),
+    so a busy port or a foreign address is one ``ERROR`` line, not uvicorn's log and exit 3."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        raise IoError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -100,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.ssl_certfile, args.ssl_keyfile):
         if path is not None and not os.path.isfile(path):
             raise NotFoundError(f"TLS file {path!r} not found")
+    _check_bind(args.host, args.port)
     scheme = "https" if args.ssl_certfile else "http"
     data_dir = args.data_dir or default_data_dir()
     base_url = (
