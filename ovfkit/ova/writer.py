@@ -291,14 +291,39 @@ def _hash_file(
     return md5.hexdigest(), xxh.hexdigest()
 
 
-def _check_target(target: str) -> str:
+def _check_target(target: str, vm: VirtualMachine) -> str:
     path = os.path.abspath(os.fspath(target))
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
         raise NotFoundError(f"target folder {folder!r} does not exist")
     if os.path.isdir(path):
         raise InvalidArgumentError(f"target {path!r} is a directory")
+    if os.path.exists(path):
+        _refuse_own_image(path, vm)
     return path
+
+
+def _refuse_own_image(path: str, vm: VirtualMachine) -> None:
+    """The package is renamed over ``path`` at the end: if that is one of the VM's own images
+    (a disk, a file of its backing chain, a packed ISO; under any name, hard links included)
+    the export would destroy its source. Only an existing target can be one."""
+    from ..qemu import img  # lazy: the qemu-img edge, needed only when the target exists
+
+    sources: list[str] = [cd.iso for cd in vm.cd_drives if cd.iso is not None]
+    for disk in vm.disks:
+        if disk.source is None:
+            continue
+        sources.append(disk.source.path)
+        with contextlib.suppress(OvfkitError):  # an unreadable image fails later, clearly
+            info = img.info(disk.source.path, disk.source.format, force_share=True)
+            sources += [layer.filename for layer in info.backing_chain]
+    for source in sources:
+        with contextlib.suppress(OSError):
+            if os.path.samefile(path, source):
+                raise InvalidArgumentError(
+                    f"target {path!r} is {source!r}, an image of VM {vm.name!r}: writing the"
+                    " package there would destroy it; choose another target"
+                )
 
 
 def write_ova(
@@ -321,7 +346,7 @@ def write_ova(
         from .stream import write_ova_stream
 
         return write_ova_stream(vm, target, options, progress=progress, cancel=cancel)
-    path = _check_target(os.fspath(target))
+    path = _check_target(os.fspath(target), vm)
     folder = os.path.dirname(path)
     try:
         fd, tmp = tempfile.mkstemp(
