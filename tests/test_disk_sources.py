@@ -441,3 +441,15 @@ def test_image_marked_corrupt_is_refused(make_image: MakeImage) -> None:
     with pytest.raises(OperationFailedError) as err, open_source(DiskSource(str(image.path))):
         pass
     assert "corrupt" in err.value.details and "qemu-img check -r all" in err.value.details
+
+
+def test_fifo_directory_and_char_device_are_refused(tmp_path: Path) -> None:
+    # qemu-img info on a FIFO blocks until a writer comes: the export hung for ever.
+    fifo = tmp_path / "vol.raw"
+    os.mkfifo(fifo)
+    for path, kind in ((tmp_path, "directory"), (Path("/dev/null"), "device"), (fifo, "FIFO")):
+        with (
+            pytest.raises(InvalidArgumentError, match=kind),
+            open_source(DiskSource(str(path), "raw")),
+        ):
+            pass

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterator
 
-from ..errors import InvalidArgumentError, NotFoundError, OperationFailedError
+from ..errors import InvalidArgumentError, IoError, NotFoundError, OperationFailedError
 from ..model import DiskSource
 from ..qemu import img
 from .mapped import MappedSource, eligible
@@ -41,6 +42,7 @@ def check_image(disk: DiskSource, *, force_shared: bool = False) -> img.ImageInf
     (InvalidArgumentError: a VMDK cannot describe it)."""
     if not os.path.lexists(disk.path):
         raise NotFoundError(f"disk image {disk.path} does not exist")
+    _check_file_type(disk.path)
     info = img.info(disk.path, disk.format, backing_chain=True, force_share=force_shared)
     if info.virtual_size == 0:
         # A sparse extent of 0 sectors has 0 grain tables: qemu's vmdk driver ("Unsupported
@@ -60,6 +62,29 @@ def check_image(disk: DiskSource, *, force_shared: bool = False) -> img.ImageInf
                 f" (qemu-img check -r all {layer.filename})"
             )
     return info
+
+
+def _check_file_type(path: str) -> None:
+    """Only a regular file or a block device holds an image: qemu-img blocks for ever opening a
+    FIFO (no writer ever comes), and a directory or character device is no disk at all."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise NotFoundError(f"disk image {path} is a broken symbolic link") from None
+    except OSError as e:
+        raise IoError(f"cannot stat disk image {path}: {e.strerror or e}") from None
+    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        return
+    kind = (
+        "a directory" if stat.S_ISDIR(mode)
+        else "a FIFO" if stat.S_ISFIFO(mode)
+        else "a socket" if stat.S_ISSOCK(mode)
+        else "a character device" if stat.S_ISCHR(mode)
+        else "not a regular file"
+    )
+    raise InvalidArgumentError(
+        f"disk image {path} is {kind}; a volume must be a regular file or a block device"
+    )
 
 
 @contextlib.contextmanager
