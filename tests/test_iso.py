@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -106,3 +107,12 @@ def make_cd_iso(path: Path, text: bytes = b"hello from a CD\n") -> Path:
     iso.write(str(path))
     iso.close()
     return path
+
+
+def test_iso_that_is_a_fifo_or_directory_is_refused(tmp_path: Path) -> None:
+    # open() of a FIFO waits for a writer: --include-iso hung for ever.
+    fifo = tmp_path / "cd.iso"
+    os.mkfifo(fifo)
+    for path in (tmp_path, fifo):
+        with pytest.raises(InvalidArgumentError, match="not a regular file"):
+            check_iso_image(str(path))

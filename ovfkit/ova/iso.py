@@ -11,6 +11,8 @@ the descriptor's ProductSections.
 from __future__ import annotations
 
 import io
+import os
+import stat
 from collections.abc import Mapping
 
 import pycdlib
@@ -117,6 +119,12 @@ def check_iso_image(path: str) -> int:
     """Size of the ISO 9660 image at ``path``, after checking its "CD001" volume descriptor
     (ECMA-119 §8.1), so a CD drive's stray file is not packed as an ISO by mistake."""
     try:
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            # open() of a FIFO blocks until a writer comes: the export would hang for ever.
+            raise InvalidArgumentError(
+                f"ISO image {path!r} is not a regular file or a block device"
+            )
         with open(path, "rb") as f:
             f.seek(_ISO_MAGIC_OFFSET)
             magic = f.read(5)
