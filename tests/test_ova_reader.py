@@ -128,6 +128,12 @@ def test_not_a_tar(tmp_path: Path) -> None:
     empty.write_bytes(END_OF_ARCHIVE)
     with pytest.raises(InvalidArgumentError, match=r"no \.ovf"):
         open_package(empty)
+    # Reading a FIFO waited for a writer: `ovfkit verify FIFO` hung for ever.
+    fifo = tmp_path / "pipe.ova"
+    os.mkfifo(fifo)
+    for path in (fifo, tmp_path):
+        with pytest.raises(InvalidArgumentError, match="not a regular file"):
+            open_package(path)
 
 
 def test_verify_reports_order_size_and_missing_problems(tmp_path: Path, package: Path) -> None:

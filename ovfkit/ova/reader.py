@@ -18,6 +18,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal, cast
@@ -218,6 +219,10 @@ def open_package(path: str | os.PathLike[str]) -> Package:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise NotFoundError(f"package {path!r} does not exist")
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        # Reading a FIFO waits for a writer for ever; a directory is no package.
+        raise InvalidArgumentError(f"package {path!r} is not a regular file")
     if path.lower().endswith(".ovf"):
         return _open_ovf(path)
     members, end = scan_tar(path)
