@@ -72,7 +72,6 @@ from ovfkit.vmdk.writer import compressor
 GRAIN = 64 * 1024
 BATCH = 64 * GRAIN
 ZERO = bytes(GRAIN)
-ZERO_HEAD = bytes(64)
 LEVEL = 2  # the native writer's default isal level
 VM_UUID = "6efab7159c6942429c6b0e7e0b64b660"
 
@@ -108,10 +107,6 @@ def _batch(src: RawSource, fd: int, off: int, n: int) -> bytearray | mmap.mmap:
     return buf
 
 
-def _is_zero(buf: bytearray | mmap.mmap, o: int) -> bool:
-    return buf[o : o + 64] == ZERO_HEAD and buf[o : o + GRAIN] == ZERO
-
-
 def _data_bytes(path: str) -> int:
     src = RawSource(path)
     try:
@@ -141,12 +136,14 @@ def _floor(path: str, out: str, threads: int) -> dict[str, float]:
     sha, md5 = hashlib.sha256(), hashlib.md5()
     total = 0
 
+    zero = compress(memoryview(ZERO))  # zero grains found as the writer finds them
+
     def work(buf: bytearray | mmap.mmap) -> bytes:
         with memoryview(buf) as view:
             out = b"".join(
-                compress(view[o : o + GRAIN]) for o in range(0, len(buf), GRAIN)
-                if not _is_zero(buf, o)
-            )  # fmt: skip
+                c for c in (compress(view[o : o + GRAIN]) for o in range(0, len(buf), GRAIN))
+                if c != zero
+            )
         if isinstance(buf, mmap.mmap):
             buf.close()
         return out

@@ -44,7 +44,6 @@ from ovfkit.vmdk.writer import compressor
 GRAIN = 64 * 1024
 BATCH = 64 * GRAIN
 ZERO = bytes(GRAIN)
-ZERO_HEAD = bytes(64)
 
 
 def _children_cpu() -> float:
@@ -62,10 +61,6 @@ def _batch(src: RawSource, fd: int, off: int, n: int) -> bytearray | mmap.mmap:
     buf = bytearray(n)
     src.readinto(off, memoryview(buf))
     return buf
-
-
-def _is_zero(buf: bytearray | mmap.mmap, o: int) -> bool:
-    return buf[o : o + 64] == ZERO_HEAD and buf[o : o + GRAIN] == ZERO
 
 
 def _data_bytes(path: str) -> int:
@@ -109,12 +104,13 @@ def _floor(path: str, level: int, threads: int) -> dict[str, float]:
     sha = hashlib.sha256()
     total = 0
 
+    zero = compress(memoryview(ZERO))  # zero grains found as the writer finds them
+
     def work(buf: bytearray | mmap.mmap) -> list[bytes]:
         with memoryview(buf) as view:
             out = [
-                compress(view[o : o + GRAIN])
-                for o in range(0, len(buf), GRAIN)
-                if not _is_zero(buf, o)
+                c for c in (compress(view[o : o + GRAIN]) for o in range(0, len(buf), GRAIN))
+                if c != zero
             ]
         if isinstance(buf, mmap.mmap):
             buf.close()
