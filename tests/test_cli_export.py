@@ -115,6 +115,13 @@ def test_export_errors_leave_nothing(tmp_path: Path, inventory: Path) -> None:
     assert proc.returncode == 2 and "--cert" in proc.stderr
     proc = ovfkit("verify", str(tmp_path / "missing.ova"))
     assert proc.returncode == 1 and "problem: cannot open" in proc.stdout
+    # A missing side file is named for what it is, not called the inventory.
+    gone = str(tmp_path / "gone.json")
+    for option, what in (("--ovf-env", "--ovf-env file"), ("--sign", "--sign key")):
+        extra = [option, gone] if option == "--ovf-env" else [option, gone, "--cert", gone]
+        proc = ovfkit("export", str(inventory), "-o", str(out / "x.ova"), *extra)
+        assert proc.returncode == 2
+        assert proc.stderr == f"ERROR SYS.1003: {what} {gone!r} not found\n"
 
 
 def test_progress_bar_and_ctrl_c(tmp_path: Path, inventory: Path, make_image: MakeImage) -> None:

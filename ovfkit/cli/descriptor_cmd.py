@@ -56,8 +56,9 @@ def _io_error(what: str, path: str, exc: OSError) -> OvfkitError:
     return IoError(f"cannot read {what} {path!r}: {reason}")
 
 
-def read_input(path: str, *, limit: int = MAX_INVENTORY_BYTES) -> bytes:
-    """The bytes of ``path`` (``-``: stdin), refusing more than ``limit`` bytes."""
+def read_input(path: str, *, limit: int = MAX_INVENTORY_BYTES, what: str = "inventory") -> bytes:
+    """The bytes of ``path`` (``-``: stdin), refusing more than ``limit`` bytes; errors call the
+    file ``what``."""
     try:
         if path == "-":
             data = sys.stdin.buffer.read(limit + 1)
@@ -65,9 +66,9 @@ def read_input(path: str, *, limit: int = MAX_INVENTORY_BYTES) -> bytes:
             with open(path, "rb") as f:
                 data = f.read(limit + 1)
     except OSError as exc:
-        raise _io_error("inventory", path, exc) from None
+        raise _io_error(what, path, exc) from None
     if len(data) > limit:
-        raise InvalidArgumentError(f"inventory {path!r} is larger than {limit} bytes")
+        raise InvalidArgumentError(f"{what} {path!r} is larger than {limit} bytes")
     return data
 
 

@@ -125,13 +125,13 @@ def _read_json(path: str, what: str) -> Any:
     from .descriptor_cmd import read_input
 
     try:
-        return json.loads(read_input(path))
+        return json.loads(read_input(path, what=what))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgumentError(f"{what} {path!r} is not JSON: {exc}") from None
 
 
 def _env_values(path: str) -> dict[str, str]:
-    doc = _read_json(path, "--ovf-env")
+    doc = _read_json(path, "--ovf-env file")
     if not isinstance(doc, dict):
         raise InvalidArgumentError("--ovf-env must be a JSON object of property key -> value")
     out: dict[str, str] = {}
@@ -153,7 +153,7 @@ def _signer(key: str | None, cert: str | None) -> Any:
     from ..ova.signing import load_signer
     from .descriptor_cmd import read_input
 
-    return load_signer(read_input(key), read_input(cert))
+    return load_signer(read_input(key, what="--sign key"), read_input(cert, what="--cert file"))
 
 
 def run(args: argparse.Namespace) -> int:
