@@ -403,3 +403,24 @@ def test_image_reading_a_file_outside_the_roots_is_refused(
     assert str(secret) in reply.error["details"] and "storage roots" in reply.error["details"]
     assert not packages_dir(ctx).exists() or os.listdir(packages_dir(ctx)) == []
     assert query_image_packages(ctx, []) == []
+
+
+def test_volume_that_is_a_fifo_is_refused_without_hanging(ctx: ExportContext) -> None:
+    # qemu-img info on a FIFO waits for a writer for ever; the service worker hung with it.
+    inv = ctx.catalog(VM)
+    assert inv is not None
+    root = next(v["installPath"] for v in inv["allVolumes"] if v["type"] == "Root")
+    os.unlink(root)
+    os.mkfifo(root)
+    replies: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: replies.append(export_vm_ova_package(body(), context=ctx)), daemon=True
+    )
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():  # unblock the stuck open so the test run can end
+        with open(root, "wb"):
+            pass
+        pytest.fail("the export hung on a FIFO volume")
+    assert replies[0].error is not None and replies[0].error["code"] == "SYS.1007"
+    assert "FIFO" in replies[0].error["details"]

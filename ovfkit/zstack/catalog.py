@@ -166,14 +166,15 @@ def confine_images(vm: VirtualMachine, roots: Sequence[str]) -> None:
     served for download, with that file's bytes as its disk. Raises InvalidArgumentError naming
     the file; a missing volume is left for the writer to report (NotFoundError).
     """
-    from ..qemu import img  # lazy: the qemu-img edge
+    from ..disk import check_image  # lazy: the qemu-img edge
 
     real_roots = [os.path.realpath(r) for r in roots]
     for disk in vm.disks:
         if disk.source is None or not os.path.lexists(disk.source.path):
             continue
-        # -U: only metadata is read here; the writer still refuses an image in use.
-        top = img.info(disk.source.path, disk.source.format, backing_chain=True, force_share=True)
+        # check_image first refuses a FIFO (qemu-img would wait on it for ever) or an empty
+        # image; force_shared: only metadata is read here, the writer still refuses one in use.
+        top = check_image(disk.source, force_shared=True)
         for layer in (top, *top.backing_chain):
             files = [("backing file", layer.filename)]
             if layer.data_file:
