@@ -70,7 +70,7 @@ class _Stop(Exception):
 # Faults of layout only: the data still reads back right, so read_vmdk_data lets them pass.
 _LAYOUT_ONLY = frozenset(
     {"bad-version", "odd-grain-size", "bad-newline", "bad-overhead", "unsorted-grains",
-     "early-eos", "footer-not-last", "bad-capacity", "zero-gap"}
+     "early-eos", "footer-not-last", "bad-capacity", "zero-gap", "zero-capacity"}
 )  # fmt: skip
 
 
