@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,25 @@ def test_export_prints_the_image_package_inventory(tmp_path: Path, inventory: Pa
     assert [m["name"] for m in inspect["members"]][:2] == ["web-01.ovf", "web-01.mf"]
     text = ovfkit("inspect", str(out)).stdout
     assert "memory:    4096 MiB" in text and "web-01-disk2.vmdk" in text
+
+
+def test_export_to_stdout_streams_the_package(tmp_path: Path, inventory: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ovfkit", "export", str(inventory), "-o", "-"],
+        capture_output=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = proc.stdout
+    inv = json.loads(proc.stderr)
+    assert inv["md5Sum"] == hashlib.md5(data).hexdigest() and inv["size"] == len(data)
+    assert "exportUrl" not in inv
+    out = tmp_path / "streamed.ova"
+    out.write_bytes(data)
+    with tarfile.open(out) as tf:
+        names = tf.getnames()
+    assert names[0] == "web-01.ovf" and names[-1] == "web-01.mf"  # manifest last when streamed
+    verify = ovfkit("verify", str(out))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 def test_export_options_and_verify_failure(tmp_path: Path, inventory: Path) -> None:

@@ -1,5 +1,7 @@
 """``ovfkit export INVENTORY.json -o OUT.ova [...]``: write a VM's OVA package and print the ZStack
 ImagePackageInventory of the result (what ExportVmOvaPackage answers) as JSON on stdout.
+With ``-o -`` the package streams to stdout (write_ova's streaming layout: chunked disks, manifest
+last) and the JSON goes to stderr.
 
 A progress bar goes to stderr when stderr is a terminal; nothing but the JSON is printed when it
 is not. Ctrl-C removes the partial package (write_ova never leaves one at the target path).
@@ -32,7 +34,9 @@ def register(sub: Any) -> None:
         ),
     )
     parser.add_argument("inventory", metavar="INVENTORY.json", help="inventory file, - for stdin")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.ova", help="package path")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.ova",
+                        help="package path, or - to stream the package to stdout (chunked "
+                        "disks, manifest last; JSON then goes to stderr)")
     parser.add_argument("--ovf-version", choices=("1.0", "2.0"), default="1.0",
                         help="1.0 (envelope/1, read by every importer; default) or 2.0")
     parser.add_argument("--manifest", choices=("sha1", "sha256", "sha512", "none"),
@@ -95,7 +99,7 @@ def inventory_json(
     description: str,
     vm_uuid: str,
     backup_storage_uuid: str | None,
-    path: str,
+    path: str | None,
     md5: str,
     size: int,
     created: datetime,
@@ -111,7 +115,7 @@ def inventory_json(
         "vmUuid": vm_uuid,
         "backupStorageUuid": backup_storage_uuid,
         "state": "Exported",
-        "exportUrl": Path(os.path.abspath(path)).as_uri(),
+        "exportUrl": Path(os.path.abspath(path)).as_uri() if path is not None else None,
         "md5Sum": md5,
         "format": "OVA",
         "size": int(size),
@@ -181,10 +185,15 @@ def run(args: argparse.Namespace) -> int:
         include_iso=args.include_iso,
         ovf_env=_env_values(args.ovf_env) if args.ovf_env else None,
     )
+    to_stdout = args.output == "-"
+    if to_stdout and sys.stdout.isatty():
+        raise InvalidArgumentError("-o - writes a binary package to stdout: redirect it")
     show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
     bar = ProgressBar(sys.stderr) if show else None
     try:
-        result = write_ova(vm, args.output, options, progress=bar)
+        result = write_ova(
+            vm, sys.stdout.buffer if to_stdout else args.output, options, progress=bar
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -194,12 +203,13 @@ def run(args: argparse.Namespace) -> int:
         description=args.description or f"source vm uuid: {vm_uuid}",
         vm_uuid=vm_uuid,
         backup_storage_uuid=args.backup_storage_uuid,
-        path=result.path,
+        path=None if to_stdout else result.path,
         md5=result.md5,
         size=result.size,
         created=created,
         finished=datetime.now(UTC),
     )
-    json.dump(inventory, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    out = sys.stderr if to_stdout else sys.stdout
+    json.dump(inventory, out, indent=2)
+    out.write("\n")
     return 0
