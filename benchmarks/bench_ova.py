@@ -22,27 +22,8 @@ package afterwards (not timed).
 
     .venv/bin/python -m benchmarks.bench_ova [--disk PATH] [--scale 1] [--verify]
 
-One run, scale 1 (2.36 GB of data, 1.34 GB package), 2-core VM, Python 3.11, machine quiet
-(load < 1.5; runs with other jobs on the machine were 2-4x slower for every candidate):
-
-| candidate | seconds | MB/s | peak RSS |
-|---|---|---|---|
-| ovfkit export (native) | 13.4 | 177 | 97 MiB |
-| baseline pipeline | 116.2 | 20 | 56 MiB |
-| floor | 10.2 | 231 | 85 MiB |
-| ovfkit export --engine qemu-img | 105.6 (1.05x bare qemu-img convert) | | |
-
-Baseline steps: qemu-img convert 100.9 s, sha256sum 7.8, tar 1.9, md5sum 2.6, sync 3.1.
-
-ovfkit is 8.7x the baseline (target 12x; the floor itself is only 11.4x the baseline here) and
-1.31x the floor (target 1.8x). A second run minutes later, with the whole-package hash pass
-on mapped windows (2.6 s instead of 3.3 s) but other jobs starting on the machine: ovfkit 13.5 s
-(98 MiB), baseline 108.5 s (8.0x), floor 13.8 s (0.98x), qemu-img engine 1.16x bare convert:
-run-to-run noise here is ±30%, so compare figures of one run only. In-process timings (first
-run): VMDK stage 8.8 s, whole-package MD5 + xxh128 pass overlapped with fsync 3.3 s (see
-ovfkit/ova/writer.py for why that pass cannot overlap the compression). The VMDK writer also
-computes an MD5 of each VMDK that the package does not need (~3 s of CPU here; contract:
-digests always include md5).
+Figures, with the machine load of each run: benchmarks/README.md. The machine is shared and
+run-to-run noise is ±30% in wall time, so compare figures of one run only.
 """
 
 from __future__ import annotations
