@@ -49,6 +49,8 @@ def register(sub: Any) -> None:
                         help="pack the ISO images of the CD-ROM drives (default: drives empty)")
     parser.add_argument("--ovf-env", metavar="PROPS.json",
                         help="add an OVF environment ISO with these property values (JSON object)")
+    parser.add_argument("--force-shared", action="store_true",
+                        help="read disks a running VM holds locked (crash-consistent at best)")
     parser.add_argument("--system-tag", action="append", default=[], metavar="TAG",
                         help="a ZStack system tag of the VM, e.g. bootMode::UEFI (repeatable)")
     parser.add_argument("--name", help="package name (default exported-vm-<vm name>)")
@@ -184,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         signer=_signer(args.sign, args.cert),
         include_iso=args.include_iso,
         ovf_env=_env_values(args.ovf_env) if args.ovf_env else None,
+        force_shared=args.force_shared,
     )
     to_stdout = args.output == "-"
     if to_stdout and sys.stdout.isatty():

@@ -86,6 +86,7 @@ class OvaOptions:
     before the rename (off only for tests and benchmarks of the pipeline itself).
     ``chunk_size``: ``ovf:chunkSize`` of disks in streaming mode (a non-seekable target; None =
     64 MiB); a path target never chunks (virt-v2v reads only the last chunk, virt-v2v#189).
+    ``force_shared``: read disks that a running VM holds locked instead of refusing them.
     """
 
     ovf_version: Literal["1.0", "2.0"] = "1.0"
@@ -100,6 +101,7 @@ class OvaOptions:
     compress_level: int = 2
     fsync: bool = True
     chunk_size: int | None = None
+    force_shared: bool = False
 
     def __post_init__(self) -> None:
         if self.ovf_version not in ("1.0", "2.0"):
@@ -516,6 +518,7 @@ def stream_files(
                 threads=options.threads,
                 filename=ref.href,
                 compress_level=options.compress_level,
+                force_shared=options.force_shared,
             )
             result = write_vmdk(
                 disk.source, cast(BinaryIO, sink), vopts, progress=progress, cancel=cancel

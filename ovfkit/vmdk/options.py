@@ -30,6 +30,8 @@ class VmdkOptions:
     the embedded descriptor names (the member name in the OVA); ``compress_level`` the isal level
     0-3 (2 keeps qemu-img's zlib-6 size, see benchmarks/bench_vmdk.py); ``long_content_id`` (32
     hex) and ``uuid`` (16 bytes) make the descriptor reproducible, None = random.
+    ``force_shared``: read a source image that a running VM holds locked (a crash-consistent
+    read at best; without it such a source is refused, see ovfkit.disk.open_source).
     """
 
     engine: Engine = "native"
@@ -41,6 +43,7 @@ class VmdkOptions:
     compress_level: int = 2
     long_content_id: str | None = None
     uuid: bytes | None = None
+    force_shared: bool = False
 
     def __post_init__(self) -> None:
         if self.engine not in ("native", "qemu-img"):

@@ -300,9 +300,9 @@ def write_vmdk_qemu(
     stage = f"disk {options.filename}"
     where = _temp_dir(sink, tmpdir)
     with contextlib.ExitStack() as stack:
-        force_share = False
+        force_share = options.force_shared
         if isinstance(source, DiskSource):
-            info = check_image(source)
+            info = check_image(source, force_shared=options.force_shared)
             path, src_fmt = source.path, info.format
         elif isinstance(source, RawSource):
             # open_source already refused a locked raw image unless asked to share it; qemu-img

@@ -101,7 +101,7 @@ def write_vmdk(
     if isinstance(source, DiskSource):
         from ..disk import open_source  # lazy: qemu-img and qemu-nbd edges
 
-        with open_source(source) as opened:
+        with open_source(source, force_shared=options.force_shared) as opened:
             return _write_native(opened, sink, options, progress, cancel)
     return _write_native(source, sink, options, progress, cancel)
 
