@@ -6,10 +6,24 @@ edges that drive them.
 
 from __future__ import annotations
 
-from .reader import Member, Package, Report, extract_package, open_package, verify_package
-from .signing import Signer, load_signer
-from .writer import OvaOptions, PackageFile, PackageResult, write_ova
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .reader import Member, Package, Report, extract_package, open_package, verify_package
+    from .signing import Signer, load_signer
+    from .writer import OvaOptions, PackageFile, PackageResult, write_ova
+
+_EXPORTS = {
+    **dict.fromkeys(
+        ("Member", "Package", "Report", "extract_package", "open_package", "verify_package"),
+        ".reader",
+    ),
+    **dict.fromkeys(("Signer", "load_signer"), ".signing"),
+    **dict.fromkeys(("OvaOptions", "PackageFile", "PackageResult", "write_ova"), ".writer"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
 __all__ = [
     "Member",
     "OvaOptions",

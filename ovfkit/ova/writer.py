@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import IO, BinaryIO, Literal, NamedTuple, Protocol, cast
+from typing import IO, TYPE_CHECKING, BinaryIO, Literal, NamedTuple, Protocol, cast
 
 import xxhash
 from lxml import etree
@@ -59,9 +59,10 @@ from ..ovf.descriptor import DescriptorOptions, build_descriptor
 from ..ovf.layout import PackageLayout, plan_layout
 from ..progress import CancelToken, Progress, ProgressCallback, check_cancel
 from . import tar
-from .iso import build_ovf_env, check_iso_image, environment_properties, make_env_iso
 from .manifest import ALGORITHMS, encode_manifest, line_length
-from .signing import Signer
+
+if TYPE_CHECKING:  # signing and ISO code load only for packages that use them
+    from .signing import Signer
 
 __all__ = ["OvaOptions", "PackageFile", "PackageResult", "write_ova"]
 
@@ -433,6 +434,8 @@ def plan_package(vm: VirtualMachine, options: OvaOptions) -> _Plan:
         cd = next(c for c in vm.cd_drives if c.id == iso.cd_id)
         assert cd.iso is not None
         if iso.file.id not in iso_paths:
+            from .iso import check_iso_image
+
             iso_sizes[iso.file.id] = check_iso_image(cd.iso)
             iso_paths[iso.file.id] = cd.iso
     # Placeholder sizes and capacities of the widest value: the real descriptor is never longer.
@@ -443,6 +446,8 @@ def plan_package(vm: VirtualMachine, options: OvaOptions) -> _Plan:
     draft = build_descriptor(widest_vm, dopts, widest)
     env_iso: bytes | None = None
     if options.ovf_env is not None and layout.env_iso is not None:
+        from .iso import build_ovf_env, environment_properties, make_env_iso
+
         props = environment_properties(vm, options.ovf_env)
         env_iso = make_env_iso(build_ovf_env(virtual_system_id(draft), props))
         iso_sizes[layout.env_iso.id] = len(env_iso)
