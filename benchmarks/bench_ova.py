@@ -47,12 +47,10 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import Report, run_forked, run_process
+from benchmarks.source import BATCH, GRAIN, ZERO, batch, data_bytes, warm
 from ovfkit.disk import RawSource
 from ovfkit.vmdk.writer import compressor
 
-GRAIN = 64 * 1024
-BATCH = 64 * GRAIN
-ZERO = bytes(GRAIN)
 LEVEL = 2  # the native writer's default isal level
 VM_UUID = "6efab7159c6942429c6b0e7e0b64b660"
 
@@ -78,36 +76,10 @@ def inventory(disk: str) -> dict[str, object]:
     }
 
 
-def _batch(src: RawSource, fd: int, off: int, n: int) -> bytearray | mmap.mmap:
-    """The bytes [off, off + n) as the native writer gets them: mapped from the page cache
-    when wholly inside the file (no copy), else read into a buffer."""
-    if os.fstat(fd).st_size >= off + n:
-        return mmap.mmap(fd, n, prot=mmap.PROT_READ, offset=off)
-    buf = bytearray(n)
-    src.readinto(off, memoryview(buf))
-    return buf
 
 
-def _data_bytes(path: str) -> int:
-    src = RawSource(path)
-    try:
-        return sum(e.length for e in src.extents() if not e.zero)
-    finally:
-        src.close()
 
 
-def _warm(path: str) -> None:
-    src = RawSource(path)
-    buf = bytearray(BATCH)
-    try:
-        for e in src.extents():
-            off = e.start
-            while not e.zero and off < e.start + e.length:
-                n = min(BATCH, e.start + e.length - off)
-                src.readinto(off, memoryview(buf)[:n])
-                off += n
-    finally:
-        src.close()
 
 
 def _floor(path: str, out: str, threads: int) -> dict[str, float]:
@@ -151,7 +123,7 @@ def _floor(path: str, out: str, threads: int) -> dict[str, float]:
                     continue
                 g0, g1 = e.start // GRAIN * GRAIN, -(-(e.start + e.length) // GRAIN) * GRAIN
                 for off in range(g0, g1, BATCH):
-                    pending.append(pool.submit(work, _batch(src, fd, off, min(BATCH, g1 - off))))
+                    pending.append(pool.submit(work, batch(src, fd, off, min(BATCH, g1 - off))))
                     while len(pending) > 2 * threads + 1:
                         drain_one()
             while pending:
@@ -236,13 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         make_refdisk(disk, scale=args.scale)
     disk = os.path.abspath(disk)
     threads = os.cpu_count() or 1
-    data = _data_bytes(disk)
+    data = data_bytes(disk)
     report = Report("ova")
     report.info.update({"disk": os.path.basename(disk), "virtual_bytes": os.path.getsize(disk),
                         "data_bytes": data, "threads": threads})
     inv = work / "inventory.json"
     inv.write_text(json.dumps(inventory(disk)))
-    _warm(disk)
+    warm(disk)
 
     # 1. ovfkit export, the whole command.
     out = work / "ovfkit.ova"

@@ -37,13 +37,10 @@ from functools import partial
 from pathlib import Path
 
 from benchmarks.harness import Report, run_forked, run_process
+from benchmarks.source import BATCH, GRAIN, ZERO, batch, data_bytes, warm
 from ovfkit.disk import RawSource
 from ovfkit.vmdk import VmdkOptions, write_vmdk
 from ovfkit.vmdk.writer import compressor
-
-GRAIN = 64 * 1024
-BATCH = 64 * GRAIN
-ZERO = bytes(GRAIN)
 
 
 def _children_cpu() -> float:
@@ -53,39 +50,10 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _batch(src: RawSource, fd: int, off: int, n: int) -> bytearray | mmap.mmap:
-    """The bytes [off, off + n) as the native writer gets them: mapped from the page cache
-    when wholly inside the file (no copy), else read into a buffer."""
-    if os.fstat(fd).st_size >= off + n:
-        return mmap.mmap(fd, n, prot=mmap.PROT_READ, offset=off)
-    buf = bytearray(n)
-    src.readinto(off, memoryview(buf))
-    return buf
 
 
-def _data_bytes(path: str) -> int:
-    src = RawSource(path)
-    try:
-        return sum(e.length for e in src.extents() if not e.zero)
-    finally:
-        src.close()
 
 
-def _warm(path: str) -> None:
-    """Read every data extent once so the page cache holds the source for every candidate."""
-    src = RawSource(path)
-    buf = bytearray(BATCH)
-    try:
-        for e in src.extents():
-            if e.zero:
-                continue
-            off = e.start
-            while off < e.start + e.length:
-                n = min(BATCH, e.start + e.length - off)
-                src.readinto(off, memoryview(buf)[:n])
-                off += n
-    finally:
-        src.close()
 
 
 def _native(path: str, out: str, level: int) -> dict[str, float]:
@@ -127,7 +95,7 @@ def _floor(path: str, level: int, threads: int) -> dict[str, float]:
                 g0, g1 = e.start // GRAIN * GRAIN, -(-(e.start + e.length) // GRAIN) * GRAIN
                 for off in range(g0, g1, BATCH):
                     n = min(BATCH, g1 - off)
-                    pending.append(pool.submit(work, _batch(src, fd, off, n)))
+                    pending.append(pool.submit(work, batch(src, fd, off, n)))
                     while len(pending) > 2 * threads + 1:
                         for c in pending.popleft().result():
                             sha.update(c)
@@ -161,14 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"making the reference disk {disk} ...", file=sys.stderr)
         make_refdisk(disk, scale=args.scale)
     threads = os.cpu_count() or 1
-    data = _data_bytes(disk)
+    data = data_bytes(disk)
     levels = [int(x) for x in args.levels.split(",")]
     report = Report("vmdk")
     report.info.update(
         {"disk": os.path.basename(disk), "virtual_bytes": os.path.getsize(disk),
          "data_bytes": data, "threads": threads, "levels": levels}
     )  # fmt: skip
-    _warm(disk)
+    warm(disk)
 
     qout = work / "qemu.vmdk"
     c0 = _children_cpu()
