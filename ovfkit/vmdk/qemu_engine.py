@@ -41,6 +41,7 @@ from ..qemu import img
 from . import format as fmt
 from .hashing import DigestTee
 from .options import VmdkOptions, VmdkResult
+from .sink import write_all
 
 __all__ = ["QemuGrain", "qemu_convert_options", "walk_grains", "write_vmdk", "write_vmdk_qemu"]
 
@@ -159,14 +160,7 @@ class _Out:
         self._pending_size = 0
         self.tee.update(data)
         self.size += len(data)
-        try:
-            while data:
-                n = self.sink.write(data)
-                if n is None:  # a non-blocking sink that took nothing this time
-                    continue
-                data = data[n:] if n < len(data) else b""
-        except OSError as e:
-            raise IoError(f"writing the VMDK failed: {e}") from e
+        write_all(self.sink, data)
 
 
 def _copy_repaired(

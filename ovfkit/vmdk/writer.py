@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import ModuleType
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from ..disk.source import ImageSource
 from ..errors import IoError, OperationFailedError
@@ -33,6 +33,7 @@ from ..progress import CancelToken, Progress, ProgressCallback, check_cancel
 from . import format as fmt
 from .hashing import DigestTee
 from .options import VmdkOptions, VmdkResult
+from .sink import Sink, write_all
 
 _isal: ModuleType | None
 try:  # isal: the same RFC 1950 streams as zlib, several times faster (issue 3 measurements)
@@ -47,13 +48,6 @@ BATCH_GRAINS = 64  # 4 MiB per task; divides GTES_PER_GT so a batch never spans 
 _ZERO_GRAIN = bytes(G)
 _MAX_SECTOR = 2**32 - 1  # grain table and directory entries are u32 sector offsets
 _ZLIB_LEVEL = {0: 1, 1: 1, 2: 6, 3: 9}  # isal level -> nearest stdlib zlib level (fallback)
-
-
-class Sink(Protocol):
-    """Where the VMDK goes: anything with ``write()`` (a file, a pipe, a socket file, a tar
-    member writer). A short write is continued; None (non-blocking, nothing taken) is retried."""
-
-    def write(self, data: bytes, /) -> int | None: ...
 
 
 Compress = Callable[[memoryview], bytes]
@@ -204,14 +198,7 @@ class _Out:
             )
         self.tee.update(data)
         self.size += len(data)
-        try:
-            while data:
-                n = self.sink.write(data)
-                if n is None:  # a non-blocking raw sink that could not take it now
-                    continue
-                data = data[n:] if n < len(data) else b""
-        except OSError as e:
-            raise IoError(f"writing the VMDK failed: {e}") from e
+        write_all(self.sink, data)
 
 
 def _write_native(
