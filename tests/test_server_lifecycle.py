@@ -97,23 +97,28 @@ def _writing(folder: Path) -> bool:
     return False
 
 
+def _start_export_and_wait_for_bytes(live: LiveServer, vm: str, bs: Path) -> None:
+    """Start an export in the job form and return once the package file is being written."""
+    token = live.login()
+    r = live.client.post(
+        f"{V1}/ovf/ova-packages",
+        headers={**live.auth(token), "X-Job-Mode": "async"},
+        json={"params": {"vmUuid": vm, "backupStorageUuid": BS_UUID}},
+    )
+    assert r.status_code == 202
+    deadline = time.monotonic() + 60
+    while not _writing(bs):
+        assert time.monotonic() < deadline, "the export never started writing"
+        time.sleep(0.005)
+
+
 def test_kill_mid_export_then_restart_cleans_up(tmp_path: Path) -> None:
     data = tmp_path / "data"
     setup_data_dir(data)
     bs = data / "bs"
     vm = add_vm(data, "big", disks=(128 * MiB,), dense=True)
     with run_server(data) as live:
-        token = live.login()
-        r = live.client.post(
-            f"{V1}/ovf/ova-packages",
-            headers={**live.auth(token), "X-Job-Mode": "async"},
-            json={"params": {"vmUuid": vm, "backupStorageUuid": BS_UUID}},
-        )
-        assert r.status_code == 202
-        deadline = time.monotonic() + 60
-        while not _writing(bs):
-            assert time.monotonic() < deadline, "the export never started writing"
-            time.sleep(0.005)
+        _start_export_and_wait_for_bytes(live, vm, bs)
         live.process.kill()  # SIGKILL mid-write: no clean-up code runs in the service
         live.process.wait()
     # The crash left what a crash leaves: a partial file, no package.
@@ -168,17 +173,7 @@ def test_shutdown_cancels_running_exports(tmp_path: Path) -> None:
     bs = data / "bs"
     vm = add_vm(data, "big", disks=(128 * MiB,), dense=True)
     with run_server(data) as live:
-        token = live.login()
-        r = live.client.post(
-            f"{V1}/ovf/ova-packages",
-            headers={**live.auth(token), "X-Job-Mode": "async"},
-            json={"params": {"vmUuid": vm, "backupStorageUuid": BS_UUID}},
-        )
-        assert r.status_code == 202
-        deadline = time.monotonic() + 60
-        while not _writing(bs):
-            assert time.monotonic() < deadline, "the export never started writing"
-            time.sleep(0.005)
+        _start_export_and_wait_for_bytes(live, vm, bs)
         live.process.terminate()
         # uvicorn shuts down gracefully, then re-raises the signal it caught (exit by SIGTERM).
         assert live.process.wait(60) in (0, -15)
