@@ -315,20 +315,26 @@ def _digest(
 ) -> str:
     h = hashlib.new(algorithm)
     done = 0
+    for chunk in _member_chunks(member, "verify", cancel):
+        h.update(chunk)
+        done += len(chunk)
+        if progress is not None:
+            progress(Progress(f"verify {member.name}", done, member.size))
+    return h.hexdigest()
+
+
+def _member_chunks(member: Member, what: str, cancel: CancelToken | None) -> Iterator[bytes]:
+    """A member's bytes in bounded chunks, read straight from the package at its offset."""
     with open(member.path, "rb") as f:
         f.seek(member.offset)
         left = member.size
         while left:
-            check_cancel(cancel, "verify")
+            check_cancel(cancel, what)
             chunk = f.read(min(_READ_CHUNK, left))
             if not chunk:
                 raise TarFormatError(f"member {member.name!r} is truncated")
-            h.update(chunk)
             left -= len(chunk)
-            done += len(chunk)
-            if progress is not None:
-                progress(Progress(f"verify {member.name}", done, member.size))
-    return h.hexdigest()
+            yield chunk
 
 
 def verify_package(
@@ -608,16 +614,9 @@ def extract_package(
         except OSError as exc:
             raise IoError(f"cannot create {dest!r}: {exc.strerror}") from None
         try:
-            with os.fdopen(fd, "wb") as dst, open(member.path, "rb") as src:
-                src.seek(member.offset)
-                left = member.size
-                while left:
-                    check_cancel(cancel, "extract")
-                    chunk = src.read(min(_READ_CHUNK, left))
-                    if not chunk:
-                        raise TarFormatError(f"member {member.name!r} is truncated")
+            with os.fdopen(fd, "wb") as dst:
+                for chunk in _member_chunks(member, "extract", cancel):
                     dst.write(chunk)
-                    left -= len(chunk)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(dest)
