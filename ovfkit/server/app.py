@@ -385,17 +385,24 @@ async def query_packages(request: Request) -> Response:
     return JSONResponse(out)
 
 
+async def _message(request: Request, name: str, fields: tuple[str, ...]) -> Mapping[str, Any]:
+    """The API message object ``name`` of a ZStack body ``{name: {...}, systemTags, userTags}``,
+    its keys and JSON types checked (400 on any fault). ZStack's SDK puts the tags inside the
+    message object, ZStack's docs beside it: both are accepted."""
+    body = parse_json_object(await read_body(request, _state(request).config.body_limit))
+    check_keys(body, (name, *_TAGS), "the request body")
+    for key in _TAGS:
+        string_list(body, key, "the request body")
+    msg = sub_object(body, name)
+    check_keys(msg, (*fields, *_COMMON), name)
+    _check_common(msg, name)
+    return msg
+
+
 async def update_package(request: Request) -> Response:
     state = _state(request)
     await require_session(request)
-    body = parse_json_object(await read_body(request, state.config.body_limit))
-    check_keys(body, ("updateImagePackage", *_TAGS), "the request body")
-    for key in _TAGS:
-        string_list(body, key, "the request body")
-    msg = sub_object(body, "updateImagePackage")
-    # ZStack's SDK puts the tags inside the message object; ZStack's docs beside it.
-    check_keys(msg, ("name", "description", *_COMMON), "updateImagePackage")
-    _check_common(msg, "updateImagePackage")
+    msg = await _message(request, "updateImagePackage", ("name", "description"))
     name = optional_str(msg, "name", "updateImagePackage")
     description = optional_str(msg, "description", "updateImagePackage")
     uuid = request.path_params["uuid"]
@@ -427,13 +434,7 @@ async def delete_package(request: Request) -> Response:
 async def parse_ovf(request: Request) -> Response:
     state = _state(request)
     await require_session(request)
-    body = parse_json_object(await read_body(request, state.config.body_limit))
-    check_keys(body, ("params", *_TAGS), "the request body")
-    for key in _TAGS:
-        string_list(body, key, "the request body")
-    params = sub_object(body, "params")
-    check_keys(params, ("xmlBase64", *_COMMON), "params")
-    _check_common(params, "params")
+    params = await _message(request, "params", ("xmlBase64",))
     text = optional_str(params, "xmlBase64", "params")
     if text is None:
         raise MalformedRequestError(
