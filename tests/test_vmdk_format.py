@@ -186,3 +186,30 @@ def test_gd_entries() -> None:
     assert fmt.gd_entries(1) == 1
     assert fmt.gd_entries(512 * 128) == 1
     assert fmt.gd_entries(512 * 128 + 1) == 2
+
+
+def test_table_builder_layout() -> None:
+    """Tables follow their grains, empty tables are skipped (GD entry 0), and the tail ends with
+    footer marker, footer (real gdOffset) and EOS."""
+    cap = 3 * fmt.GTES_PER_GT * fmt.GRAIN_SECTORS  # three grain tables' worth
+    tb = fmt.TableBuilder(cap)
+    assert tb.enter(0, 128) == b""  # the first table opens: nothing to write yet
+    tb.place(0, 128)
+    # a grain in the third table closes the first; the second (empty) is never written
+    closing = tb.enter(2 * fmt.GTES_PER_GT + 5, 130)
+    assert len(closing) == (1 + fmt.GT_SECTORS) * fmt.SECTOR
+    assert fmt.decode_marker(closing[: fmt.SECTOR]).type == fmt.MARKER_GT
+    assert fmt.decode_table(closing[fmt.SECTOR :], fmt.GTES_PER_GT)[0] == 128
+    tb.place(2 * fmt.GTES_PER_GT + 5, 135)
+    at = 140
+    tail = tb.finish(at)
+    sectors = [tail[i : i + fmt.SECTOR] for i in range(0, len(tail), fmt.SECTOR)]
+    assert fmt.decode_marker(sectors[0]).type == fmt.MARKER_GT  # the third table
+    gd_marker = 1 + fmt.GT_SECTORS
+    assert fmt.decode_marker(sectors[gd_marker]).type == fmt.MARKER_GD
+    gd = fmt.decode_table(tail[(gd_marker + 1) * fmt.SECTOR :], 3)
+    assert gd == (131, 0, at + 1)
+    assert fmt.decode_marker(sectors[-3]).type == fmt.MARKER_FOOTER
+    footer = fmt.decode_header(sectors[-2])
+    assert footer.gd_offset == at + gd_marker + 1
+    assert fmt.decode_marker(sectors[-1]).type == fmt.MARKER_EOS

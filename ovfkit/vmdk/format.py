@@ -46,6 +46,7 @@ __all__ = [
     "ExtentLine",
     "Marker",
     "SparseHeader",
+    "TableBuilder",
     "decode_header",
     "decode_marker",
     "decode_table",
@@ -409,3 +410,60 @@ def parse_descriptor(data: bytes | str) -> Descriptor:
             value = value[1:-1]
         (ddb if key.startswith("ddb.") else header)[key] = value
     return Descriptor(header=header, extents=tuple(extents), ddb=ddb)
+
+
+class TableBuilder:
+    """The metadata a streamOptimized writer emits after its grains, as pure bookkeeping: grain
+    tables (each after the grains it maps, with a GT marker; an all-empty table is not written
+    and its directory entry stays 0, as VMware's and VirtualBox's writers do), then the grain
+    directory, footer and end-of-stream marker (VMware Virtual Disk Format 5.0, "Stream-
+    Optimized Compressed Sparse Extents"). The caller writes the bytes and says at which sector
+    it stands; both engines share it, so their layouts cannot drift apart."""
+
+    def __init__(self, capacity_sectors: int) -> None:
+        self.capacity_sectors = capacity_sectors
+        self._gd: dict[int, int] = {}
+        self._gt = [0] * GTES_PER_GT
+        self._group = -1
+
+    def enter(self, grain_index: int, at_sector: int) -> bytes:
+        """Call before writing grain ``grain_index`` at ``at_sector``: the finished grain table
+        to write first when this grain opens a new table, else b""."""
+        group = grain_index // GTES_PER_GT
+        if group == self._group:
+            return b""
+        out = self._flush(at_sector)
+        self._group = group
+        return out
+
+    def place(self, grain_index: int, sector: int) -> None:
+        """Grain ``grain_index`` (inside the table last entered) starts at ``sector``."""
+        self._gt[grain_index % GTES_PER_GT] = sector
+
+    def finish(self, at_sector: int) -> bytes:
+        """Everything after the last grain: its table, GD marker + GD, footer marker + footer
+        (the header with the real gdOffset), EOS marker — the last three sectors qemu reads."""
+        out = self._flush(at_sector)
+        at_sector += len(out) // SECTOR
+        n_gd = gd_entries(self.capacity_sectors)
+        table = [0] * n_gd
+        for group, sector in self._gd.items():
+            table[group] = sector
+        gd_offset = at_sector + 1
+        return b"".join((
+            out,
+            encode_metadata_marker(MARKER_GD, sectors_for(4 * n_gd)),
+            encode_table(table),
+            encode_metadata_marker(MARKER_FOOTER, 1),
+            encode_header(stream_optimized_header(self.capacity_sectors, gd_offset)),
+            encode_metadata_marker(MARKER_EOS, 0),
+        ))
+
+    def _flush(self, at_sector: int) -> bytes:
+        if self._group < 0 or not any(self._gt):
+            self._gt = [0] * GTES_PER_GT
+            return b""
+        self._gd[self._group] = at_sector + 1
+        out = encode_metadata_marker(MARKER_GT, GT_SECTORS) + encode_table(self._gt)
+        self._gt = [0] * GTES_PER_GT
+        return out

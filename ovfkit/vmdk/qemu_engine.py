@@ -196,43 +196,21 @@ def _copy_repaired(
     out.write(descriptor)
     out.write(bytes((fmt.OVERHEAD_SECTORS - out.sector) * fmt.SECTOR))
 
-    gd: dict[int, int] = {}
-    gt = [0] * fmt.GTES_PER_GT
+    tables = fmt.TableBuilder(capacity_sectors)
     group = -1
     grains = 0
-
-    def flush_gt() -> None:
-        nonlocal gt
-        if group < 0 or not any(gt):
-            return
-        out.write(fmt.encode_metadata_marker(fmt.MARKER_GT, fmt.GT_SECTORS))
-        gd[group] = out.sector
-        out.write(fmt.encode_table(gt))
-        gt = [0] * fmt.GTES_PER_GT
-
     for grain in walk_grains(src, header, file_size):
         index = grain.lba // fmt.GRAIN_SECTORS
         if index // fmt.GTES_PER_GT != group:
-            flush_gt()
             group = index // fmt.GTES_PER_GT
             check_cancel(cancel, stage)
             if progress is not None:
                 progress(Progress(stage, min(grain.lba * fmt.SECTOR, capacity), capacity))
-        gt[index % fmt.GTES_PER_GT] = out.sector
+        out.write(tables.enter(index, out.sector))
+        tables.place(index, out.sector)
         out.write(grain.data)
         grains += 1
-    flush_gt()
-
-    n_gd = fmt.gd_entries(capacity_sectors)
-    table = [0] * n_gd
-    for g, sector in gd.items():
-        table[g] = sector
-    out.write(fmt.encode_metadata_marker(fmt.MARKER_GD, fmt.sectors_for(4 * n_gd)))
-    gd_offset = out.sector
-    out.write(fmt.encode_table(table))
-    out.write(fmt.encode_metadata_marker(fmt.MARKER_FOOTER, 1))
-    out.write(fmt.encode_header(fmt.stream_optimized_header(capacity_sectors, gd_offset)))
-    out.write(fmt.encode_metadata_marker(fmt.MARKER_EOS, 0))
+    out.write(tables.finish(out.sector))
     out.flush()
     return capacity_sectors, grains
 

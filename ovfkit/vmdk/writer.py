@@ -224,10 +224,7 @@ def _write_native(
     threads = options.threads or os.cpu_count() or 1
     compress = compressor(options.compress_level)
     zero = compress(memoryview(_ZERO_GRAIN))
-    n_gd = fmt.gd_entries(capacity_sectors)
-    gd: dict[int, int] = {}  # grain table number -> sector of its table
-    gt = [0] * fmt.GTES_PER_GT
-    gt_group = -1
+    tables = fmt.TableBuilder(capacity_sectors)
     grains = 0
 
     with DigestTee(options.digests) as tee, ThreadPoolExecutor(
@@ -238,25 +235,13 @@ def _write_native(
         out.write(descriptor)
         out.write(bytes((fmt.OVERHEAD_SECTORS - out.sector) * fmt.SECTOR))
 
-        def flush_gt() -> None:
-            nonlocal gt
-            if gt_group < 0 or not any(gt):
-                return
-            out.write(fmt.encode_metadata_marker(fmt.MARKER_GT, fmt.GT_SECTORS))
-            gd[gt_group] = out.sector
-            out.write(fmt.encode_table(gt))
-            gt = [0] * fmt.GTES_PER_GT
-
         def emit(first: int, done: int, blob: bytes, where: list[tuple[int, int]]) -> None:
-            nonlocal gt_group, grains
-            group = first // fmt.GTES_PER_GT
-            if group != gt_group:
-                flush_gt()
-                gt_group = group
+            nonlocal grains
+            out.write(tables.enter(first, out.sector))  # batches never cross a grain table
             base = out.sector
             out.write(blob)
             for g, rel in where:
-                gt[g % fmt.GTES_PER_GT] = base + rel
+                tables.place(g, base + rel)
             grains += len(where)
             if progress is not None:
                 progress(Progress(stage, min(done, capacity), capacity))
@@ -310,18 +295,7 @@ def _write_native(
         finally:
             if raw_fd is not None:
                 os.close(raw_fd)
-        flush_gt()
-
-        table = [0] * n_gd
-        for group, sector in gd.items():
-            table[group] = sector
-        gd_sectors = fmt.sectors_for(4 * n_gd)
-        out.write(fmt.encode_metadata_marker(fmt.MARKER_GD, gd_sectors))
-        gd_offset = out.sector
-        out.write(fmt.encode_table(table))
-        out.write(fmt.encode_metadata_marker(fmt.MARKER_FOOTER, 1))
-        out.write(fmt.encode_header(fmt.stream_optimized_header(capacity_sectors, gd_offset)))
-        out.write(fmt.encode_metadata_marker(fmt.MARKER_EOS, 0))
+        out.write(tables.finish(out.sector))
         digests = tee.hexdigests()
     try:
         flush = getattr(sink, "flush", None)
