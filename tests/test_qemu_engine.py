@@ -14,7 +14,7 @@ import xxhash
 from conftest import MadeImage, MakeImage, MiB, random_bytes, text_like
 
 from ovfkit.disk import MemorySource, open_source
-from ovfkit.errors import CancelledError, IoError, NotFoundError
+from ovfkit.errors import CancelledError, IoError, NotFoundError, OvfkitError, VmdkFormatError
 from ovfkit.model import DiskSource
 from ovfkit.progress import Progress
 from ovfkit.qemu import img
@@ -194,3 +194,37 @@ def test_sink_failure_is_io_error_and_cleans_up(make_image: MakeImage, tmp_path:
         write_vmdk_qemu(DiskSource(str(image.path)), _FullDisk(), OPTIONS, tmpdir=str(tmp_path))
     assert "No space left on device" in err.value.details
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".ovfkit")] == []
+
+
+def test_grains_are_copied_while_qemu_img_runs(make_image: MakeImage, tmp_path: Path) -> None:
+    """The copy follows qemu-img's growing output: some grains reach the sink (progress of the
+    copy past the first grain table) before qemu-img reports its last progress below 100%."""
+    size = 48 * MiB
+    image = make_image("raw", size=size, data=[(0, random_bytes(size))])
+    seen: list[Progress] = []
+    out = tmp_path / "out.vmdk"
+    with open(out, "wb") as sink:
+        result = write_vmdk_qemu(DiskSource(str(image.path)), sink, OPTIONS, progress=seen.append)
+    _check_vmdk(out, image, result.size)
+    copied = [i for i, p in enumerate(seen) if p.stage == "disk disk1.vmdk" and 0 < p.done < size]
+    converting = [
+        i for i, p in enumerate(seen) if p.stage.endswith("(qemu-img convert)") and p.done < size
+    ]
+    assert copied and converting
+    assert copied[0] < converting[-1]
+
+
+def test_qemu_img_failing_midway_is_its_error(make_image: MakeImage, tmp_path: Path) -> None:
+    """A read error after qemu-img has written grains: the caller gets qemu-img's error (not a
+    truncated-VMDK one from the copy) and no temporary file is left."""
+    image = make_image("qcow2-compressed", size=16 * MiB, data=[(0, text_like(16 * MiB))])
+    with open(image.path, "r+b") as f:  # garble compressed clusters three quarters in
+        f.seek(image.path.stat().st_size * 3 // 4)
+        f.write(random_bytes(64 * 1024, seed=7))
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(OvfkitError) as err, open(work / "out.vmdk", "wb") as sink:
+        write_vmdk_qemu(DiskSource(str(image.path), "qcow2"), sink, OPTIONS)
+    assert not isinstance(err.value, VmdkFormatError)
+    assert "Input/output error" in err.value.details
+    assert [p.name for p in work.iterdir()] == ["out.vmdk"]

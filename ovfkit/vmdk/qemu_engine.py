@@ -1,9 +1,11 @@
 """The qemu-img engine: ``qemu-img convert`` to streamOptimized, brought to the native rules.
 
-qemu-img cannot write a VMDK to a pipe, so it writes a temporary file, which is then copied to the
-sink once, rewritten on the way so both engines hand out the same layout (the rules:
-../shared/notes/interop-rules.md, VMware "Virtual Disk Format 5.0"). What qemu-img 7.2 writes and
-what the copy changes:
+qemu-img cannot write a VMDK to a pipe, so it writes a temporary file, which is copied to the sink
+*while qemu-img writes it*: the grains are taken as they land (``walk_grains`` says when one is
+final), so what is left once qemu-img ends is the last grain and the tables, not a second pass
+over the whole file. The copy is rewritten on the way so both engines hand out the same layout
+(the rules: ../shared/notes/interop-rules.md, VMware "Virtual Disk Format 5.0"). What qemu-img
+7.2 writes and what the copy changes:
 
 - grain directory, redundant directory and all grain tables *before* the grains (header gdOffset
   and rgdOffset point there, flag bit 1 set) -> header with gdOffset = GD_AT_END, no redundant
@@ -17,8 +19,9 @@ what the copy changes:
   (``format.encode_descriptor``, same adapter type, hardware version and geometry rule).
 
 Grains are copied byte for byte (qemu's zlib streams are valid RFC 1950 grains), only their sector
-offsets move, so the file is never re-compressed and is read once. Digests are computed on the
-bytes as they go to the sink.
+offsets move, so nothing is re-compressed. Digests are computed on the bytes as they go to the
+sink. qemu-img runs on a thread of its own; progress callbacks and cancellation stay on the
+caller's thread.
 """
 
 from __future__ import annotations
@@ -27,14 +30,17 @@ import contextlib
 import os
 import secrets
 import tempfile
-from collections.abc import Iterator
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import BinaryIO, Protocol
 
 from ..disk import check_image
 from ..disk.mapped import MappedSource
 from ..disk.nbd import NbdSource
 from ..disk.raw import RawSource
-from ..errors import IoError, VmdkFormatError
+from ..errors import CancelledError, IoError, VmdkFormatError
 from ..model import DiskSource
 from ..progress import CancelToken, Progress, ProgressCallback, check_cancel
 from ..qemu import img
@@ -43,7 +49,21 @@ from .hashing import DigestTee
 from .options import VmdkOptions, VmdkResult
 from .sink import write_all
 
-__all__ = ["QemuGrain", "qemu_convert_options", "walk_grains", "write_vmdk", "write_vmdk_qemu"]
+_zlib: ModuleType
+try:  # isal inflates twice as fast as zlib; the check runs on every grain copied early
+    from isal import isal_zlib as _zlib
+except ImportError:  # pragma: no cover - isal is a dependency
+    _zlib = zlib
+
+__all__ = [
+    "FinishedFile",
+    "GrainFile",
+    "QemuGrain",
+    "qemu_convert_options",
+    "walk_grains",
+    "write_vmdk",
+    "write_vmdk_qemu",
+]
 
 G = fmt.GRAIN_SIZE
 _COPY_CHUNK = 4 * 1024 * 1024
@@ -83,52 +103,207 @@ def qemu_convert_options(options: VmdkOptions) -> dict[str, object]:
 
 
 class QemuGrain:
-    """A grain marker as found in the file: ``lba`` in sectors, ``data`` the whole marker
-    (12-byte head, compressed bytes, padding to a sector)."""
+    """A grain marker as found in the file: ``lba`` in sectors, ``data`` its 12-byte head and
+    compressed bytes, ``pad`` the zeros that fill its last sector."""
 
-    __slots__ = ("data", "lba")
+    __slots__ = ("data", "lba", "pad")
 
-    def __init__(self, lba: int, data: bytes) -> None:
+    def __init__(self, lba: int, data: bytes | memoryview, pad: bytes) -> None:
         self.lba = lba
         self.data = data
+        self.pad = pad
 
 
-def walk_grains(f: BinaryIO, header: fmt.SparseHeader, file_size: int) -> Iterator[QemuGrain]:
+class GrainFile(Protocol):
+    """The file being walked: finished, or still being written by qemu-img (``_Tail``)."""
+
+    def finished(self) -> bool:
+        """True once nothing writes the file any more: every byte read after that is final."""
+        ...
+
+    def read(self, pos: int, n: int) -> bytes | memoryview:
+        """The ``n`` bytes at ``pos`` as they are now; fewer only past the end of a finished
+        file (while it is written, waits for the file to grow)."""
+        ...
+
+    def pause(self) -> None:
+        """Wait a little for the writer (progress and cancellation are looked at meanwhile)."""
+        ...
+
+
+class FinishedFile:
+    """A GrainFile over a file nobody writes any more."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def finished(self) -> bool:
+        return True
+
+    def read(self, pos: int, n: int) -> bytes:
+        return os.pread(self.fd, n, pos)
+
+    def pause(self) -> None:  # pragma: no cover - never called for a finished file
+        pass
+
+
+def walk_grains(f: GrainFile, header: fmt.SparseHeader) -> Iterator[QemuGrain]:
     """The grain markers of a streamOptimized file from ``overHead`` on, in file order, until an
     end-of-stream marker or the end of the file. Metadata (GT, GD, footer) is skipped: the copy
-    writes its own. A grain past capacity, out of order or running past EOF is an error."""
-    end = file_size // fmt.SECTOR
+    writes its own. A grain past capacity, out of order or running past the end is an error.
+
+    While qemu-img still writes the file, a grain is taken only when it is provably complete:
+    qemu writes one grain at a time (vmdk_co_pwritev holds the image lock over the write) at
+    the end of the previous one, into space it has already extended with zeros, so the file's
+    size says nothing, but a non-zero head where the next grain goes means this one was
+    written in full; its zlib stream must then also inflate to exactly the grain (a head read
+    while being copied could otherwise mislead). Anything else (zeros, metadata, a bad stream)
+    waits until qemu-img has ended and is then read as final. Each grain's padding is made here
+    rather than read."""
     pos = header.overhead
     last = -1
+    grain_bytes = header.grain_size * fmt.SECTOR
+    capacity = header.capacity * fmt.SECTOR
     capacity_grains = -(-header.capacity // header.grain_size)
-    at = -1  # where the file position is, in sectors: seek only to skip metadata
-    while pos < end:
-        if pos != at:
-            f.seek(pos * fmt.SECTOR)
-        head = f.read(fmt.SECTOR)
-        if len(head) < fmt.SECTOR:
-            raise VmdkFormatError("truncated", f"qemu-img output ends inside sector {pos}")
+    while True:
+        final = f.finished()  # before reading: then what is read is final
+        head = f.read(pos * fmt.SECTOR, _MARKER_BYTES)
+        if len(head) < _MARKER_BYTES:
+            if not final:
+                f.pause()
+                continue
+            if not head:
+                return
+            raise VmdkFormatError("truncated", f"the file ends inside the marker at sector {pos}")
         m = fmt.decode_marker(head)
         if not m.is_grain:
+            if not final:
+                f.pause()
+                continue
             if m.type == fmt.MARKER_EOS:
                 return
             if m.type not in (fmt.MARKER_GT, fmt.MARKER_GD, fmt.MARKER_FOOTER):
                 raise VmdkFormatError("bad-marker", f"marker type {m.type} at sector {pos}")
             pos += 1 + m.val
-            at = -1
             continue
-        sectors = fmt.grain_marker_sectors(m.size)
-        if pos + sectors > end:
-            raise VmdkFormatError("truncated", f"grain at sector {pos} runs past the end")
-        if m.val % header.grain_size or m.val // header.grain_size >= capacity_grains:
+        bad_lba = m.val % header.grain_size or m.val // header.grain_size >= capacity_grains
+        if (bad_lba or m.val <= last) and not final:
+            f.pause()
+            continue
+        if bad_lba:
             raise VmdkFormatError("lba-beyond-capacity", f"grain LBA {m.val} at sector {pos}")
         if m.val <= last:
             raise VmdkFormatError("unsorted-grains", f"grain LBA {m.val} follows {last}")
+        after = pos + fmt.grain_marker_sectors(m.size)
+        n = fmt.MARKER_HEADER_SIZE + m.size
+        if not final:
+            if not any(f.read(after * fmt.SECTOR, _MARKER_BYTES)):
+                f.pause()
+                continue
+            data: bytes | memoryview = bytes(f.read(pos * fmt.SECTOR, n))
+            expect = min(grain_bytes, capacity - m.val * fmt.SECTOR)
+            if data[:_MARKER_BYTES] != bytes(head) or not _inflates_to(data, expect):
+                f.pause()
+                continue
+        else:
+            data = f.read(pos * fmt.SECTOR, n)
+            if len(data) < n:
+                raise VmdkFormatError("truncated", f"grain at sector {pos} runs past the end")
         last = m.val
-        rest = f.read(sectors * fmt.SECTOR - fmt.SECTOR)
-        yield QemuGrain(m.val, head + rest)
-        pos += sectors
-        at = pos
+        _, pad = fmt.grain_marker_frame(m.val, m.size)
+        yield QemuGrain(m.val, data, pad)
+        pos = after
+
+
+_MARKER_BYTES = 16  # u64 val, u32 size, u32 type: enough to tell a grain from metadata
+
+
+def _inflates_to(marker: bytes | memoryview, size: int) -> bool:
+    """The marker's zlib stream is whole (adler32 checked) and inflates to ``size`` bytes."""
+    d = _zlib.decompressobj()
+    try:
+        out = d.decompress(memoryview(marker)[fmt.MARKER_HEADER_SIZE :], size + 1)
+    except _zlib.error:
+        return False
+    return d.eof and not d.unused_data and len(out) == size
+
+
+class _Convert:
+    """``qemu-img convert`` on a thread of its own, so its output can be copied while it grows.
+    Progress and cancellation stay with the caller's thread: it polls ``progress`` and sets
+    ``stop`` (img.convert then ends the child and removes its output)."""
+
+    def __init__(self, run: Callable[[ProgressCallback, CancelToken], None]) -> None:
+        self.done = threading.Event()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.progress: Progress | None = None
+        self._run = run
+        self._thread = threading.Thread(target=self._main, name="ovfkit-qemu-img", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            self._run(self._on_progress, self.stop)
+        except BaseException as e:  # handed to the caller's thread by join()
+            self.error = e
+        finally:
+            self.done.set()
+
+    def _on_progress(self, p: Progress) -> None:
+        self.progress = p
+
+    def join(self) -> None:
+        """Wait for qemu-img; re-raise its failure here."""
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def end(self) -> None:
+        """Stop qemu-img (if still running) and wait for the thread; its error is dropped."""
+        self.stop.set()
+        self._thread.join()
+
+
+class _Tail:
+    """The GrainFile qemu-img is still writing. Reads wait until the file is long enough or
+    qemu-img has ended; ``pause`` waits ``_POLL`` seconds, or less if qemu-img ends, and runs
+    ``poll`` (progress and cancellation on the caller's thread). Once qemu-img has ended, reads
+    go through a buffer of ``_COPY_CHUNK`` bytes; before, every read is fresh."""
+
+    def __init__(self, fd: int, convert: _Convert, poll: Callable[[], None]) -> None:
+        self.fd = fd
+        self.convert = convert
+        self.poll = poll
+        self._buf = b""
+        self._start = 0
+
+    def finished(self) -> bool:
+        return self.convert.done.is_set()
+
+    def pause(self) -> None:
+        self.poll()
+        self.convert.done.wait(_POLL)
+
+    def read(self, pos: int, n: int) -> bytes | memoryview:
+        while True:
+            finished = self.finished()  # before fstat: then the size is the final one
+            if finished:
+                rel = pos - self._start
+                if rel >= 0 and rel + n <= len(self._buf):
+                    return memoryview(self._buf)[rel : rel + n]
+            size = os.fstat(self.fd).st_size
+            if not finished and size < pos + n:
+                self.pause()
+                continue
+            if not finished:
+                return os.pread(self.fd, n, pos)
+            self._buf = os.pread(self.fd, max(0, min(size - pos, max(n, _COPY_CHUNK))), pos)
+            self._start = pos
+            return memoryview(self._buf)[:n]
+
+
+_POLL = 0.02  # seconds between looks at qemu-img's growing file
 
 
 class _Out:
@@ -138,14 +313,14 @@ class _Out:
         self.sink = sink
         self.tee = tee
         self.size = 0
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | memoryview] = []
         self._pending_size = 0
 
     @property
     def sector(self) -> int:
         return (self.size + self._pending_size) // fmt.SECTOR
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         # Small pieces (one grain each) are gathered so the digests and the sink see MiB writes.
         self._pending.append(data)
         self._pending_size += len(data)
@@ -163,18 +338,7 @@ class _Out:
         write_all(self.sink, data)
 
 
-def _copy_repaired(
-    src: BinaryIO,
-    out: _Out,
-    options: VmdkOptions,
-    stage: str,
-    progress: ProgressCallback | None,
-    cancel: CancelToken | None,
-) -> tuple[int, int]:
-    """Copy qemu-img's file to ``out`` in the native layout; returns (capacity sectors, grains)."""
-    file_size = os.fstat(src.fileno()).st_size
-    src.seek(0)
-    header = fmt.decode_header(src.read(fmt.SECTOR))
+def _check_header(header: fmt.SparseHeader) -> None:
     if not header.compressed or not header.has_markers or header.grain_size != fmt.GRAIN_SECTORS:
         raise VmdkFormatError(
             "not-stream-optimized",
@@ -182,8 +346,18 @@ def _copy_repaired(
         )
     if header.num_gtes_per_gt != fmt.GTES_PER_GT:
         raise VmdkFormatError("bad-gt-size", f"numGTEsPerGT {header.num_gtes_per_gt}")
+
+
+def _copy_repaired(
+    f: GrainFile,
+    header: fmt.SparseHeader,
+    out: _Out,
+    options: VmdkOptions,
+    on_group: Callable[[int], None],
+) -> int:
+    """Copy qemu-img's grains to ``out`` in the native layout; returns the number of grains.
+    ``on_group(lba)`` runs before each 512-grain group (progress, cancellation)."""
     capacity_sectors = header.capacity
-    capacity = capacity_sectors * fmt.SECTOR
     descriptor = fmt.encode_descriptor(
         capacity_sectors,
         options.filename,
@@ -199,20 +373,19 @@ def _copy_repaired(
     tables = fmt.TableBuilder(capacity_sectors)
     group = -1
     grains = 0
-    for grain in walk_grains(src, header, file_size):
+    for grain in walk_grains(f, header):
         index = grain.lba // fmt.GRAIN_SECTORS
         if index // fmt.GTES_PER_GT != group:
             group = index // fmt.GTES_PER_GT
-            check_cancel(cancel, stage)
-            if progress is not None:
-                progress(Progress(stage, min(grain.lba * fmt.SECTOR, capacity), capacity))
+            on_group(grain.lba)
         out.write(tables.enter(index, out.sector))
         tables.place(index, out.sector)
         out.write(grain.data)
+        out.write(grain.pad)
         grains += 1
     out.write(tables.finish(out.sector))
     out.flush()
-    return capacity_sectors, grains
+    return grains
 
 
 def _temp_dir(sink: object, tmpdir: str | None) -> str:
@@ -287,35 +460,67 @@ def write_vmdk_qemu(
             path, src_fmt = _spill(source, where, cancel), "raw"
             stack.callback(_unlink, path)
         fd, tmp = tempfile.mkstemp(prefix=".ovfkit-qemu-", suffix=".vmdk", dir=where)
-        os.close(fd)
         stack.callback(_unlink, tmp)
+        stack.callback(os.close, fd)  # kept open: qemu-img writes the same inode (checked below)
+        check_cancel(cancel, stage)
 
-        def convert_progress(p: Progress) -> None:
-            if progress is not None:
+        def run(on_progress: ProgressCallback, stop: CancelToken) -> None:
+            img.convert(
+                path,
+                tmp,
+                src_fmt=src_fmt,
+                dst_fmt="vmdk",
+                options=qemu_convert_options(options),
+                progress=on_progress if progress is not None else None,
+                cancel=stop,
+                force_share=force_share,
+            )
+
+        convert = _Convert(run)
+        shown: Progress | None = None
+
+        def poll() -> None:
+            nonlocal shown
+            if cancel is not None and cancel.is_set():
+                raise CancelledError(f"{stage} was cancelled")
+            p = convert.progress
+            if progress is not None and p is not None and p is not shown:
+                shown = p
                 progress(Progress(f"{stage} (qemu-img convert)", p.done, p.total))
 
-        img.convert(
-            path,
-            tmp,
-            src_fmt=src_fmt,
-            dst_fmt="vmdk",
-            options=qemu_convert_options(options),
-            progress=convert_progress if progress is not None else None,
-            cancel=cancel,
-            force_share=force_share,
-        )
-        check_cancel(cancel, stage)
-        with open(tmp, "rb", buffering=_COPY_CHUNK) as src, DigestTee(options.digests) as tee:
-            out = _Out(sink, tee)
-            capacity_sectors, grains = _copy_repaired(src, out, options, stage, progress, cancel)
-            digests = tee.hexdigests()
+        def on_group(lba: int) -> None:
+            poll()
+            if progress is not None:
+                progress(Progress(stage, min(lba * fmt.SECTOR, capacity), capacity))
+
+        try:
+            tail = _Tail(fd, convert, poll)
+            first = tail.read(0, fmt.SECTOR)
+            if len(first) < fmt.SECTOR:
+                convert.join()  # qemu-img failed before writing a header: its error
+                raise VmdkFormatError("truncated", "qemu-img wrote no VMDK header")
+            header = fmt.decode_header(first)
+            _check_header(header)
+            capacity = header.capacity * fmt.SECTOR
+            with DigestTee(options.digests) as tee:
+                out = _Out(sink, tee)
+                grains = _copy_repaired(tail, header, out, options, on_group)
+                convert.join()
+                digests = tee.hexdigests()
+            if os.stat(tmp).st_ino != os.fstat(fd).st_ino or os.pread(fd, fmt.SECTOR, 0) != first:
+                raise VmdkFormatError("replaced", "qemu-img replaced or rewrote its header")
+        except BaseException as e:
+            convert.end()
+            err = convert.error
+            if err is not None and err is not e and not isinstance(err, CancelledError):
+                raise err from None  # qemu-img's failure is the cause of the copy's
+            raise
     flush = getattr(sink, "flush", None)
     if flush is not None:
         try:
             flush()
         except OSError as e:
             raise IoError(f"writing the VMDK failed: {e}") from e
-    capacity = capacity_sectors * fmt.SECTOR
     if progress is not None:
         progress(Progress(stage, capacity, capacity))
     return VmdkResult(
