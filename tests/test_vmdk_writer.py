@@ -368,3 +368,35 @@ def test_write_read_round_trip(size: int, chunks: list[tuple[int, bytes]], threa
     assert bytes(back[:size]) == bytes(disk) and not any(back[size:])
     nonzero = {i // fmt.GRAIN_SIZE for i, b in enumerate(disk) if b}
     assert result.grains == len(nonzero)
+
+
+def test_incompressible_runs_are_stored_and_mixed_grains_compressed(tmp_path: Path) -> None:
+    """After a grain that does not shrink, grains that look random are stored (RFC 1951 stored
+    blocks, no match search); a grain that is random at its start but text at its end is still
+    deflated. Every reader agrees on the data either way."""
+    g = 64 * KiB
+    grains = [
+        random_bytes(g, seed=1),  # deflated: nothing before it to go by
+        random_bytes(g, seed=2),  # stored
+        random_bytes(g // 2, seed=3) + text_like(g // 2),  # probed, deflated
+        random_bytes(g, seed=4),  # deflated again: the grain before it shrank
+        random_bytes(g, seed=5),  # stored
+        text_like(g, seed=6),  # probed, deflated
+    ]
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(b"".join(grains))
+    out = tmp_path / "disk.vmdk"
+    with open(out, "wb") as sink:
+        write_vmdk(DiskSource(str(raw), "raw"), sink, fixed(threads=1))
+    check_with_tools(out, raw, len(grains) * g)
+    data = out.read_bytes()
+    streams = []
+    pos = 128 * 512
+    for _ in grains:
+        m = fmt.decode_marker(data[pos : pos + 16])
+        assert m.is_grain
+        streams.append(data[pos + 12 : pos + 12 + m.size])
+        pos += fmt.grain_marker_sectors(m.size) * 512
+    stored = [s[:3] == b"\x78\x01\x00" and len(s) == g + 16 for s in streams]
+    assert stored == [False, True, False, False, True, False]
+    assert len(streams[2]) < g and len(streams[5]) < g // 2

@@ -62,6 +62,7 @@ __all__ = [
     "parse_descriptor",
     "sectors_for",
     "stream_optimized_header",
+    "zlib_stored",
 ]
 
 SECTOR = 512
@@ -231,6 +232,35 @@ def grain_marker_frame(lba: int, size: int) -> tuple[bytes, bytes]:
     return _GRAIN_MARKER.pack(lba, size), _PADS[(-(MARKER_HEADER_SIZE + size)) % SECTOR]
 
 
+# RFC 1950: CM 8 (deflate), 32 KiB window, FLEVEL 0, FCHECK so that (CMF * 256 + FLG) % 31 == 0
+_ZLIB_STORED_HEAD = b"\x78\x01"
+_STORED_MAX = 0xFFFF  # RFC 1951 3.2.4: LEN is 16 bits
+
+
+def zlib_stored(data: bytes | memoryview, adler32: int) -> list[bytes | memoryview]:
+    """``data`` as an RFC 1950 zlib stream of RFC 1951 *stored* blocks (BTYPE 00: LEN, NLEN, the
+    bytes as they are), in pieces to be joined; ``adler32`` is the data's Adler-32, computed by
+    the caller. What a deflater emits for incompressible input, without searching it for matches
+    first: zlib's uncompress() (qemu, VMware) reads it like any other grain."""
+    parts: list[bytes | memoryview] = [_ZLIB_STORED_HEAD]
+    n = len(data)
+    start = 0
+    while True:
+        size = min(n - start, _STORED_MAX)
+        final = start + size >= n
+        parts.append(_STORED_BLOCK.pack(1 if final else 0, size, size ^ 0xFFFF))
+        parts.append(data[start : start + size])
+        start += size
+        if final:
+            break
+    parts.append(_ADLER.pack(adler32 & 0xFFFFFFFF))
+    return parts
+
+
+_STORED_BLOCK = struct.Struct("<BHH")  # BFINAL + BTYPE 00 in the low bits, then LEN, NLEN
+_ADLER = struct.Struct(">I")
+
+
 def encode_grain_marker(lba: int, data: bytes | memoryview) -> bytes:
     """Grain marker: lba u64, size u32, then the compressed grain, zero padded to a sector."""
     head, pad = grain_marker_frame(lba, len(data))
@@ -369,7 +399,7 @@ def encode_descriptor(
 
 
 _EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]*)"(?:\s+(\d+))?)?\s*$')
-_KEY_VALUE = re.compile(r'^([A-Za-z0-9_.]+)\s*=\s*(.*?)\s*$')
+_KEY_VALUE = re.compile(r"^([A-Za-z0-9_.]+)\s*=\s*(.*?)\s*$")
 
 
 def parse_descriptor(data: bytes | str) -> Descriptor:
@@ -450,14 +480,16 @@ class TableBuilder:
         for group, sector in self._gd.items():
             table[group] = sector
         gd_offset = at_sector + 1
-        return b"".join((
-            out,
-            encode_metadata_marker(MARKER_GD, sectors_for(4 * n_gd)),
-            encode_table(table),
-            encode_metadata_marker(MARKER_FOOTER, 1),
-            encode_header(stream_optimized_header(self.capacity_sectors, gd_offset)),
-            encode_metadata_marker(MARKER_EOS, 0),
-        ))
+        return b"".join(
+            (
+                out,
+                encode_metadata_marker(MARKER_GD, sectors_for(4 * n_gd)),
+                encode_table(table),
+                encode_metadata_marker(MARKER_FOOTER, 1),
+                encode_header(stream_optimized_header(self.capacity_sectors, gd_offset)),
+                encode_metadata_marker(MARKER_EOS, 0),
+            )
+        )
 
     def _flush(self, at_sector: int) -> bytes:
         if self._group < 0 or not any(self._gt):

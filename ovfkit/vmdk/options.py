@@ -63,7 +63,6 @@ class VmdkOptions:
             raise InvalidArgumentError(f"compress_level {self.compress_level} must be 0..3")
 
 
-
 @dataclass(frozen=True)
 class VmdkResult:
     """``size``: bytes written; ``capacity``: virtual size in bytes (whole sectors);
