@@ -13,8 +13,8 @@ On the reference disk (benchmarks/refdisk.py; 4 GiB virtual, ~0.9 GiB random, ~1
   source the same way (mapped from the page cache, as the native writer does for raw files),
   compressed by the same deflate (isal level 2) on all cores, SHA-256 and MD5 of the
   compressed bytes, written once to a file and fsynced; no VMDK, tar or descriptor logic;
-- with ``--qemu-img-engine`` (when ovfkit.vmdk.qemu_engine exists): ``ovfkit export --engine
-  qemu-img`` against bare ``qemu-img convert`` (target: ≤ 10% over).
+- with ``--qemu-img-engine``: ``ovfkit export --engine qemu-img`` against a bare ``qemu-img
+  convert`` run just before it (target: ≤ 10% over).
 
 Each runs in its own process (peak RSS its own); the page cache is warmed first. Throughput is
 MB/s of allocated source bytes (1 MB = 10^6 bytes). ``--verify`` runs ``ovfkit verify`` on the
@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. ovfkit export, the whole command.
     out = work / "ovfkit.ova"
+    os.sync()  # every candidate starts with nothing left to write back from another
     ours = run_process([sys.executable, "-m", "ovfkit", "export", str(inv), "-o", str(out)])
     package = json.loads(ours.stdout)
     ova_size = int(package["size"])
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     out.unlink()
 
     # 2. The baseline pipeline.
+    os.sync()
     b_sec, b_rss, b_size, steps = _baseline(disk, work)
     for step, seconds in steps.items():
         report.add(f"baseline {step} seconds", seconds, "s")
@@ -247,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. The floor.
     fout = work / "floor.bin"
+    os.sync()
     _res, f_sec, f_rss = run_forked(partial(_floor, disk, str(fout), threads))
     fout.unlink()
     report.add("floor seconds", f_sec, "s")
@@ -254,15 +257,23 @@ def main(argv: list[str] | None = None) -> int:
     report.add("floor peak RSS", f_rss, "MiB")
     report.ratio("ovfkit time vs floor", ours.seconds, f_sec, "target <= 1.8")
 
-    # 4. The qemu-img engine against bare qemu-img convert.
+    # 4. The qemu-img engine against bare qemu-img convert, run just before it: qemu-img's own
+    # time moves by +-5% over minutes here, as much as the margin being measured.
     if args.qemu_img_engine and _qemu_engine_available():
+        bare_out = work / "bare.vmdk"
+        os.sync()
+        bare = run_process(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o",
+                            "subformat=streamOptimized", disk, str(bare_out)])
+        bare_out.unlink()
         qout = work / "q.ova"
+        os.sync()
         q = run_process([sys.executable, "-m", "ovfkit", "export", str(inv), "-o", str(qout),
                          "--engine", "qemu-img"])
         qout.unlink()
+        report.add("qemu-img convert seconds (beside the engine)", bare.seconds, "s")
         report.add("ovfkit --engine qemu-img seconds", q.seconds, "s")
-        report.ratio("qemu-img engine time vs qemu-img convert", q.seconds,
-                     steps["qemu-img convert"], "target <= 1.10")
+        report.ratio("qemu-img engine time vs qemu-img convert", q.seconds, bare.seconds,
+                     "target <= 1.10")
     elif args.qemu_img_engine:
         report.info["qemu-img engine"] = "ovfkit.vmdk.qemu_engine not available"
     report.emit()
