@@ -38,19 +38,27 @@ def new_hash(name: str) -> _Hash:
 
 class DigestTee:
     """``update(data)`` queues ``data`` for every algorithm; ``hexdigests()`` waits and returns
-    {name: hex}. ``max_pending`` buffers may wait per algorithm before update() blocks."""
+    {name: hex}. ``max_pending`` buffers may wait per algorithm before update() blocks.
+    ``threaded=False`` hashes in the caller's thread instead (a copy running beside another
+    process, e.g. qemu-img, should not compete with it for the cores with extra threads)."""
 
-    def __init__(self, algorithms: Iterable[str], *, max_pending: int = 8) -> None:
+    def __init__(
+        self, algorithms: Iterable[str], *, max_pending: int = 8, threaded: bool = True
+    ) -> None:
         self._hashes = {name: new_hash(name) for name in dict.fromkeys(algorithms)}
         self._pools = {
             name: ThreadPoolExecutor(1, thread_name_prefix=f"ovfkit-{name}")
-            for name in self._hashes
+            for name in (self._hashes if threaded else ())
         }
         self._pending: deque[Future[None]] = deque()
         self._limit = max_pending * max(1, len(self._hashes))
 
     def update(self, data: bytes) -> None:
         if not data:
+            return
+        if not self._pools:
+            for h in self._hashes.values():
+                h.update(data)
             return
         for name, h in self._hashes.items():
             self._pending.append(self._pools[name].submit(h.update, data))
