@@ -4,7 +4,7 @@ Pure tests (no qemu-img): a model of how qemu 7.2's vmdk driver writes a streamO
 (block/vmdk.c: each new grain's cluster is first allocated, extending the file with zeros past
 the previous grain, then its marker is written there with one pwritev, which a reader can see
 half copied) is replayed step by step while ``walk_grains`` reads it; whatever it saw on the way,
-it must hand out exactly the grains of the finished file.
+it must hand out exactly the grains of the finished file, and mark those it took early.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from __future__ import annotations
 import random
 import zlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ovfkit.errors import VmdkFormatError
 from ovfkit.vmdk import format as fmt
-from ovfkit.vmdk.qemu_engine import walk_grains
+from ovfkit.vmdk.qemu_engine import QemuGrain, early_digest, verify_early_grains, walk_grains
 
 G = fmt.GRAIN_SIZE
 S = fmt.SECTOR
@@ -110,5 +112,46 @@ def test_walker_takes_only_final_grains_of_a_growing_file(
     steps.append((pos, bytes(S)))  # the final padding: read as an end-of-stream marker
 
     f = _QemuLikeFile(steps, data)
-    got = [(g.lba, bytes(g.data) + g.pad) for g in walk_grains(f, header)]
-    assert got == expected
+    walked = list(walk_grains(f, header))
+    assert [(g.lba, bytes(g.data) + g.pad) for g in walked] == expected
+    early = [g for g in walked if g.early]
+    assert walked[: len(early)] == early  # early grains come first, then the rest
+    verify_early_grains(_Bytes(bytes(f.file)), header, len(early), early_digest(early))
+
+
+class _Bytes:
+    """A finished file held in memory."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def finished(self) -> bool:
+        return True
+
+    def read(self, pos: int, n: int) -> bytes:
+        return self.data[pos : pos + n]
+
+    def pause(self) -> None:
+        raise AssertionError("a finished file never makes the walker wait")
+
+
+def test_early_grains_are_checked_against_the_finished_file() -> None:
+    """What the head re-read cannot exclude (a head seen half written twice, its writer
+    preempted in mid-copy) is caught at the end: a grain copied early that differs from the
+    finished file fails the copy instead of reaching the package."""
+    header = fmt.decode_header(fmt.encode_header(fmt.stream_optimized_header(8 * G // S)))
+    file = bytearray(header.overhead * S)
+    for index in (0, 3, 5):
+        lba = index * fmt.GRAIN_SECTORS
+        marker = _marker(lba, _grain_bytes("text", index, G))
+        _head, pad = fmt.grain_marker_frame(lba, len(marker) - fmt.MARKER_HEADER_SIZE)
+        file += marker + pad
+    final = _Bytes(bytes(file))
+    grains = list(walk_grains(final, header))
+    assert [g.lba for g in grains] == [0, 3 * 128, 5 * 128] and not any(g.early for g in grains)
+
+    verify_early_grains(final, header, 2, early_digest(grains[:2]))  # as copied: fine
+    torn = QemuGrain(grains[1].lba, bytes(grains[1].data)[:100], b"", early=True)
+    with pytest.raises(VmdkFormatError) as err:
+        verify_early_grains(final, header, 2, early_digest([grains[0], torn]))
+    assert err.value.fault == "copy-raced"
