@@ -20,10 +20,12 @@ data in the last sector). ``data=[]`` gives an empty disk.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +89,25 @@ def write_raw(path: Path, size: int, data: Chunks) -> None:
 
 def qemu_img(*args: str | os.PathLike[str]) -> None:
     subprocess.run(["qemu-img", *(os.fspath(a) for a in args)], check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def write_locked(image: Path, fmt: str = "qcow2") -> Iterator[None]:
+    """A writable qemu-nbd holds the image's write lock while inside, as a running VM's qemu
+    does; its socket beside the image is waited for (10 s at most)."""
+    sock = image.with_name(image.name + ".nbd.sock")
+    holder = subprocess.Popen(
+        ["qemu-nbd", "--persistent", f"--socket={sock}", f"--format={fmt}", str(image)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield
+    finally:
+        holder.terminate()
+        holder.wait(10)
 
 
 def _qemu_io(path: Path, fmt: str, command: str) -> None:

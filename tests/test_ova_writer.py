@@ -12,12 +12,11 @@ import stat
 import subprocess
 import tarfile
 import threading
-import time
 from pathlib import Path
 from typing import Literal
 
 import pytest
-from conftest import MakeImage, MiB
+from conftest import MakeImage, MiB, write_locked
 from test_iso import make_cd_iso
 from test_signing import make_key_and_cert
 
@@ -470,24 +469,12 @@ def test_disk_in_use_needs_force_shared(
 ) -> None:
     image = make_image("qcow2", size=2 * MiB, data=[(MiB, b"in use" * 100)])
     vm = make_vm([(image.path, "qcow2")])
-    sock = tmp_path / "vm.sock"
-    # A writable qemu-nbd holds the image's write lock, as the qemu of a running VM does.
-    holder = subprocess.Popen(
-        ["qemu-nbd", "--persistent", f"--socket={sock}", "--format=qcow2", str(image.path)],
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with write_locked(image.path):
         target = tmp_path / "busy.ova"
         with pytest.raises(OvfkitError) as err:
             write_ova(vm, str(target), OvaOptions(engine=engine))
         assert "lock" in err.value.details
         assert not target.exists()
         write_ova(vm, str(target), OvaOptions(engine=engine, force_shared=True))
-    finally:
-        holder.terminate()
-        holder.wait(10)
     (member,) = [m for m in members_by_tarfile(target) if m.name.endswith(".vmdk")]
     qemu_compare_in_place(target, member, image.path, "qcow2")

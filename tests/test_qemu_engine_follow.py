@@ -9,8 +9,11 @@ it must hand out exactly the grains of the finished file, and mark those it took
 
 from __future__ import annotations
 
+import contextlib
 import random
+import tempfile
 import zlib
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -18,7 +21,13 @@ from hypothesis import strategies as st
 
 from ovfkit.errors import VmdkFormatError
 from ovfkit.vmdk import format as fmt
-from ovfkit.vmdk.qemu_engine import QemuGrain, early_digest, verify_early_grains, walk_grains
+from ovfkit.vmdk.qemu_engine import (
+    FinishedFile,
+    QemuGrain,
+    early_digest,
+    verify_early_grains,
+    walk_grains,
+)
 
 G = fmt.GRAIN_SIZE
 S = fmt.SECTOR
@@ -116,23 +125,17 @@ def test_walker_takes_only_final_grains_of_a_growing_file(
     assert [(g.lba, bytes(g.data) + g.pad) for g in walked] == expected
     early = [g for g in walked if g.early]
     assert walked[: len(early)] == early  # early grains come first, then the rest
-    verify_early_grains(_Bytes(bytes(f.file)), header, len(early), early_digest(early))
+    with _finished(bytes(f.file)) as final:
+        verify_early_grains(final, header, len(early), early_digest(early))
 
 
-class _Bytes:
-    """A finished file held in memory."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def finished(self) -> bool:
-        return True
-
-    def read(self, pos: int, n: int) -> bytes:
-        return self.data[pos : pos + n]
-
-    def pause(self) -> None:
-        raise AssertionError("a finished file never makes the walker wait")
+@contextlib.contextmanager
+def _finished(data: bytes) -> Iterator[FinishedFile]:
+    """The engine's own FinishedFile over ``data`` in an anonymous temporary file."""
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        yield FinishedFile(f.fileno())
 
 
 def test_early_grains_are_checked_against_the_finished_file() -> None:
@@ -146,12 +149,11 @@ def test_early_grains_are_checked_against_the_finished_file() -> None:
         marker = _marker(lba, _grain_bytes("text", index, G))
         _head, pad = fmt.grain_marker_frame(lba, len(marker) - fmt.MARKER_HEADER_SIZE)
         file += marker + pad
-    final = _Bytes(bytes(file))
-    grains = list(walk_grains(final, header))
-    assert [g.lba for g in grains] == [0, 3 * 128, 5 * 128] and not any(g.early for g in grains)
-
-    verify_early_grains(final, header, 2, early_digest(grains[:2]))  # as copied: fine
-    torn = QemuGrain(grains[1].lba, bytes(grains[1].data)[:100], b"", early=True)
-    with pytest.raises(VmdkFormatError) as err:
-        verify_early_grains(final, header, 2, early_digest([grains[0], torn]))
+    with _finished(bytes(file)) as final:
+        grains = list(walk_grains(final, header))
+        assert [g.lba for g in grains] == [0, 384, 640] and not any(g.early for g in grains)
+        verify_early_grains(final, header, 2, early_digest(grains[:2]))  # as copied: fine
+        torn = QemuGrain(grains[1].lba, bytes(grains[1].data)[:100], b"", early=True)
+        with pytest.raises(VmdkFormatError) as err:
+            verify_early_grains(final, header, 2, early_digest([grains[0], torn]))
     assert err.value.fault == "copy-raced"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import MakeImage, MiB, qemu_img, random_bytes
+from conftest import MakeImage, MiB, qemu_img, random_bytes, write_locked
 
 from ovfkit.errors import (
     CancelledError,
@@ -322,24 +322,12 @@ def test_io_error_messages_are_io() -> None:
 
 def test_image_in_use(make_image: MakeImage, tmp_path: Path) -> None:
     image = make_image("qcow2")
-    sock = tmp_path / "w.sock"
-    # A writable qemu-nbd holds the image's write lock, as a running VM's qemu does.
-    server = subprocess.Popen(
-        ["qemu-nbd", "--persistent", f"--socket={sock}", "--format=qcow2", str(image.path)],
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with write_locked(image.path):
         with pytest.raises(img.ImageInUseError) as err:
             img.info(image.path)
         _only(err.value, OperationFailedError)
         assert 'Failed to get shared "write" lock' in err.value.details
         assert img.info(image.path, force_share=True).virtual_size == image.size
-    finally:
-        server.terminate()
-        server.wait()
 
 
 def test_qemu_img_not_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
