@@ -13,6 +13,7 @@ import json
 import os
 import re
 import selectors
+import stat
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ __all__ = [
     "CheckResult",
     "ImageInUseError",
     "ImageInfo",
+    "ImageWindow",
     "MapExtent",
     "Measure",
     "check",
@@ -116,6 +118,32 @@ class MapExtent:
     depth: int
     present: bool
     offset: int | None
+
+
+@dataclass(frozen=True)
+class ImageWindow:
+    """The bytes [offset, offset + length) of an image as a disk of their own (``length`` None:
+    to the end), for qemu-img to read: qemu's raw format driver over the image's format node
+    (qemu docs "raw" driver options offset/size; QMP blockdev-add BlockdevOptionsRaw). A
+    window's virtual size is its length; qemu reads the backing chain of the image as usual."""
+
+    path: str
+    fmt: str  # the image's format ("raw": the file's bytes as they are)
+    offset: int
+    length: int | None = None
+
+    def spec(self) -> str:
+        """The ``json:`` pseudo-filename qemu-img accepts in place of a path."""
+        path = os.path.abspath(self.path)
+        # qemu's "file" protocol driver refuses a block device: "host_device" reads those.
+        proto = "host_device" if stat.S_ISBLK(os.stat(path).st_mode) else "file"
+        node: dict[str, object] = {"driver": proto, "filename": path}
+        if self.fmt != "raw":
+            node = {"driver": self.fmt, "file": node}
+        top: dict[str, object] = {"driver": "raw", "offset": self.offset, "file": node}
+        if self.length is not None:
+            top["size"] = self.length
+        return "json:" + json.dumps(top, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -231,6 +259,10 @@ def path_arg(path: str | os.PathLike[str]) -> str:
     return text
 
 
+def _image_arg(src: str | os.PathLike[str] | ImageWindow) -> str:
+    return src.spec() if isinstance(src, ImageWindow) else path_arg(src)
+
+
 def _fmt_args(flag: str, fmt: str | None) -> list[str]:
     return [flag, fmt] if fmt else []
 
@@ -256,19 +288,21 @@ def _parse_json(proc: subprocess.CompletedProcess[str], what: str) -> Any:
 
 
 def info(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | ImageWindow,
     fmt: str | None = None,
     backing_chain: bool = True,
     force_share: bool = False,
 ) -> ImageInfo:
     """``qemu-img info``; with ``backing_chain`` every backing file is opened too, so a missing
-    or locked backing file is reported here."""
+    or locked backing file is reported here. An ImageWindow brings its own format."""
+    if isinstance(path, ImageWindow):
+        fmt = None
     args = ["info", "--output=json", *_fmt_args("-f", fmt)]
     if backing_chain:
         args.append("--backing-chain")
     if force_share:
         args.append("-U")
-    args.append(path_arg(path))
+    args.append(_image_arg(path))
     obj = _parse_json(run(args), "info")
     if isinstance(obj, list):
         images = [ImageInfo.from_json(o) for o in obj]
@@ -429,7 +463,7 @@ _TERMINATE_GRACE = 5.0
 
 
 def convert(
-    src: str | os.PathLike[str],
+    src: str | os.PathLike[str] | ImageWindow,
     dst: str | os.PathLike[str],
     *,
     src_fmt: str | None,
@@ -440,22 +474,28 @@ def convert(
     force_share: bool = False,
     stage: str = "qemu-img convert",
     extra_args: Sequence[str] = (),
+    total: int | None = None,
 ) -> None:
-    """``qemu-img convert``, reporting progress in bytes of the source's virtual size.
+    """``qemu-img convert``, reporting progress in bytes of the source's virtual size (``total``
+    when given, else asked of ``qemu-img info``). An ImageWindow source brings its own format
+    (``src_fmt`` is ignored).
 
     On failure or cancellation the child is ended and ``dst`` is removed if this call created
     it, so no half-written output is left behind. ``cancel`` is polled every 0.1 s.
     """
     dst_path = os.fspath(dst)
-    total = 0
-    if progress is not None:
-        total = info(src, src_fmt, backing_chain=False, force_share=force_share).virtual_size
+    if isinstance(src, ImageWindow):
+        src_fmt = None
+    if total is None:
+        total = 0
+        if progress is not None:
+            total = info(src, src_fmt, backing_chain=False, force_share=force_share).virtual_size
     args = ["convert", "-p", *_fmt_args("-f", src_fmt), "-O", dst_fmt]
     if options:
         args += ["-o", format_options(options)]
     if force_share:
         args.append("-U")
-    args += [*extra_args, path_arg(src), path_arg(dst_path)]
+    args += [*extra_args, _image_arg(src), path_arg(dst_path)]
     existed = os.path.lexists(dst_path)
 
     def discard() -> None:
