@@ -22,6 +22,13 @@ Grains are copied byte for byte (qemu's zlib streams are valid RFC 1950 grains),
 offsets move, so nothing is re-compressed. Digests are computed on the bytes as they go to the
 sink. qemu-img runs on a thread of its own; progress callbacks and cancellation stay on the
 caller's thread.
+
+qemu-img deflates on one thread, so a disk with enough data is cut into windows
+(``ovfkit.vmdk.parts``), each converted by a qemu-img of its own (qemu's raw driver with offset and
+size over the image, ``img.ImageWindow``), one per core at a time; the copy takes the windows in
+disk order and writes each grain marker with the whole disk's LBA (VMware "Virtual Disk Format
+5.0": a grain marker's ``val`` is the grain's LBA), so the result is one VMDK as if one qemu-img
+had written it.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from ..qemu import img
 from . import format as fmt
 from .hashing import DigestTee
 from .options import VmdkOptions, VmdkResult
+from .parts import plan_parts
 from .sink import write_all
 
 __all__ = [
@@ -63,6 +71,9 @@ __all__ = [
 ]
 
 G = fmt.GRAIN_SIZE
+# Allocated bytes a window needs before it gets a qemu-img of its own (~5 s of qemu-img's
+# deflate here, against ~30 ms to start one): small disks stay one convert.
+MIN_PART = 128 * 1024 * 1024
 _COPY_CHUNK = 4 * 1024 * 1024
 # qemu-img's -o toolsversion: the value VMware writes for "tools unmanaged" (open-vm-tools#151).
 TOOLS_VERSION = 2147483647
@@ -252,14 +263,20 @@ def early_digest(grains: Iterable[QemuGrain]) -> str:
 class _Convert:
     """``qemu-img convert`` on a thread of its own, so its output can be copied while it grows.
     Progress and cancellation stay with the caller's thread: it polls ``progress`` and sets
-    ``stop`` (img.convert then ends the child and removes its output)."""
+    ``stop`` (img.convert then ends the child and removes its output). ``on_done`` runs on the
+    thread once qemu-img has ended (the pool starts the next part there)."""
 
-    def __init__(self, run: Callable[[ProgressCallback, CancelToken], None]) -> None:
+    def __init__(
+        self,
+        run: Callable[[ProgressCallback, CancelToken], None],
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
         self.done = threading.Event()
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.progress: Progress | None = None
         self._run = run
+        self._on_done = on_done
         self._thread = threading.Thread(target=self._main, name="ovfkit-qemu-img", daemon=True)
         self._thread.start()
 
@@ -270,6 +287,8 @@ class _Convert:
             self.error = e
         finally:
             self.done.set()
+            if self._on_done is not None:
+                self._on_done()
 
     def _on_progress(self, p: Progress) -> None:
         self.progress = p
@@ -284,6 +303,46 @@ class _Convert:
         """Stop qemu-img (if still running) and wait for the thread; its error is dropped."""
         self.stop.set()
         self._thread.join()
+
+
+class _Pool:
+    """One ``_Convert`` per part, at most ``jobs`` running, started in disk order (the copy
+    takes the parts in that order, so the first ones must end first)."""
+
+    def __init__(self, count: int, jobs: int, start: Callable[[int, Callable[[], None]], _Convert]):
+        self.converts: list[_Convert] = []
+        self._count = count
+        self._jobs = jobs
+        self._start = start
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def fill(self) -> None:
+        with self._lock:
+            while not self._closed and len(self.converts) < self._count:
+                if sum(not c.done.is_set() for c in self.converts) >= self._jobs:
+                    return
+                if any(c.error is not None for c in self.converts):
+                    return  # the caller is about to raise it
+                self.converts.append(self._start(len(self.converts), self.fill))
+
+    def get(self, k: int) -> _Convert:
+        """Part ``k``'s convert; started by now, since every part before it has ended."""
+        self.fill()
+        return self.converts[k]
+
+    def error(self) -> BaseException | None:
+        """The failure of the first part that failed, if any (qemu-img's own, not a stop)."""
+        for c in list(self.converts):
+            if c.done.is_set() and c.error is not None:
+                return c.error
+        return None
+
+    def end(self) -> None:
+        with self._lock:
+            self._closed = True
+        for c in list(self.converts):
+            c.end()
 
 
 class _Tail:
@@ -370,16 +429,15 @@ def _check_header(header: fmt.SparseHeader) -> None:
 
 
 def _copy_repaired(
-    f: GrainFile,
-    header: fmt.SparseHeader,
+    grains: Iterable[QemuGrain],
+    capacity_sectors: int,
     out: _Out,
     options: VmdkOptions,
     on_group: Callable[[int], None],
-) -> tuple[int, _EarlyDigest]:
-    """Copy qemu-img's grains to ``out`` in the native layout; returns the number of grains and
-    the digest of those taken while the file was still being written.
-    ``on_group(lba)`` runs before each 512-grain group (progress, cancellation)."""
-    capacity_sectors = header.capacity
+) -> int:
+    """Copy the grains (disk order, LBAs of the whole disk) to ``out`` in the native layout;
+    returns their number. ``on_group(lba)`` runs before each 512-grain group (progress,
+    cancellation)."""
     descriptor = fmt.encode_descriptor(
         capacity_sectors,
         options.filename,
@@ -394,23 +452,53 @@ def _copy_repaired(
 
     tables = fmt.TableBuilder(capacity_sectors)
     group = -1
-    grains = 0
-    early = _EarlyDigest()
-    for grain in walk_grains(f, header):
-        if grain.early:
-            early.add(grain)
+    count = 0
+    for grain in grains:
         index = grain.lba // fmt.GRAIN_SECTORS
         if index // fmt.GTES_PER_GT != group:
             group = index // fmt.GTES_PER_GT
             on_group(grain.lba)
         out.write(tables.enter(index, out.sector))
         tables.place(index, out.sector)
-        out.write(grain.data)
+        # The marker's LBA is the whole disk's (a part's qemu-img wrote its own window's).
+        out.write(grain.lba.to_bytes(8, "little"))
+        out.write(memoryview(grain.data)[8:])
         out.write(grain.pad)
-        grains += 1
+        count += 1
     out.write(tables.finish(out.sector))
     out.flush()
-    return grains, early
+    return count
+
+
+def _part_grains(
+    fd: int, convert: _Convert, poll: Callable[[], None], base: int, sectors: int
+) -> Iterator[QemuGrain]:
+    """The grains of one part's file, followed while its qemu-img writes it, with LBAs moved
+    by ``base`` sectors; once qemu-img has ended, the early ones are checked against the
+    finished file and the file is checked to be the one it wrote (``sectors``: the part's
+    expected capacity)."""
+    tail = _Tail(fd, convert, poll)
+    first = bytes(tail.read(0, fmt.SECTOR))
+    if len(first) < fmt.SECTOR:
+        convert.join()  # qemu-img failed before writing a header: its error
+        raise VmdkFormatError("truncated", "qemu-img wrote no VMDK header")
+    header = fmt.decode_header(first)
+    _check_header(header)
+    if header.capacity != sectors:
+        raise VmdkFormatError(
+            "bad-capacity", f"qemu-img wrote a capacity of {header.capacity} sectors, not {sectors}"
+        )
+    early = _EarlyDigest()
+    for grain in walk_grains(tail, header):
+        if grain.early:
+            early.add(grain)
+        grain.lba += base
+        yield grain
+    convert.join()
+    if early.count:
+        verify_early_grains(FinishedFile(fd), header, early.count, early.hexdigest())
+    if os.pread(fd, fmt.SECTOR, 0) != first:
+        raise VmdkFormatError("replaced", "qemu-img rewrote its header")
 
 
 def _temp_dir(sink: object, tmpdir: str | None) -> str:
@@ -456,13 +544,16 @@ def write_vmdk_qemu(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     tmpdir: str | None = None,
+    min_part: int = MIN_PART,
 ) -> VmdkResult:
     """Write ``source`` as a streamOptimized VMDK with ``qemu-img convert``, then copy it to
     ``sink`` in the native writer's layout (see the module docstring), hashing on the way.
 
     ``source`` is a model DiskSource (qemu-img opens it and its backing chain directly) or an
     open ImageSource (a raw or qemu-nbd source is opened by path again; any other is first
-    copied to a sparse raw file). The temporary files go to ``tmpdir``, else beside the sink
+    copied to a sparse raw file). ``options.threads`` qemu-img processes (None: one per core)
+    convert windows of the disk at once when it holds at least two ``min_part`` of allocated
+    bytes (``ovfkit.vmdk.parts``). The temporary files go to ``tmpdir``, else beside the sink
     when it is a named file, else the system temp directory, and are always removed.
     Errors: those of ``ovfkit.qemu.img`` (missing file, image in use, no space ...), IoError when
     the sink fails, CancelledError when ``cancel`` is set (the sink then holds a partial file).
@@ -473,76 +564,114 @@ def write_vmdk_qemu(
         force_share = options.force_shared
         if isinstance(source, DiskSource):
             info = check_image(source, force_shared=options.force_shared)
-            path, src_fmt = source.path, info.format
+            path, src_fmt, size = source.path, info.format, info.virtual_size
         elif isinstance(source, RawSource):
             # open_source already refused a locked raw image unless asked to share it; qemu-img
             # convert (unlike info) would refuse a locked one, so share as the caller decided.
             path, src_fmt, force_share = source.path, "raw", True
+            size = source.capacity
         elif (nbd := _nbd_of(source)) is not None and nbd.server is not None:
             path, src_fmt = nbd.server.path, nbd.server.format
             force_share = nbd.server.force_share
+            size = source.capacity
         else:
-            path, src_fmt = _spill(source, where, cancel), "raw"
+            path, src_fmt, size = _spill(source, where, cancel), "raw", source.capacity
             stack.callback(_unlink, path)
-        fd, tmp = tempfile.mkstemp(prefix=".ovfkit-qemu-", suffix=".vmdk", dir=where)
-        stack.callback(_unlink, tmp)
-        stack.callback(os.close, fd)  # kept open: qemu-img writes the same inode (checked below)
+        capacity_sectors = -(-size // fmt.SECTOR)
+        capacity = capacity_sectors * fmt.SECTOR
+        jobs = options.threads or os.cpu_count() or 1
+        data: list[tuple[int, int]] = []
+        if jobs > 1 and size >= 2 * min_part:
+            extents = img.map(path, src_fmt, force_share=force_share)
+            data = [(e.start, e.length) for e in extents if e.data]
+        parts = plan_parts(data, size, jobs, min_part)
         check_cancel(cancel, stage)
 
-        def run(on_progress: ProgressCallback, stop: CancelToken) -> None:
-            img.convert(
-                path,
-                tmp,
-                src_fmt=src_fmt,
-                dst_fmt="vmdk",
-                options=qemu_convert_options(options),
-                progress=on_progress if progress is not None else None,
-                cancel=stop,
-                force_share=force_share,
-                # The output is a temporary file, read from the page cache and removed: qemu-img
-                # need not fsync it at the end (its default cache mode does, ~3-4 s for 1.3 GB,
-                # and on ext4 that commit also waited for the package being written beside it).
-                extra_args=("-t", "unsafe"),
-            )
+        temps: list[tuple[int, str]] = []  # every part's file, closed and removed at the end
+        temps_lock = threading.Lock()
 
-        convert = _Convert(run)
-        shown: Progress | None = None
+        def release() -> None:
+            with temps_lock:
+                for fd, tmp in temps:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                    _unlink(tmp)
+                temps.clear()
+
+        stack.callback(release)
+
+        def start(k: int, on_done: Callable[[], None]) -> _Convert:
+            part = parts[k]
+            src: str | img.ImageWindow = path
+            if len(parts) > 1:
+                src = img.ImageWindow(path, src_fmt, part.start, part.length)
+            fd, tmp = tempfile.mkstemp(prefix=".ovfkit-qemu-", suffix=".vmdk", dir=where)
+            with temps_lock:  # kept open: qemu-img writes the same inode (checked at the end)
+                temps.append((fd, tmp))
+
+            def run(on_progress: ProgressCallback, stop: CancelToken) -> None:
+                img.convert(
+                    src,
+                    tmp,
+                    src_fmt=src_fmt,
+                    dst_fmt="vmdk",
+                    options=qemu_convert_options(options),
+                    progress=on_progress if progress is not None else None,
+                    cancel=stop,
+                    force_share=force_share,
+                    # The output is a temporary file, read from the page cache and removed:
+                    # qemu-img need not fsync it at the end (its default cache mode does, ~3-4 s
+                    # for 1.3 GB, and on ext4 that commit also waited for the package being
+                    # written beside it).
+                    extra_args=("-t", "unsafe"),
+                    total=part.size(size),
+                )
+
+            return _Convert(run, on_done)
+
+        pool = _Pool(len(parts), jobs, start)
+        shown: tuple[int, ...] = ()
 
         def poll() -> None:
             nonlocal shown
             if cancel is not None and cancel.is_set():
                 raise CancelledError(f"{stage} was cancelled")
-            p = convert.progress
-            if progress is not None and p is not None and p is not shown:
-                shown = p
-                progress(Progress(f"{stage} (qemu-img convert)", p.done, p.total))
+            if (err := pool.error()) is not None:
+                raise err
+            if progress is None:
+                return
+            done = 0
+            for part, c in zip(parts, list(pool.converts), strict=False):
+                p = c.progress
+                done += part.size(size) if c.done.is_set() else p.done if p is not None else 0
+            if (done,) != shown:
+                shown = (done,)
+                progress(Progress(f"{stage} (qemu-img convert)", min(done, size), size))
 
         def on_group(lba: int) -> None:
             poll()
             if progress is not None:
                 progress(Progress(stage, min(lba * fmt.SECTOR, capacity), capacity))
 
+        def grains() -> Iterator[QemuGrain]:
+            for k, part in enumerate(parts):
+                convert = pool.get(k)
+                fd, tmp = temps[k]
+                base = part.start // fmt.SECTOR
+                sectors = -(-part.size(size) // fmt.SECTOR)
+                yield from _part_grains(fd, convert, poll, base, sectors)
+                if os.stat(tmp).st_ino != os.fstat(fd).st_ino:
+                    raise VmdkFormatError("replaced", "qemu-img replaced its output file")
+                os.ftruncate(fd, 0)  # done with it: free the space before the next part ends
+
         try:
-            tail = _Tail(fd, convert, poll)
-            first = tail.read(0, fmt.SECTOR)
-            if len(first) < fmt.SECTOR:
-                convert.join()  # qemu-img failed before writing a header: its error
-                raise VmdkFormatError("truncated", "qemu-img wrote no VMDK header")
-            header = fmt.decode_header(first)
-            _check_header(header)
-            capacity = header.capacity * fmt.SECTOR
             with DigestTee(options.digests, threaded=False) as tee:
                 out = _Out(sink, tee)
-                grains, early = _copy_repaired(tail, header, out, options, on_group)
-                convert.join()
-                if early.count:
-                    verify_early_grains(FinishedFile(fd), header, early.count, early.hexdigest())
+                count = _copy_repaired(grains(), capacity_sectors, out, options, on_group)
                 digests = tee.hexdigests()
-            if os.stat(tmp).st_ino != os.fstat(fd).st_ino or os.pread(fd, fmt.SECTOR, 0) != first:
-                raise VmdkFormatError("replaced", "qemu-img replaced or rewrote its header")
         except BaseException as e:
-            convert.end()
-            err = convert.error
+            err = pool.error()
+            pool.end()
             if err is not None and err is not e and not isinstance(err, CancelledError):
                 raise err from None  # qemu-img's failure is the cause of the copy's
             raise
@@ -557,8 +686,8 @@ def write_vmdk_qemu(
     return VmdkResult(
         size=out.size,
         capacity=capacity,
-        populated_size=grains * G,
-        grains=grains,
+        populated_size=count * G,
+        grains=count,
         digests=digests,
     )
 
