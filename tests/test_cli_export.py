@@ -120,6 +120,20 @@ def test_export_options_and_verify_failure(tmp_path: Path, inventory: Path) -> N
     assert "INVALID" in verify.stdout
 
 
+def test_export_with_the_qemu_img_engine_and_threads(tmp_path: Path, inventory: Path) -> None:
+    out = tmp_path / "q.ova"
+    proc = ovfkit("export", str(inventory), "-o", str(out), "--engine", "qemu-img",
+                  "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["md5Sum"] == hashlib.md5(out.read_bytes()).hexdigest()
+    verify = ovfkit("verify", str(out))
+    assert verify.returncode == 0, verify.stdout
+    for bad in ("0", "two"):
+        proc = ovfkit("export", str(inventory), "-o", str(tmp_path / "x.ova"), "--threads", bad)
+        assert proc.returncode == 2 and "--threads" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".ova") == ["q.ova"]
+
+
 def test_export_errors_leave_nothing(tmp_path: Path, inventory: Path) -> None:
     doc = json.loads(inventory.read_text())
     doc["inventories"][0]["allVolumes"][1]["installPath"] = str(tmp_path / "gone.raw")

@@ -43,6 +43,9 @@ def register(sub: Any) -> None:
                         default="sha256", help="manifest digest (default sha256)")
     parser.add_argument("--engine", choices=("native", "qemu-img"), default="native",
                         help="VMDK engine (default native)")
+    parser.add_argument("--threads", type=_positive, metavar="N",
+                        help="compression threads (native) or qemu-img processes at once "
+                        "(qemu-img engine); default one per core")
     parser.add_argument("--sign", metavar="KEY", help="RSA private key (PEM) signing the manifest")
     parser.add_argument("--cert", metavar="CERT", help="X.509 certificate (PEM) of --sign's key")
     parser.add_argument("--include-iso", action="store_true",
@@ -92,6 +95,16 @@ class ProgressBar:
         if self.last:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return n
 
 
 def inventory_json(
@@ -183,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
         ovf_version=args.ovf_version,
         manifest=args.manifest,
         engine=args.engine,
+        threads=args.threads,
         signer=_signer(args.sign, args.cert),
         include_iso=args.include_iso,
         ovf_env=_env_values(args.ovf_env) if args.ovf_env else None,
