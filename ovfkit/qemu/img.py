@@ -136,7 +136,10 @@ class ImageWindow:
         """The ``json:`` pseudo-filename qemu-img accepts in place of a path."""
         path = os.path.abspath(self.path)
         # qemu's "file" protocol driver refuses a block device: "host_device" reads those.
-        proto = "host_device" if stat.S_ISBLK(os.stat(path).st_mode) else "file"
+        try:
+            proto = "host_device" if stat.S_ISBLK(os.stat(path).st_mode) else "file"
+        except OSError:
+            proto = "file"  # qemu-img then says what is wrong with the path
         node: dict[str, object] = {"driver": proto, "filename": path}
         if self.fmt != "raw":
             node = {"driver": self.fmt, "file": node}
