@@ -320,3 +320,13 @@ def test_windows_of_a_locked_image_with_force_shared(
         options = dataclasses.replace(PARTS_OPTIONS, force_shared=True)
         result = write_vmdk_qemu(DiskSource(str(image.path), "qcow2"), sink, options, min_part=MiB)
     _check_vmdk(out, image, result.size)
+
+
+def test_no_room_for_temporary_files_is_an_io_error(make_image: MakeImage, tmp_path: Path) -> None:
+    image = make_image("raw", size=4 * MiB, data=[(0, random_bytes(4 * MiB))])
+    with pytest.raises(IoError) as err, open(tmp_path / "out.vmdk", "wb") as sink:
+        write_vmdk_qemu(
+            DiskSource(str(image.path)), sink, PARTS_OPTIONS, tmpdir=str(tmp_path / "gone"),
+            min_part=MiB,
+        )
+    assert "temporary file" in err.value.details

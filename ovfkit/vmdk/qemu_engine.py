@@ -288,7 +288,10 @@ class _Convert:
         finally:
             self.done.set()
             if self._on_done is not None:
-                self._on_done()
+                try:
+                    self._on_done()
+                except BaseException as e:  # e.g. no room for the next part's file: the
+                    self.error = self.error or e  # caller raises it at its next poll
 
     def _on_progress(self, p: Progress) -> None:
         self.progress = p
@@ -605,7 +608,10 @@ def write_vmdk_qemu(
             src: str | img.ImageWindow = path
             if len(parts) > 1:
                 src = img.ImageWindow(path, src_fmt, part.start, part.length)
-            fd, tmp = tempfile.mkstemp(prefix=".ovfkit-qemu-", suffix=".vmdk", dir=where)
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=".ovfkit-qemu-", suffix=".vmdk", dir=where)
+            except OSError as e:
+                raise IoError(f"cannot make a temporary file for qemu-img in {where}: {e}") from e
             with temps_lock:  # kept open: qemu-img writes the same inode (checked at the end)
                 temps.append((fd, tmp))
 
@@ -630,7 +636,7 @@ def write_vmdk_qemu(
             return _Convert(run, on_done)
 
         pool = _Pool(len(parts), jobs, start)
-        shown: tuple[int, ...] = ()
+        shown = -1  # the qemu-img progress last reported
 
         def poll() -> None:
             nonlocal shown
@@ -644,8 +650,8 @@ def write_vmdk_qemu(
             for part, c in zip(parts, list(pool.converts), strict=False):
                 p = c.progress
                 done += part.size(size) if c.done.is_set() else p.done if p is not None else 0
-            if (done,) != shown:
-                shown = (done,)
+            if done != shown:
+                shown = done
                 progress(Progress(f"{stage} (qemu-img convert)", min(done, size), size))
 
         def on_group(lba: int) -> None:
