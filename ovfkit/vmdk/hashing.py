@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -21,7 +21,7 @@ __all__ = ["DigestTee", "new_hash"]
 
 
 class _Hash(Protocol):
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: bytes | memoryview, /) -> None: ...
     def hexdigest(self) -> str: ...
 
 
@@ -34,6 +34,11 @@ def new_hash(name: str) -> _Hash:
     if name in ("sha1", "sha256", "sha384", "sha512"):
         return hashlib.new(name)
     raise InvalidArgumentError(f"unknown digest algorithm {name!r}")
+
+
+def _update_all(h: _Hash, pieces: Sequence[bytes | memoryview]) -> None:
+    for piece in pieces:
+        h.update(piece)
 
 
 class DigestTee:
@@ -62,6 +67,18 @@ class DigestTee:
             return
         for name, h in self._hashes.items():
             self._pending.append(self._pools[name].submit(h.update, data))
+        while len(self._pending) > self._limit:
+            self._pending.popleft().result()
+
+    def update_many(self, pieces: Sequence[bytes | memoryview]) -> None:
+        """``update`` with each of ``pieces`` in order, queued as one task per algorithm."""
+        if not self._pools:
+            for h in self._hashes.values():
+                for piece in pieces:
+                    h.update(piece)
+            return
+        for name, h in self._hashes.items():
+            self._pending.append(self._pools[name].submit(_update_all, h, pieces))
         while len(self._pending) > self._limit:
             self._pending.popleft().result()
 
