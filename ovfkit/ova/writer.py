@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import mmap
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING, BinaryIO, Literal, NamedTuple, Protocol, cast
@@ -69,7 +68,8 @@ __all__ = ["OvaOptions", "PackageFile", "PackageResult", "write_ova"]
 ManifestAlgorithm = Literal["sha1", "sha256", "sha512", "none"]
 _PLACEHOLDER = 2**64 - 1  # widest value an xs:unsignedLong size attribute can take
 _COPY_CHUNK = 4 << 20
-_SMALL_WRITES = 256 << 10  # BufferedWriter passes writes larger than its buffer straight on
+_SMALL_WRITES = 256 << 10  # writes smaller than this are gathered into one pwritev
+_IOV_MAX = 1024  # Linux UIO_MAXIOV: pieces per pwritev call
 _HASH_WINDOW = 32 << 20  # a multiple of mmap.ALLOCATIONGRANULARITY
 
 
@@ -212,20 +212,70 @@ class _ChunkSink(Protocol):
 
 
 class _Sink:
-    """The temporary file's buffered writer with a byte counter (the VMDK writer only calls
-    ``write``)."""
+    """Writes the temporary file at ``count`` with pwritev: small writes (markers, grain tables,
+    tar padding) are gathered and go out with the next large one, and ``writev`` takes the
+    VMDK writer's pieces uncopied (the kernel gathers them without the GIL)."""
 
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
         self.count = 0
+        self._small: list[bytes | memoryview] = []
+        self._small_bytes = 0
+
+    def seek(self, position: int) -> None:
+        self.flush()
+        self.count = position
 
     def write(self, data: bytes | memoryview) -> int:
-        n = self.raw.write(data)
-        self.count += n
+        n = len(data)
+        if n < _SMALL_WRITES:
+            self._small.append(bytes(data))
+            self._small_bytes += n
+            self.count += n
+            if self._small_bytes >= _SMALL_WRITES:
+                self.flush()
+        else:
+            self.writev([data])
         return n
 
+    def writev(self, pieces: Sequence[bytes | memoryview]) -> None:
+        size = sum(map(len, pieces))
+        self.count += size
+        self._pwritev([*self._small, *pieces], self.count - size - self._small_bytes)
+        self._small.clear()
+        self._small_bytes = 0
+
     def flush(self) -> None:
-        self.raw.flush()
+        if self._small:
+            self._pwritev(self._small, self.count - self._small_bytes)
+            self._small.clear()
+            self._small_bytes = 0
+
+    def _pwritev(self, pieces: Sequence[bytes | memoryview], offset: int) -> None:
+        for start in range(0, len(pieces), _IOV_MAX):
+            batch = pieces[start : start + _IOV_MAX]
+            want = sum(map(len, batch))
+            n = os.pwritev(self.fd, batch, offset)
+            if n != want:  # rare (a signal, a full disk): write the rest piece by piece
+                self._rest(batch, n, offset)
+            offset += want
+
+    def _rest(self, pieces: Sequence[bytes | memoryview], done: int, offset: int) -> None:
+        for piece in pieces:
+            view = memoryview(piece).cast("B")
+            if done >= len(view):
+                done -= len(view)
+                offset += len(view)
+                continue
+            view = view[done:]
+            offset += done
+            done = 0
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                if n <= 0:
+                    raise IoError(f"writing the package at byte {offset} made no progress")
+                view = view[n:]
+                offset += n
 
 
 def _copy_file(
@@ -600,19 +650,13 @@ def _write_seekable(
     timings["plan"] = time.perf_counter() - t0
     fd = raw.fileno()
     headers: list[tuple[int, bytes]] = []
-
-    # A small buffer: the VMDK writer's blobs (MiBs) go straight to the file, uncopied; the
-    # buffer only gathers markers, grain tables and tar padding.
-    buffered = io.BufferedWriter(raw, buffer_size=_SMALL_WRITES)
-    sink = _Sink(buffered)
+    sink = _Sink(fd)
     position = plan.front
-    buffered.seek(position)
     current: dict[str, int] = {}
 
     def begin(name: str) -> None:
         current[name] = position
-        buffered.seek(position + tar.BLOCK)
-        sink.count = position + tar.BLOCK
+        sink.seek(position + tar.BLOCK)
 
     def end(name: str, size: int) -> None:
         nonlocal position
@@ -620,17 +664,12 @@ def _write_seekable(
         headers.append((current[name], tar.encode_header(name, size, mtime)))
         position = sink.count
 
-    sink.count = position
-    try:
-        written, sizes, populated = stream_files(
-            plan, sink, options, progress, cancel, begin, end, timings
-        )
-        sink.write(tar.END_OF_ARCHIVE)
-        buffered.flush()
-    finally:
-        # Detach so the buffer never flushes into a closed file when it is collected later.
-        with contextlib.suppress(Exception):
-            buffered.detach()
+    sink.seek(position)
+    written, sizes, populated = stream_files(
+        plan, sink, options, progress, cancel, begin, end, timings
+    )
+    sink.write(tar.END_OF_ARCHIVE)
+    sink.flush()
     total = sink.count
     t1 = time.perf_counter()
     front = bytearray()
