@@ -399,7 +399,7 @@ def _write_native(
                 # Stored grains are views of ``buf``, which is read into again: copy them out.
                 pieces = [b"".join(pieces)]
             emit(first, done, pieces, nbytes, where)
-            del pieces
+            del pieces  # hold no view of the window it may unmap below
             if isinstance(buf, bytearray):
                 free.append(buf)
             elif mapped is not None and window is not None:
