@@ -11,7 +11,10 @@ __all__ = ["Sink", "write_all"]
 
 class Sink(Protocol):
     """Where the VMDK goes: anything with ``write()`` (a file, a pipe, a socket file, a tar
-    member writer). A short write is continued; None (non-blocking, nothing taken) is retried."""
+    member writer). A short write is continued; None (non-blocking, nothing taken) is retried.
+    The native writer also uses an optional ``writev(pieces)`` (write a list of bytes-like
+    pieces, all of them, in order; OSError on failure) to hand its grains over without joining
+    them first."""
 
     def write(self, data: bytes, /) -> int | None: ...
 

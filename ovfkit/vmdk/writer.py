@@ -11,7 +11,8 @@ so the last three sectors are footer marker, footer, end-of-stream (qemu reads t
 end - 1536), and a grain table is written as soon as its group is complete: memory does not grow
 with the disk. Only data extents are read; all-zero grains are skipped. Grains are compressed in
 batches on a thread pool (isal and zlib release the GIL) and written back in order; the file
-offsets of grains are assigned only when a batch is written, so the sink needs only ``write()``.
+offsets of grains are assigned only when a batch is written, so the sink needs only ``write()``;
+a sink that also has ``writev(pieces)`` gets each batch's markers and grains unjoined.
 """
 
 from __future__ import annotations
