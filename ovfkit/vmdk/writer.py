@@ -42,7 +42,15 @@ try:  # isal: the same RFC 1950 streams as zlib, several times faster (issue 3 m
 except ImportError:  # pragma: no cover - isal is a dependency; stdlib zlib is the fallback
     _isal = None
 
-__all__ = ["BATCH_GRAINS", "Sink", "VmdkOptions", "VmdkResult", "compressor", "write_vmdk"]
+__all__ = [
+    "BATCH_GRAINS",
+    "Sink",
+    "VmdkOptions",
+    "VmdkResult",
+    "compressor",
+    "grain_streams",
+    "write_vmdk",
+]
 
 G = fmt.GRAIN_SIZE
 BATCH_GRAINS = 64  # 4 MiB per task; divides GTES_PER_GT so a batch never spans two grain tables
@@ -138,43 +146,51 @@ def _cut(g0: int, g1: int) -> Iterator[tuple[int, int]]:
 Pieces = list[bytes | memoryview]
 
 
-def _compress_batch(
-    buf: bytearray | memoryview, first: int, count: int, compress: Compress, zero: bytes
-) -> tuple[Pieces, list[tuple[int, int]], int]:
-    """Grain markers for the non-zero grains of ``buf`` as pieces to be written in order; the
-    (grain, sector offset in the batch's output) of each, and the output's length. Runs on a pool
-    thread. The pieces are not joined here: a sink with ``writev`` takes them as they are (the
-    join was a 1.3 GB copy holding the GIL, 0.7 s of the reference export, py-spy --gil); a
-    stored grain's piece is a view of ``buf``.
+def grain_streams(
+    view: memoryview, count: int, compress: Compress, zero: bytes
+) -> Iterator[tuple[int, Pieces, int]]:
+    """(index, zlib stream in pieces, its length) of each non-zero grain of the first ``count``
+    grains of ``view``, in order; ``zero`` is ``compress`` of a zero grain.
 
-    A grain is all zeros exactly when it compresses to ``zero``, the compressed zero grain
-    (deflate is lossless and deterministic). Testing the bytes in Python instead would touch a
-    mapped batch's pages while holding the GIL, taking its page faults there (py-spy: the
-    busiest GIL holder); in the compressor they are taken without it, on all cores. A zero
-    grain compresses in ~11 us.
+    A grain is all zeros exactly when it compresses to ``zero`` (deflate is lossless and
+    deterministic). Testing the bytes in Python instead would touch a mapped batch's pages while
+    holding the GIL, taking its page faults there (py-spy: the busiest GIL holder); in the
+    compressor they are taken without it, on all cores. A zero grain compresses in ~11 us.
 
     Incompressible data (media, archives, encrypted volumes) comes in runs: after a grain that
     did not shrink, the next is probed (``_looks_incompressible``) and, if it looks the same,
     stored without searching it for matches (``fmt.zlib_stored``): ~20 us instead of ~100 us of
-    isal for 64 KiB of random bytes, and the same size (isal stores such data too)."""
+    isal for 64 KiB of random bytes, and the same size (isal stores such data too). A stored
+    grain's pieces include views of ``view``."""
+    incompressible = False
+    for k in range(count):
+        o = k * G
+        grain = view[o : o + G]
+        if incompressible and _looks_incompressible(grain):
+            yield k, fmt.zlib_stored(grain, _adler32(grain)), G + _STORED_OVERHEAD
+            continue
+        compressed = compress(grain)
+        if compressed == zero:
+            incompressible = False
+            continue
+        size = len(compressed)
+        incompressible = _PROBE_LEVEL is not None and size >= G
+        yield k, [compressed], size
+
+
+def _compress_batch(
+    buf: bytearray | memoryview, first: int, count: int, compress: Compress, zero: bytes
+) -> tuple[Pieces, list[tuple[int, int]], int]:
+    """Grain markers for the non-zero grains of ``buf`` (``grain_streams``) as pieces to be
+    written in order; the (grain, sector offset in the batch's output) of each, and the output's
+    length. Runs on a pool thread. The pieces are not joined here: a sink with ``writev`` takes
+    them as they are (the join was a 1.3 GB copy holding the GIL, 0.7 s of the reference
+    export, py-spy --gil); a stored grain's piece is a view of ``buf``."""
     parts: Pieces = []
     where: list[tuple[int, int]] = []
     rel = 0
-    incompressible = False
     with memoryview(buf) as view:  # released before the caller unmaps ``buf``
-        for k in range(count):
-            o = k * G
-            grain = view[o : o + G]
-            if incompressible and _looks_incompressible(grain):
-                data: list[bytes | memoryview] = fmt.zlib_stored(grain, _adler32(grain))
-                size = G + _STORED_OVERHEAD
-            else:
-                compressed = compress(grain)
-                if compressed == zero:
-                    incompressible = False
-                    continue
-                data, size = [compressed], len(compressed)
-                incompressible = _PROBE_LEVEL is not None and size >= G
+        for k, data, size in grain_streams(view, count, compress, zero):
             head, pad = fmt.grain_marker_frame((first + k) * fmt.GRAIN_SECTORS, size)
             parts.append(head)
             parts += data
