@@ -6,8 +6,10 @@ import dataclasses
 import errno
 import hashlib
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import xxhash
@@ -257,10 +259,12 @@ def _temps(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(".ovfkit-qemu-"))
 
 
-def test_windows_converted_apart_and_joined(make_image: MakeImage, tmp_path: Path) -> None:
-    """With two jobs and small windows, one qemu-img per window (as many temporary files as the
-    plan has parts, seen from the progress callback), joined into one VMDK every judge reads as
-    the source: grains in LBA order with the whole disk's LBAs in their markers."""
+def test_windows_converted_apart_and_joined(
+    make_image: MakeImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With two jobs and small windows, one qemu-img per window (as many output files made as
+    the plan has parts), joined into one VMDK every judge reads as the source: grains in LBA
+    order with the whole disk's LBAs in their markers."""
     size = 24 * MiB
     data = [(0, random_bytes(6 * MiB)), (9 * MiB, text_like(6 * MiB)), (size - 512, b"\x07" * 512)]
     image = make_image("qcow2", size=size, data=data)
@@ -269,17 +273,23 @@ def test_windows_converted_apart_and_joined(make_image: MakeImage, tmp_path: Pat
     assert len(plan) == 6  # 12 MiB of data, 2 MiB at least per window
     work = tmp_path / "work"
     work.mkdir()
-    seen: list[int] = []
+    made: list[str] = []
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp(*args: Any, **kw: Any) -> tuple[int, str]:  # the real one, counted
+        fd, name = real_mkstemp(*args, **kw)
+        made.append(name)
+        return fd, name
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     out = work / "out.vmdk"
     with open(out, "wb") as sink:
         result = write_vmdk_qemu(
-            DiskSource(str(image.path), "qcow2"),
-            sink,
-            PARTS_OPTIONS,
-            progress=lambda p: seen.append(len(_temps(work))),
-            min_part=2 * MiB,
+            DiskSource(str(image.path), "qcow2"), sink, PARTS_OPTIONS, min_part=2 * MiB
         )
-    assert max(seen) == len(plan)
+    # Counted at creation: the progress callbacks run only while the copy waits or starts a
+    # grain table, so a short last window could begin and end between two of them.
+    assert len([n for n in made if Path(n).name.startswith(".ovfkit-qemu-")]) == len(plan)
     _check_vmdk(out, image, result.size)
     assert dict(result.digests) == _digests(out.read_bytes())
     assert _temps(work) == []
