@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from ..errors import InvalidArgumentError, IoError, NotFoundError, OvfkitError
+from .private import private_database, private_folder
 
 __all__ = [
     "DEFAULT_SESSION_TTL",
@@ -172,7 +173,8 @@ class AuthStore:
         self._failures: dict[str, tuple[int, float]] = {}  # name -> (count, locked until)
         self._failures_lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_folder(self.path.parent)
+            private_database(self.path)
             with self._db() as db:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)

@@ -5,8 +5,12 @@ Layout of a data folder ``D``::
     D/config.json      storage roots, backup storages, optional base URL (this module)
     D/vms/<uuid>.json  the embedded VM catalog: one VmInstanceInventory per file (catalog.py)
     D/packages.db      the image-package records, SQLite in WAL mode (records.py)
+    D/auth.sqlite      accounts and sessions (auth.py)
     D/locks/           one lock file per running export, held with flock (records.py)
     D/packages/        the default local backup storage's folder, if configured so
+
+``D`` is kept 0700 and its secrets (config.json, packages.db, auth.sqlite and their SQLite
+companions) 0600, fixed when an older folder is opened (private.py).
 
 ``config.json``::
 
@@ -37,6 +41,7 @@ from typing import Any
 
 from ..errors import InvalidArgumentError, IoError
 from .inventory import is_zstack_uuid
+from .private import private_folder
 
 __all__ = [
     "CONFIG_NAME",
@@ -223,8 +228,7 @@ def load_config(data_dir: str | os.PathLike[str]) -> Config:
 
 def save_config(data_dir: str | os.PathLike[str], config: Config) -> None:
     """Write ``config.json`` atomically (temp file + rename), mode 0600: it may hold passwords."""
-    folder = Path(data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_folder(data_dir)
     fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json", dir=folder)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

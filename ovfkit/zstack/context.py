@@ -24,6 +24,7 @@ from typing import Any
 from ..errors import InvalidArgumentError, NotFoundError, OperationFailedError, OvfkitError
 from .catalog import FolderCatalog, VmResolver, unwrap_vm_inventory
 from .config import CONFIG_NAME, Config, ensure_default_storage, load_config
+from .private import private_file, private_folder
 from .records import PackageRecords
 from .storage import BackupStorage, open_backup_storage
 
@@ -52,7 +53,8 @@ class ExportContext:
         base_url: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_folder(self.data_dir)
+        private_file(self.data_dir / CONFIG_NAME)  # may hold SFTP passwords
         self.catalog = FolderCatalog(self.data_dir)
         self.resolver: VmResolver = resolver if resolver is not None else self.catalog
         self._base_url = base_url.rstrip("/") if base_url else None

@@ -39,6 +39,7 @@ from .inventory import (
     ImagePackageState,
     parse_zstack_time,
 )
+from .private import private_database, private_folder
 
 __all__ = [
     "DB_NAME",
@@ -176,10 +177,12 @@ class PackageRecords:
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_NAME
         self.lock_dir = self.data_dir / LOCK_DIR
+        private_folder(self.data_dir)
         try:
             self.lock_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise IoError(f"cannot create {self.lock_dir}: {exc.strerror}") from None
+        private_database(self.path)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
