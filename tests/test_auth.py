@@ -16,6 +16,7 @@ from ovfkit.zstack.auth import (
     AuthenticationError,
     AuthStore,
     InvalidSessionError,
+    LoginThrottledError,
     normalize_wire_password,
     wire_password,
     zstack_timestamp,
@@ -180,49 +181,44 @@ def test_zstack_timestamp_shape(ts: float) -> None:
     assert zstack_timestamp(parse_zstack_time(text).timestamp()) == text
 
 
-def test_failed_logins_lock_the_name_for_a_while(tmp_path: Path) -> None:
-    from ovfkit.zstack.auth import LOCKOUT_SECONDS, MAX_FAILED_LOGINS
-
+def test_a_failing_client_backs_off_and_nobody_else_is_refused(tmp_path: Path) -> None:
     clock = Clock()
     store = AuthStore(tmp_path, clock=clock)
     store.create_account("admin", "pw")
-    for _ in range(MAX_FAILED_LOGINS - 1):
+    free = store.throttle.free_failures
+    for _ in range(free - 1):
         with pytest.raises(AuthenticationError, match="wrong"):
-            store.login("admin", "guess")
-    store.login("admin", "pw")  # a success clears the series
-    for _ in range(MAX_FAILED_LOGINS):
+            store.login("admin", "guess", client="192.0.2.7")
+    store.login("admin", "pw", client="192.0.2.7")  # a success clears the series
+    for _ in range(free + 1):
         with pytest.raises(AuthenticationError, match="wrong"):
-            store.login("admin", "guess")
-    # Locked: even the right password is refused, without a hint of its correctness.
-    with pytest.raises(AuthenticationError, match="too many failed logins") as info:
-        store.login("admin", "pw")
-    assert info.value.code == "ID.1000"
-    clock.now += LOCKOUT_SECONDS + 1
-    store.login("admin", "pw")
-
-
-def test_failures_far_apart_do_not_add_up(tmp_path: Path) -> None:
-    from ovfkit.zstack.auth import LOCKOUT_SECONDS, MAX_FAILED_LOGINS
-
-    clock = Clock()
-    store = AuthStore(tmp_path, clock=clock)
-    store.create_account("admin", "pw")
-    for _ in range(MAX_FAILED_LOGINS * 2):
-        with pytest.raises(AuthenticationError, match="wrong"):
-            store.login("admin", "guess")
-        clock.now += LOCKOUT_SECONDS + 1
-    store.login("admin", "pw")
+            store.login("admin", "guess", client="192.0.2.7")
+    # That client now waits, even with the right password, which is not looked at...
+    with pytest.raises(LoginThrottledError, match="try again in 1 s") as info:
+        store.login("admin", "pw", client="192.0.2.7")
+    assert info.value.code == "ID.1000" and info.value.retry_after == 1
+    # ...while every other client, and that client for other accounts, logs in as usual.
+    store.login("admin", "pw", client="192.0.2.8")
+    store.login("admin", "pw", client=None)
+    store.create_account("bob", "pw2")
+    store.login("bob", "pw2", client="192.0.2.7")
+    clock.now += 1
+    with pytest.raises(AuthenticationError, match="wrong"):
+        store.login("admin", "guess", client="192.0.2.7")
+    with pytest.raises(LoginThrottledError, match="try again in 2 s"):  # doubled
+        store.login("admin", "pw", client="192.0.2.7")
+    clock.now += 2
+    store.login("admin", "pw", client="192.0.2.7")
+    store.login("admin", "pw", client="192.0.2.7")  # cleared
 
 
 def test_unknown_names_are_counted_alike(tmp_path: Path) -> None:
-    from ovfkit.zstack.auth import MAX_FAILED_LOGINS
-
     store = AuthStore(tmp_path, clock=Clock())
-    for _ in range(MAX_FAILED_LOGINS):
+    for _ in range(store.throttle.free_failures + 1):
         with pytest.raises(AuthenticationError, match="wrong"):
-            store.login("ghost", "x")
-    with pytest.raises(AuthenticationError, match="too many"):
-        store.login("ghost", "x")
+            store.login("ghost", "x", client="192.0.2.7")
+    with pytest.raises(LoginThrottledError, match="too many"):
+        store.login("ghost", "x", client="192.0.2.7")
 
 
 def test_set_password_ends_sessions(tmp_path: Path) -> None:

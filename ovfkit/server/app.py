@@ -160,7 +160,10 @@ async def login(request: Request) -> Response:
         raise MalformedRequestError(
             f"field[{missing}] of message[APILogInByAccountMsg] is mandatory, can not be null"
         )
-    session = await run_in_threadpool(state.auth.login, name, password)
+    client = request.client.host if request.client else None
+    session = await run_in_threadpool(
+        lambda: state.auth.login(name, password, client=client)
+    )
     return JSONResponse({"inventory": session.to_inventory()})
 
 

@@ -7,6 +7,7 @@ requests that never became an API call:
 - 400: the request cannot be read as the API's message (not JSON, not an object, unknown field,
   wrong JSON type, body over the size limit, bad ``q=`` syntax, bad Range header): SYS.1007;
 - 401: no, unknown, logged-out or expired session (ID.1001), wrong account or password (ID.1000);
+- 429: a client that keeps failing to log in to an account must wait (ID.1000, ``Retry-After``);
 - 404: no route for the path ("no api mapping", SYS.1003);
 - 405: known path, wrong method (SYS.1007, with an ``Allow`` header);
 - 503: the API ran and failed (any ovfkit error: SYS.1003 VM not found, SYS.1006, SYS.1007 from
@@ -24,7 +25,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from ..errors import InvalidArgumentError, NotFoundError, OvfkitError
-from ..zstack.auth import AuthenticationError, InvalidSessionError
+from ..zstack.auth import AuthenticationError, InvalidSessionError, LoginThrottledError
 
 __all__ = [
     "MalformedRequestError",
@@ -54,6 +55,8 @@ class MethodNotAllowedError(InvalidArgumentError):
 def status_for(exc: OvfkitError) -> int:
     if isinstance(exc, MalformedRequestError):
         return 400
+    if isinstance(exc, LoginThrottledError):
+        return 429
     if isinstance(exc, AuthenticationError | InvalidSessionError):
         return 401
     if isinstance(exc, NoApiMappingError):
@@ -72,6 +75,8 @@ def error_response(exc: OvfkitError) -> JSONResponse:
     headers: dict[str, str] = {}
     if isinstance(exc, InvalidSessionError | AuthenticationError):
         headers["WWW-Authenticate"] = 'OAuth realm="zstack"'
+    if isinstance(exc, LoginThrottledError):
+        headers["Retry-After"] = str(int(exc.retry_after))  # RFC 9110 10.2.3: delay-seconds
     if isinstance(exc, MethodNotAllowedError) and exc.allow:
         headers["Allow"] = ", ".join(exc.allow)
     return JSONResponse(error_body(exc), status_code=status_for(exc), headers=headers)

@@ -298,7 +298,14 @@ def _paths() -> dict[str, Any]:
                     "required": True,
                     "content": {"application/json": {"schema": _ref("LogInByAccountRequest")}},
                 },
-                "responses": {"200": _json(_ref("LogInReply"), "A new session"), **_ERRORS},
+                "responses": {
+                    "200": _json(_ref("LogInReply"), "A new session"),
+                    **_ERRORS,
+                    "429": _json(
+                        _ref("ErrorReply"),
+                        "This client failed too often for this account: wait Retry-After seconds",
+                    ),
+                },
             }
         },
         "/zstack/v1/accounts/sessions/{uuid}": {

@@ -6,10 +6,11 @@ Here the digest is never stored as is: it is stretched with scrypt under a per-a
 (RFC 7914 parameters below) and compared in constant time, so a copy of ``auth.sqlite`` does not
 give anyone a password that logs in.
 
-After ``MAX_FAILED_LOGINS`` failures in a row an account name is refused for ``LOCKOUT_SECONDS``
-(online guessing; counted in memory). Sessions carry ZStack's default lifetime (global config
-``identity.session.timeout``, 7200 s) and are refused once expired; the uuid of a session is what
-clients send as ``Authorization: OAuth``.
+Online guessing is slowed per (account name, client address) with exponential backoff
+(:mod:`.throttle`): a client that keeps failing waits longer and longer, and nobody else is
+affected, so no one can lock an account out for others. Sessions carry ZStack's default
+lifetime (global config ``identity.session.timeout``, 7200 s) and are refused once expired; the
+uuid of a session is what clients send as ``Authorization: OAuth``.
 Error codes follow ZStack's ``IdentityErrors``: ID.1000 authentication error, ID.1001 invalid
 session.
 """
@@ -18,10 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import sqlite3
-import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from typing import Any, NoReturn
 
 from ..errors import InvalidArgumentError, IoError, NotFoundError, OvfkitError
 from .private import private_database, private_folder
+from .throttle import LoginThrottle
 
 __all__ = [
     "DEFAULT_SESSION_TTL",
@@ -40,6 +42,7 @@ __all__ = [
     "AuthStore",
     "AuthenticationError",
     "InvalidSessionError",
+    "LoginThrottledError",
     "Session",
     "normalize_wire_password",
     "wire_password",
@@ -56,11 +59,6 @@ _SCRYPT_R = 8
 _SCRYPT_P = 1
 _SCRYPT_LEN = 32
 
-# Online guessing: after this many failed logins in a row an account name is refused for a while
-# (in memory; a restart forgets it). Unknown names count too, so refusals tell nothing.
-MAX_FAILED_LOGINS = 10
-LOCKOUT_SECONDS = 60.0
-
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,254}")
 _SHA512_HEX = re.compile(r"[0-9a-fA-F]{128}")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -69,6 +67,15 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 class AuthenticationError(OvfkitError):
     code = "ID.1000"
     description = "Authentication failed"
+
+
+class LoginThrottledError(AuthenticationError):
+    """Too many failed logins from this client for this account: it must wait ``retry_after``
+    seconds (the password was not looked at)."""
+
+    def __init__(self, details: str, *, retry_after: float) -> None:
+        super().__init__(details)
+        self.retry_after = retry_after
 
 
 class InvalidSessionError(OvfkitError):
@@ -170,8 +177,7 @@ class AuthStore:
         self.path = Path(data_dir) / AUTH_DB_NAME
         self.session_ttl = session_ttl
         self._clock = clock
-        self._failures: dict[str, tuple[int, float]] = {}  # name -> (count, locked until)
-        self._failures_lock = threading.Lock()
+        self.throttle = LoginThrottle(clock=clock)
         try:
             private_folder(self.path.parent)
             private_database(self.path)
@@ -254,10 +260,12 @@ class AuthStore:
 
     # -- sessions -----------------------------------------------------------------------------
 
-    def login(self, name: str, password: str) -> Session:
+    def login(self, name: str, password: str, *, client: str | None = None) -> Session:
         """Open a session for ``name``; ``password`` as ZStack sends it (SHA-512 hex) or plain.
-        A wrong name and a wrong password give the same ID.1000 error after the same work."""
-        self._check_lockout(name)
+        A wrong name and a wrong password give the same ID.1000 error after the same work.
+        ``client`` (the peer's address) is what failures are counted against (:mod:`.throttle`);
+        a client that must wait gets :class:`LoginThrottledError`."""
+        self._check_throttle(name, client)
         wire = normalize_wire_password(password)
         with self._db() as db:
             row = db.execute(
@@ -266,12 +274,11 @@ class AuthStore:
         if row is None:
             # Same scrypt cost for unknown names, so timing does not tell which names exist.
             _stretch(wire, b"\0" * 16)
-            self._failed(name)
+            self._failed(name, client)
         account_uuid, salt, stored = row
         if not hmac.compare_digest(_stretch(wire, salt), stored):
-            self._failed(name)
-        with self._failures_lock:
-            self._failures.pop(name, None)
+            self._failed(name, client)
+        self.throttle.succeeded(name, client)
         now = self._clock()
         session = Session(
             uuid=uuidlib.uuid4().hex,
@@ -288,25 +295,18 @@ class AuthStore:
             )
         return session
 
-    def _check_lockout(self, name: str) -> None:
-        with self._failures_lock:
-            count, until = self._failures.get(name, (0, 0.0))
-        wait = until - self._clock()
-        if count >= MAX_FAILED_LOGINS and wait > 0:
-            raise AuthenticationError(
-                f"too many failed logins for account[{name}]; try again in {int(wait) + 1} s"
+    def _check_throttle(self, name: str, client: str | None) -> None:
+        wait = self.throttle.wait(name, client)
+        if wait > 0:
+            seconds = math.ceil(wait)
+            raise LoginThrottledError(
+                f"too many failed logins for account[{name}] from this client; "
+                f"try again in {seconds} s",
+                retry_after=seconds,
             )
 
-    def _failed(self, name: str) -> NoReturn:
-        """Count a failure; failures more than LOCKOUT_SECONDS apart start a new series."""
-        now = self._clock()
-        with self._failures_lock:
-            if len(self._failures) > 4096:  # bounded memory whatever names are tried
-                self._failures = {k: v for k, v in self._failures.items() if v[1] > now}
-            count, until = self._failures.get(name, (0, 0.0))
-            if until <= now:
-                count = 0
-            self._failures[name] = (count + 1, now + LOCKOUT_SECONDS)
+    def _failed(self, name: str, client: str | None) -> NoReturn:
+        self.throttle.failed(name, client)
         raise AuthenticationError("wrong account name or password")
 
     def validate(self, session_uuid: str) -> Session:
