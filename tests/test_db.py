@@ -1,0 +1,178 @@
+"""The SQLAlchemy layer: Alembic migrations (fresh, and data folders made by the sqlite3 code
+before it), the one-package-per-VM constraint across connections of different processes, and
+the schema the code uses against the one the migrations make, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from services import PostgresServer, postgres_bin, running_postgres
+from sqlalchemy import inspect
+
+from ovfkit.db import HEAD_REVISION, open_database, sqlite_url
+from ovfkit.db.packages import DuplicateUuidError, DuplicateVmError, PackageStore
+from ovfkit.errors import InvalidArgumentError, IoError
+from ovfkit.zstack.inventory import (
+    ImagePackageInventory,
+    ImagePackageState,
+    new_zstack_uuid,
+    parse_condition,
+)
+
+BS = "22f7145dba4f3da6af7ff8f0e02af6e3"
+
+# What ovfkit's records.py and auth.py created before the SQLAlchemy layer (copied as they were).
+_OLD_PACKAGES = """
+CREATE TABLE IF NOT EXISTS image_packages (
+    uuid TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT,
+    vm_uuid TEXT NOT NULL UNIQUE, backup_storage_uuid TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('Exporting', 'Exported')),
+    export_url TEXT, md5_sum TEXT, format TEXT NOT NULL DEFAULT 'OVA', size INTEGER,
+    create_date INTEGER NOT NULL, last_op_date INTEGER NOT NULL, install_path TEXT NOT NULL,
+    owner_pid INTEGER
+);
+CREATE TABLE IF NOT EXISTS pending_cleanup (
+    backup_storage_uuid TEXT NOT NULL, install_path TEXT NOT NULL, queued REAL NOT NULL,
+    PRIMARY KEY (backup_storage_uuid, install_path)
+);
+"""
+
+
+def exporting(vm: str | None = None, uuid: str | None = None) -> ImagePackageInventory:
+    return ImagePackageInventory(
+        uuid=uuid or new_zstack_uuid(), name="pkg", description=None,
+        vm_uuid=vm or new_zstack_uuid(), backup_storage_uuid=BS,
+        state=ImagePackageState.EXPORTING,
+    )
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL missing (scripts/bootstrap test installs it)")
+    pytest.importorskip("psycopg")
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "records.db")
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database(f"db_{tmp_path.name[-20:].lower()}")
+
+
+def test_old_sqlite_folder_is_migrated_with_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "packages.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(_OLD_PACKAGES)
+        old.execute(
+            "INSERT INTO image_packages VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            ("a" * 32, "old", None, "b" * 32, BS, "Exported", "http://x/a.ova", "c" * 32,
+             "OVA", 4096, 1_650_000_000_000, 1_650_000_000_000, "a.ova", None),
+        )
+    old.close()
+    db = open_database(sqlite_url(path))
+    try:
+        assert db.revision() == HEAD_REVISION
+        record = PackageStore(db).get("a" * 32)
+        assert record is not None and record.inventory.size == 4096
+        assert record.inventory.state is ImagePackageState.EXPORTED
+        with db.connect() as conn:
+            assert inspect(conn).has_table("export_jobs")
+    finally:
+        db.close()
+
+
+def test_schema_of_migrations_matches_the_code(url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from ovfkit.db.schema import metadata
+
+    db = open_database(url)
+    try:
+        with db.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        assert diff == []
+        again = open_database(url)  # a second opening changes nothing
+        assert again.revision() == HEAD_REVISION
+        again.close()
+    finally:
+        db.close()
+
+
+def test_records_life_cycle_and_queries(url: str) -> None:
+    db = open_database(url)
+    store = PackageStore(db)
+    try:
+        sizes = {"a": 10, "b": 200, "c": 3000}
+        for name, size in sizes.items():
+            inv = exporting()
+            store.create_exporting(inv, f"{inv.uuid}.ova")
+            store.mark_exported(inv.uuid, export_url=f"file:///{name}", md5_sum="0" * 32,
+                                size=size)
+            store.update(inv.uuid, name=name)
+        assert [r.inventory.name for r in store.query(sort_by="size", sort_direction="desc")] \
+            == ["c", "b", "a"]
+        assert store.count([parse_condition("size>100")]) == 2
+        assert [r.inventory.name for r in store.query([parse_condition("name?=a,c")],
+                                                      sort_by="name")] == ["a", "c"]
+        assert store.count([parse_condition("description=null")]) == 3
+        assert len(store.query(limit=1, start=1)) == 1
+        with pytest.raises(InvalidArgumentError):
+            store.query(sort_by="nope")
+        victim = store.query([parse_condition("name=b")])[0]
+        deleted = store.delete(victim.inventory.uuid)
+        assert deleted is not None
+        assert store.pending_cleanup() == [(BS, deleted.install_path)]
+        store.cleanup_done(BS, deleted.install_path)
+        assert store.pending_cleanup() == []
+        dup = exporting(uuid=store.query()[0].inventory.uuid)
+        with pytest.raises(DuplicateUuidError):
+            store.create_exporting(dup, "x.ova")
+    finally:
+        db.close()
+
+
+def test_one_export_per_vm_whichever_connection_asks(url: str) -> None:
+    """Eight "nodes" (each its own engine) race for one VM: the database lets one win."""
+    vm = new_zstack_uuid()
+    nodes = [open_database(url) for _ in range(8)]
+    won: list[str] = []
+    lost: list[str] = []
+    barrier = threading.Barrier(len(nodes))
+
+    def race(db_index: int) -> None:
+        inv = exporting(vm=vm)
+        barrier.wait(10)
+        try:
+            PackageStore(nodes[db_index]).create_exporting(inv, f"{inv.uuid}.ova")
+            won.append(inv.uuid)
+        except DuplicateVmError as exc:
+            lost.append(exc.details)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(len(nodes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert len(won) == 1 and len(lost) == 7
+        assert all(won[0] in text for text in lost)
+    finally:
+        for db in nodes:
+            db.close()
+
+
+def test_unreachable_database_is_an_io_error(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg")
+    with pytest.raises(IoError, match="database postgresql"):
+        open_database("postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(InvalidArgumentError):
+        open_database("mysql://x@y/z")
