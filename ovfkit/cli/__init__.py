@@ -13,7 +13,7 @@ from ..errors import OvfkitError
 __all__ = ["main"]
 
 # Subcommand modules, in the order `ovfkit --help` lists them.
-_COMMANDS = ("descriptor", "export", "verify", "inspect", "vm", "serve", "account")
+_COMMANDS = ("descriptor", "export", "verify", "inspect", "vm", "serve", "worker", "account")
 
 
 def build_parser() -> argparse.ArgumentParser:

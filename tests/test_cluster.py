@@ -1,0 +1,247 @@
+"""Many hosts on one machine: real redis-server and PostgreSQL on 127.0.0.1, three
+``ovfkit worker`` processes with their own data folders standing for three hosts.
+
+Hosts and what they reach (the same paths for all: one machine, but each worker declares and
+is held to its own config):
+
+    host1: primary storage ps1             backup storage A
+    host2: ps1 and ps2                     A and B
+    host3: ps2                             B
+
+so ps1 -> B can only go to host2, ps1 -> A to host1 or host2, ps2 -> B to host2 or host3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from server_helpers import REPO, add_vm
+from services import (
+    PostgresServer,
+    RedisServer,
+    postgres_bin,
+    redis_available,
+    running_postgres,
+    running_redis,
+)
+
+import ovfkit
+from ovfkit.db import Database, open_database
+from ovfkit.db.catalog import DatabaseCatalog
+from ovfkit.db.packages import PackageStore
+from ovfkit.zstack.config import Config, LocalStorageConfig, save_config
+from ovfkit.zstack.inventory import ExportVmOvaPackageRequest, ImagePackageState
+
+if TYPE_CHECKING:
+    from ovfkit.cluster.service import ClusterService
+
+pytest.importorskip("celery")
+pytestmark = pytest.mark.skipif(
+    not redis_available() or postgres_bin() is None,
+    reason="redis-server or PostgreSQL missing (scripts/bootstrap test installs them)",
+)
+
+MiB = 1024 * 1024
+BS_A = "a0a0a0a0a0a04a0a8a0a0a0a0a0a0a0a"
+BS_B = "b0b0b0b0b0b04b0b8b0b0b0b0b0b0b0b"
+LEASE = 3.0
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with running_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@dataclass
+class Site:
+    base: Path
+    db: Database
+    url: str
+    broker: str
+    workers: dict[str, subprocess.Popen[bytes]]
+
+    def ps(self, n: int) -> Path:
+        return self.base / f"ps{n}"
+
+    def bs(self, uuid: str) -> Path:
+        return self.base / f"bs-{uuid[:1]}"
+
+    def host_dir(self, name: str) -> Path:
+        return self.base / name
+
+    def start_worker(self, name: str, roots: list[Path], storages: list[str]) -> None:
+        data = self.host_dir(name)
+        save_config(data, Config(
+            storage_roots=tuple(str(r) for r in roots),
+            backup_storages={u: LocalStorageConfig(u, str(self.bs(u)), f"bs-{u[:1]}")
+                             for u in storages},
+        ))
+        log = open(self.base / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+        self.workers[name] = subprocess.Popen(
+            [sys.executable, "-m", "ovfkit", "worker", "--database", self.url, "--broker",
+             self.broker, "--data-dir", str(data), "--concurrency", "2", "--name", name,
+             "--lease", str(LEASE), "--log-level", "warning"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+        log.close()
+
+    def wait_workers(self, names: set[str], timeout: float = 60.0) -> None:
+        from ovfkit.cluster.jobs import JobStore
+
+        store = JobStore(self.db)
+        deadline = time.monotonic() + timeout
+        while {w.name for w in store.live_workers(int(LEASE * 1000))} < names:
+            for name, proc in self.workers.items():
+                if proc.poll() is not None:
+                    raise AssertionError(f"{name} exited: {self.log(name)}")
+            assert time.monotonic() < deadline, "workers did not register"
+            time.sleep(0.1)
+        time.sleep(1.0)  # Celery's consumer starts after the registration
+
+    def log(self, name: str) -> str:
+        return (self.base / f"{name}.log").read_text(errors="replace")
+
+    def add_vm(self, ps: int, *, disks: tuple[int, ...] = (2 * MiB,), dense: bool = False) -> str:
+        """A VM whose volumes are on primary storage ``ps``; registered in the database."""
+        folder = self.base / f"vmdata-{ps}"
+        (folder / "volumes").mkdir(parents=True, exist_ok=True)
+        vm_uuid = add_vm(folder, disks=disks, dense=dense)
+        # add_vm writes the volumes under folder/volumes: move them onto ps<N>.
+        inv = json.loads((folder / "vms" / f"{vm_uuid}.json").read_text())
+        for vol in inv["allVolumes"]:
+            target = self.ps(ps) / Path(vol["installPath"]).name
+            os.replace(vol["installPath"], target)
+            vol["installPath"] = str(target)
+        DatabaseCatalog(self.db).add(inv)
+        return vm_uuid
+
+
+@pytest.fixture
+def site(tmp_path: Path, postgres: PostgresServer, redis: RedisServer) -> Iterator[Site]:
+    name = f"t{os.getpid()}_{time.monotonic_ns()}"
+    url = postgres.create_database(name)
+    db = open_database(url)
+    for n in (1, 2):
+        (tmp_path / f"ps{n}").mkdir()
+    for u in (BS_A, BS_B):
+        (tmp_path / f"bs-{u[:1]}").mkdir()
+    s = Site(tmp_path, db, url, redis.url, {})
+    try:
+        yield s
+    finally:
+        for proc in s.workers.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in s.workers.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        db.close()
+
+
+def _service(site: Site) -> ClusterService:
+    from ovfkit.cluster.service import ClusterService
+    from ovfkit.cluster.worker import ClusterTimings
+
+    return ClusterService(
+        site.db, site.broker, resolver=DatabaseCatalog(site.db),
+        timings=ClusterTimings(lease=LEASE),
+    )
+
+
+def _wait_running(site: Site, job_uuid: str, timeout: float = 60.0) -> str:
+    from ovfkit.cluster.jobs import JobStore
+
+    store = JobStore(site.db)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = store.get(job_uuid)
+        assert job is not None
+        if job.state == "running" and job.worker_name:
+            return job.worker_name
+        assert job.state != "done", job.body
+        time.sleep(0.02)
+    raise AssertionError("the job never ran")
+
+
+def test_twelve_exports_on_three_hosts_one_worker_killed(site: Site) -> None:
+    site.start_worker("host1", [site.ps(1)], [BS_A])
+    site.start_worker("host2", [site.ps(1), site.ps(2)], [BS_A, BS_B])
+    site.start_worker("host3", [site.ps(2)], [BS_B])
+    plan: list[tuple[int, str, set[str]]] = (
+        [(1, BS_A, {"host1", "host2"})] * 4 + [(2, BS_B, {"host2", "host3"})] * 4
+        + [(1, BS_B, {"host2"})] * 4
+    )
+    vms = [site.add_vm(ps) for ps, _, _ in plan]
+    # The victim: a VM on ps1 only host1 and host2 can read, with a large incompressible disk,
+    # so host1 is surely still writing it when killed.
+    victim_vm = site.add_vm(1, disks=(48 * MiB,), dense=True)
+    site.wait_workers({"host1", "host2", "host3"})
+    service = _service(site)
+    try:
+        # Only host1 runs while the victim is queued, so the victim goes to host1.
+        site.workers["host2"].send_signal(signal.SIGSTOP)
+        try:
+            victim = service.submit(
+                ExportVmOvaPackageRequest(vm_uuid=victim_vm, backup_storage_uuid=BS_A), "acct"
+            )
+            assert _wait_running(site, victim.uuid) == "host1"
+        finally:
+            site.workers["host2"].send_signal(signal.SIGCONT)
+        jobs = [
+            service.submit(ExportVmOvaPackageRequest(vm_uuid=vm, backup_storage_uuid=bs), "acct")
+            for vm, (_, bs, _) in zip(vms, plan, strict=True)
+        ]
+        site.workers["host1"].kill()  # kill -9 mid-export
+        site.workers["host1"].wait(10)
+        finished = [service.wait(j.uuid, timeout=120) for j in [victim, *jobs]]
+    finally:
+        service.close()
+    assert all(j is not None and j.done for j in finished), [j and j.body for j in finished]
+    by_uuid = {j.uuid: j for j in finished if j is not None}
+    # The victim ran twice (host1 killed, then a live worker) and ended once, Exported.
+    v = by_uuid[victim.uuid]
+    assert v.status == 200, v.body
+    assert v.attempts == 2 and v.worker_name in {"host2"}
+    for job, (_, _, allowed) in zip(jobs, plan, strict=True):
+        done = by_uuid[job.uuid]
+        assert done.status == 200, done.body
+        assert done.worker_name in allowed
+    # Every package: one record, Exported, its file complete and valid; nothing else left.
+    store_jobs = [by_uuid[j.uuid] for j in [victim, *jobs]]
+    packages = PackageStore(site.db)
+    records = packages.query()
+    assert len(records) == 13
+    assert all(r.inventory.state is ImagePackageState.EXPORTED for r in records)
+    for job in store_jobs:
+        record = packages.get(job.package_uuid)
+        assert record is not None
+        path = site.bs(job.backup_storage_uuid) / record.install_path
+        report = ovfkit.verify_package(path)
+        assert report.ok, report
+        assert hashlib.md5(path.read_bytes()).hexdigest() == record.inventory.md5_sum
+    leftovers = sorted(
+        p.name for u in (BS_A, BS_B) for p in site.bs(u).iterdir() if not p.name.endswith(".ova")
+    )
+    assert leftovers == []
+    assert len([p for u in (BS_A, BS_B) for p in site.bs(u).iterdir()]) == 13
