@@ -44,6 +44,7 @@ from ovfkit.zstack.config import Config, LocalStorageConfig, save_config
 from ovfkit.zstack.inventory import ExportVmOvaPackageRequest, ImagePackageState
 
 if TYPE_CHECKING:
+    from ovfkit.cluster.jobs import Job
     from ovfkit.cluster.service import ClusterService
 
 pytest.importorskip("celery")
@@ -227,21 +228,53 @@ def test_twelve_exports_on_three_hosts_one_worker_killed(site: Site) -> None:
         done = by_uuid[job.uuid]
         assert done.status == 200, done.body
         assert done.worker_name in allowed
-    # Every package: one record, Exported, its file complete and valid; nothing else left.
-    store_jobs = [by_uuid[j.uuid] for j in [victim, *jobs]]
+    _check_packages(site, [by_uuid[j.uuid] for j in [victim, *jobs]])
+
+
+def _check_packages(site: Site, jobs: list[Job]) -> None:
+    """One record per job, Exported, its file complete, valid and the md5 of the record;
+    nothing else on the backup storages (no partial file of a killed export)."""
     packages = PackageStore(site.db)
     records = packages.query()
-    assert len(records) == 13
+    assert len(records) == len(jobs)
     assert all(r.inventory.state is ImagePackageState.EXPORTED for r in records)
-    for job in store_jobs:
+    for job in jobs:
         record = packages.get(job.package_uuid)
         assert record is not None
         path = site.bs(job.backup_storage_uuid) / record.install_path
         report = ovfkit.verify_package(path)
         assert report.ok, report
         assert hashlib.md5(path.read_bytes()).hexdigest() == record.inventory.md5_sum
-    leftovers = sorted(
-        p.name for u in (BS_A, BS_B) for p in site.bs(u).iterdir() if not p.name.endswith(".ova")
-    )
-    assert leftovers == []
-    assert len([p for u in (BS_A, BS_B) for p in site.bs(u).iterdir()]) == 13
+    files = sorted(p.name for u in (BS_A, BS_B) for p in site.bs(u).iterdir())
+    assert files == sorted(f"{j.package_uuid}.ova" for j in jobs)
+
+
+def test_broker_and_database_restarts_lose_nothing(
+    site: Site, postgres: PostgresServer, redis: RedisServer
+) -> None:
+    site.start_worker("host2", [site.ps(1), site.ps(2)], [BS_A, BS_B])
+    slow = site.add_vm(1, disks=(16 * MiB,), dense=True)
+    small = [site.add_vm(2) for _ in range(3)]
+    site.wait_workers({"host2"})
+    service = _service(site)
+    try:
+        first = service.submit(
+            ExportVmOvaPackageRequest(vm_uuid=slow, backup_storage_uuid=BS_A), "acct"
+        )
+        queued = service.submit(
+            ExportVmOvaPackageRequest(vm_uuid=small[0], backup_storage_uuid=BS_B), "acct"
+        )
+        _wait_running(site, first.uuid)
+        postgres.restart()  # mid-export: the lease renewals fail for a moment
+        redis.restart()  # a queued message and the running one's unacked copy
+        later = [
+            service.submit(ExportVmOvaPackageRequest(vm_uuid=vm, backup_storage_uuid=BS_B), "a")
+            for vm in small[1:]
+        ]
+        finished = [service.wait(j.uuid, timeout=120) for j in [first, queued, *later]]
+    finally:
+        service.close()
+    assert all(j is not None and j.status == 200 for j in finished), [
+        j and j.body for j in finished
+    ]
+    _check_packages(site, [j for j in finished if j is not None])

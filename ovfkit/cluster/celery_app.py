@@ -46,6 +46,9 @@ def make_celery(
         task_publish_retry_policy={
             "max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0,
         },
+        # A broker that restarts does not stop running exports: their result goes to the
+        # database, and the unacknowledged message, handed out again, finds the job done.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_default_queue="ovfkit.default",

@@ -10,11 +10,12 @@ nodes reaping at the same time act on a job once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import OperationFailedError
+from ..errors import OperationFailedError, OvfkitError
 from ..zstack.inventory import Reply
 from .jobs import Job, JobStore
 from .routing import WorkerInfo, choose_queue, needs_of, unroutable
@@ -62,6 +63,8 @@ class Dispatcher:
             self.celery.send_task(EXPORT_TASK, args=[job_uuid], queue=queue, retry=True)
         except Exception as exc:  # kombu raises OperationalError and socket errors alike
             _log.warning("cannot publish job %s to %s now: %s", job_uuid, queue, exc)
+            with contextlib.suppress(OvfkitError):
+                self.store.undispatched(job_uuid)  # the next reap publishes it
             return False
         return True
 

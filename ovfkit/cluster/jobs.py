@@ -227,6 +227,13 @@ class JobStore:
                 ).rowcount
             )
 
+    def undispatched(self, uuid: str) -> None:
+        """Its message could not be sent: the reaper's next round publishes it."""
+        with self.db.begin() as conn:
+            conn.execute(
+                update(J).where(J.c.uuid == uuid, J.c.state == QUEUED).values(dispatched=0)
+            )
+
     def load(self) -> dict[str, int]:
         """Jobs queued or running, by queue."""
         with self.db.connect() as conn:

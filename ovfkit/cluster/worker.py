@@ -24,11 +24,12 @@ import socket
 import threading
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ..errors import InternalError, OperationFailedError, OvfkitError
+from ..errors import InternalError, IoError, OperationFailedError, OvfkitError
 from ..zstack.config import Config, load_config
 from ..zstack.inventory import ExportVmOvaPackageRequest, Reply
 from ..zstack.storage import open_backup_storage
@@ -39,6 +40,7 @@ from .routing import Reach, WorkerInfo
 __all__ = ["ClusterTimings", "WorkerRuntime", "declare_reach"]
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,10 @@ class WorkerRuntime:
 
     def run_job(self, job_uuid: str) -> None:
         """The export task: run the job if it is free to take; return at once otherwise."""
-        job = self.store.claim(job_uuid, self.uuid, self.timings.lease_ms, self.name)
+        job = self._patiently(
+            lambda: self.store.claim(job_uuid, self.uuid, self.timings.lease_ms, self.name),
+            time.monotonic() + self.timings.lease,
+        )
         if job is None:
             return  # done already, or running on a live worker (duplicate message)
         run = _Running(job, threading.Event(), time.monotonic() + self.timings.lease * 2 / 3)
@@ -242,14 +247,34 @@ class WorkerRuntime:
             _log.exception("job %s failed unexpectedly", job.uuid)
             self._fail(job, InternalError(f"{type(exc).__name__}: {exc}"))
             return
-        if not self.store.finish_exported(
-            job, self.uuid, export_url=export_url, md5_sum=md5, size=size
+        if not self._patiently(
+            lambda: self.store.finish_exported(
+                job, self.uuid, export_url=export_url, md5_sum=md5, size=size
+            ),
+            run.deadline,
         ):
             _log.warning("job %s: finished after its lease was lost; result dropped", job.uuid)
 
+    @staticmethod
+    def _patiently(call: Callable[[], _T], until: float) -> _T:
+        """``call()``, tried again while the database is unreachable (restarting), until the
+        monotonic time ``until``; then its IoError goes up (the lease runs out and another
+        node takes the job over)."""
+        while True:
+            try:
+                return call()
+            except IoError as exc:
+                if time.monotonic() >= until:
+                    raise
+                _log.warning("database unreachable, trying again: %s", exc)
+                time.sleep(0.5)
+
     def _fail(self, job: Job, exc: OvfkitError) -> None:
         # 503 with the ErrorCode: what the synchronous API answers for a failed export.
-        done, record = self.store.finish_failed(job, self.uuid, 503, Reply.failure(exc).to_json())
+        done, record = self._patiently(
+            lambda: self.store.finish_failed(job, self.uuid, 503, Reply.failure(exc).to_json()),
+            time.monotonic() + self.timings.lease * 2 / 3,
+        )
         if done and record is not None:
             self._remove(record.inventory.backup_storage_uuid, record.install_path)
 
