@@ -4,15 +4,20 @@
 event or a bare inventory) after checking that ovfkit can build a VM from it; ExportVmOvaPackage
 then finds it by uuid. Volume and ISO paths are checked against the storage roots at export time
 (the config may change in between); ``--storage-root`` adds a root to the config.
+
+With ``--database URL`` the catalog is the shared one of a many-host service (every API node
+resolves VMs there); the storage roots are then each worker's own config.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import InvalidArgumentError
 from ..zstack.catalog import FolderCatalog, unwrap_vm_inventory
@@ -28,7 +33,7 @@ from ..zstack.config import (
 __all__ = ["register"]
 
 
-def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
+def _data_dir_arg(parser: argparse.ArgumentParser, *, database: bool = True) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -36,6 +41,34 @@ def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help=f"data folder (default: ${DATA_DIR_ENV}, else ./ovfkit-data)",
     )
+    if database:
+        parser.add_argument(
+            "--database",
+            metavar="URL",
+            help="the shared catalog of a many-host service (postgresql://...) instead of the "
+            "data folder's",
+        )
+
+
+class _Catalog(Protocol):
+    def add(self, inventory: Mapping[str, Any]) -> str: ...
+    def remove(self, vm_uuid: str) -> None: ...
+    def list(self) -> list[Mapping[str, Any]]: ...
+
+
+@contextlib.contextmanager
+def _catalog(args: argparse.Namespace) -> Iterator[_Catalog]:
+    if args.database is None:
+        yield FolderCatalog(_data_dir(args))
+        return
+    from ..db import open_database
+    from ..db.catalog import DatabaseCatalog
+
+    db = open_database(args.database)
+    try:
+        yield DatabaseCatalog(db)
+    finally:
+        db.close()
 
 
 def register(sub: Any) -> None:
@@ -63,7 +96,7 @@ def register(sub: Any) -> None:
     bs = vm_sub.add_parser(
         "backup-storages", help="list the backup storages exports can go to (uuid, kind, place)"
     )
-    _data_dir_arg(bs)
+    _data_dir_arg(bs, database=False)
     bs.set_defaults(func=_backup_storages)
     rm = vm_sub.add_parser("remove", help="unregister a VM")
     rm.add_argument("uuid", help="the VM's uuid")
@@ -92,13 +125,15 @@ def _add(args: argparse.Namespace) -> int:
         for root in args.storage_root:
             config = config.with_storage_root(str(Path(root).resolve()))
         save_config(data, config)
-    uuid = FolderCatalog(data).add(inventory)
+    with _catalog(args) as catalog:
+        uuid = catalog.add(inventory)
     print(uuid)
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    vms = FolderCatalog(_data_dir(args)).list()
+    with _catalog(args) as catalog:
+        vms = catalog.list()
     if args.json:
         json.dump({"inventories": vms}, sys.stdout, indent=1)
         print()
@@ -120,5 +155,6 @@ def _backup_storages(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
-    FolderCatalog(_data_dir(args)).remove(args.uuid)
+    with _catalog(args) as catalog:
+        catalog.remove(args.uuid)
     return 0
