@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid as uuidlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,9 +167,15 @@ def add_vm(
 
 
 @contextmanager
-def run_server(data_dir: Path, *extra_args: str, timeout: float = 30.0) -> Iterator[LiveServer]:
+def run_server(
+    data_dir: Path,
+    *extra_args: str,
+    timeout: float = 30.0,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[LiveServer]:
     """``ovfkit serve`` on a free port; waits until it answers, stops it (SIGTERM, then SIGKILL)
-    on the way out whatever happens."""
+    on the way out whatever happens. ``preexec_fn`` runs in the child before it starts (e.g.
+    to lower its resource limits)."""
     port = free_port()
     tls = "--ssl-certfile" in extra_args
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
@@ -183,6 +189,7 @@ def run_server(data_dir: Path, *extra_args: str, timeout: float = 30.0) -> Itera
             stderr=subprocess.STDOUT,
             cwd=REPO,
             env=env,
+            preexec_fn=preexec_fn,
         )
     verify: Any = True
     if tls:  # trust exactly the test's self-signed certificate

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgumentError, IoError, NotFoundError
 from ..zstack.config import DATA_DIR_ENV, default_data_dir
+
+if TYPE_CHECKING:
+    from ..server.runner import Limits
 
 __all__ = ["add_data_dir_argument", "default_data_dir", "public_url", "register", "run"]
 
@@ -74,6 +78,20 @@ def register(sub: Any) -> None:
         "then never cross the network in clear",
     )
     parser.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key")
+    # Defaults: ovfkit.server.runner.Limits (not imported here: the CLI loads no server code
+    # until `serve` runs).
+    for flag, kind, meta, text in (
+        ("--header-timeout", float, "SECONDS",
+         "a request's headers must arrive within this time, else 408 (default 20)"),
+        ("--body-timeout", float, "SECONDS",
+         "and its body within this time after them (default 60)"),
+        ("--max-connections", int, "N",
+         "connections open at once (default 1024, lowered to fit the file-descriptor limit)"),
+        ("--shutdown-grace", float, "SECONDS",
+         "on SIGTERM, running exports may finish within this time; the rest are cancelled and "
+         "rolled back (default 30)"),
+    ):
+        parser.add_argument(flag, type=kind, default=None, metavar=meta, help=text)
     parser.add_argument(
         "--log-level",
         default="info",
@@ -96,9 +114,8 @@ def _check_bind(host: str, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from ..server import Backend, ServiceConfig, create_app
+    from ..server.runner import serve
     from ..zstack.auth import DEFAULT_SESSION_TTL, AuthStore
     from ..zstack.config import load_config
     from ..zstack.context import open_context
@@ -107,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--port must be 1-65535, not {args.port}")
     if args.export_workers is not None and args.export_workers < 1:
         raise InvalidArgumentError("--export-workers must be at least 1")
+    limits = _limits(args)
     if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
         raise InvalidArgumentError("--ssl-certfile and --ssl-keyfile go together")
     for path in (args.ssl_certfile, args.ssl_keyfile):
@@ -133,15 +151,33 @@ def run(args: argparse.Namespace) -> int:
             f"'ovfkit account add NAME --data-dir {data_dir}'",
             flush=True,
         )
-    uvicorn.run(
+    serve(
         app,
         host=args.host,
         port=args.port,
+        limits=limits,
+        export_workers=config.export_workers,
+        drain=app.state.ovfkit.gate.drain,
         log_level=args.log_level,
-        proxy_headers=False,
-        server_header=False,
-        timeout_graceful_shutdown=10,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
     )
     return 0
+
+
+def _limits(args: argparse.Namespace) -> Limits:
+    from ..server.runner import Limits
+
+    given: dict[str, Any] = {}
+    for name in ("header_timeout", "body_timeout", "shutdown_grace"):
+        value = getattr(args, name)
+        if value is not None:
+            if not 0 < value <= 86400:
+                flag = "--" + name.replace("_", "-")
+                raise InvalidArgumentError(f"{flag} must be more than 0 and at most 86400 s")
+            given[name] = value
+    if args.max_connections is not None:
+        if args.max_connections < 1:
+            raise InvalidArgumentError("--max-connections must be at least 1")
+        given["max_connections"] = args.max_connections
+    return dataclasses.replace(Limits(), **given)

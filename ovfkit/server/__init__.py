@@ -29,8 +29,13 @@ Choices:
   ``X-Job-Mode: async`` it takes ZStack's job form instead: ``202 {"location": ".../api-jobs/
   <uuid>"}``, then polling gives ``202 {}`` while running, then the synchronous answer. Jobs are
   kept in memory for an hour after they finish, visible to the account that started them.
-- Exports run in worker threads (``--export-workers`` at a time) so the service keeps answering;
-  on shutdown running exports are cancelled and roll back.
+- Exports run in worker threads (``--export-workers`` at a time) so the service keeps answering.
+  On SIGTERM (:mod:`.runner`, :mod:`.drain`) the service stops accepting, refuses new exports,
+  lets running ones finish within ``--shutdown-grace`` seconds, then cancels the rest, which
+  roll back and answer SYS.1017.
+- Slow and hostile clients (:mod:`.runner`): header and body timeouts (408), a connection limit
+  below the file-descriptor limit (503), malformed HTTP (400), all in ZStack JSON, one log line
+  per condition. Failed logins back off per (account, client address) (429).
 - Downloads need no session: exportUrl is what importers and ``wget`` fetch, as ZStack's
   exportUrl is plain HTTP on the backup storage host; the random 128-bit package uuid in the path
   is the capability. Only Exported packages of local backup storages are served.

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import os
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -28,7 +28,13 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import InternalError, InvalidArgumentError, NotFoundError, OvfkitError
+from ..errors import (
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    NotReadyError,
+    OvfkitError,
+)
 from ..zstack.auth import AuthStore, InvalidSessionError, Session
 from ..zstack.inventory import (
     ExportVmOvaPackageRequest,
@@ -45,6 +51,7 @@ from .bodies import (
     string_list,
     sub_object,
 )
+from .drain import ExportGate
 from .errors import (
     MalformedRequestError,
     MethodNotAllowedError,
@@ -95,9 +102,10 @@ class _State:
     config: ServiceConfig
     jobs: JobRegistry
     limiter: anyio.CapacityLimiter
-    # Set when the service shuts down: running exports stop at their next check and roll back
-    # (SYS.1017), so a restart never waits on, nor finds, a half-written package.
-    stopping: threading.Event = field(default_factory=threading.Event)
+    # Running exports and the shutdown: at SIGTERM new exports are refused, running ones get a
+    # grace period, then stop at their next check and roll back (SYS.1017), so a restart never
+    # waits on, nor finds, a half-written package.
+    gate: ExportGate = field(default_factory=ExportGate)
 
 
 def _state(request: Request) -> _State:
@@ -204,17 +212,22 @@ def _async_mode(request: Request) -> bool:
 
 
 async def _run_export(state: _State, req: ExportVmOvaPackageRequest) -> tuple[int, dict[str, Any]]:
+    gate = state.gate
     try:
-        reply = await anyio.to_thread.run_sync(
-            lambda: state.backend.export(req, cancel=state.stopping), limiter=state.limiter
-        )
+        async with gate.running():
+            reply = await anyio.to_thread.run_sync(
+                lambda: state.backend.export(req, cancel=gate.stopping), limiter=state.limiter
+            )
     except OvfkitError as exc:
         return status_for(exc), {"error": exc.to_error_code()}
     except Exception:
         log.exception("export of vm %s failed unexpectedly", req.vm_uuid)
         err = InternalError(f"unexpected failure while exporting vm[uuid:{req.vm_uuid}]")
         return 503, {"error": err.to_error_code()}
-    return reply_answer(reply)
+    status, body = reply_answer(reply)
+    if "error" in body:
+        body["error"] = gate.shutdown_error(body["error"])
+    return status, body
 
 
 async def export_package(request: Request) -> Response:
@@ -534,6 +547,15 @@ class CatchAll:
                 return  # headers already sent; the server closes the connection
             err = InternalError("unexpected internal error; the server log has the details")
             await error_response(err)(scope, receive, send)
+        except BaseException:
+            # Cancelled: the server's shutdown ran out of time for this request. Answer in
+            # ZStack JSON rather than leave uvicorn to answer a plain-text 500, then go on
+            # being cancelled.
+            if not started:
+                stopped = NotReadyError("the service shut down before this request finished")
+                with contextlib.suppress(Exception):
+                    await error_response(stopped)(scope, receive, send)
+            raise
 
 
 # -- the application --------------------------------------------------------------------------
@@ -583,7 +605,7 @@ def create_app(
             finally:
                 # Jobs still running are told to stop; leaving the group waits for their
                 # roll-back before the records are closed.
-                app.state.ovfkit.stopping.set()
+                app.state.ovfkit.gate.stopping.set()
         backend.close()
 
     app = Starlette(

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from .errors import MalformedRequestError
 
@@ -36,11 +36,16 @@ async def read_body(request: Request, limit: int = DEFAULT_BODY_LIMIT) -> bytes:
             )
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise MalformedRequestError(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise MalformedRequestError(f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Gone, or cut off by the body timeout (runner.py): the answer goes nowhere, and
+        # this is no failure of the service to log.
+        raise MalformedRequestError("the connection closed before the whole body arrived") from None
     return b"".join(chunks)
 
 
