@@ -54,6 +54,6 @@ def test_no_server_error_and_responses_conform(
         response,
         checks=[status_code_conformance, content_type_conformance, response_schema_conformance],
     )
-    if response.status_code >= 400 and response.status_code != 416:
+    if response.status_code >= 400:
         body = response.json()
         assert set(body) == {"error"} and "Traceback" not in str(body)

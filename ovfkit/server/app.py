@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -51,6 +51,7 @@ from .bodies import (
     string_list,
     sub_object,
 )
+from .downloads import PackageFileResponse
 from .drain import ExportGate
 from .errors import (
     MalformedRequestError,
@@ -474,7 +475,7 @@ async def download_package(request: Request) -> Response:
     stat = await anyio.to_thread.run_sync(os.stat, path)
     if stat.st_size != size:
         raise NotFoundError(f"ova package[uuid:{uuid}] is being replaced; try again")
-    return FileResponse(
+    return PackageFileResponse(
         path,
         media_type="application/octet-stream",
         filename=filename,

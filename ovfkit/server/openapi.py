@@ -416,7 +416,11 @@ def _paths() -> dict[str, Any]:
                 "security": [],
                 "description": "The package file of a local backup storage (exportUrl). No "
                 "session: the unguessable package uuid is the capability, as ZStack's exportUrl "
-                "is plain HTTP on the backup storage host. Single byte range (RFC 9110 14.2).",
+                "is plain HTTP on the backup storage host. Byte ranges (RFC 9110 14): one range "
+                "gives 206 with Content-Range; several give 206 multipart/byteranges, "
+                "overlapping ones merged; ranges past the end are dropped, 416 only when none "
+                "is left; a unit other than bytes, or more than 100 ranges, is ignored (200, "
+                "the whole file); a malformed header is 400.",
                 "parameters": [
                     {"name": "Range", "in": "header", "schema": {"type": "string"}},
                 ],
@@ -427,14 +431,24 @@ def _paths() -> dict[str, Any]:
                                                                            "format": "binary"}}},
                     },
                     "206": {
-                        "description": "The range asked for",
-                        "content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                           "format": "binary"}}},
+                        "description": "The range asked for; several ranges as multipart",
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "format": "binary"}
+                            },
+                            "multipart/byteranges": {
+                                "schema": {"type": "string", "format": "binary"}
+                            },
+                        },
                     },
                     "400": {"$ref": "#/components/responses/BadRequest"},
                     "404": {"$ref": "#/components/responses/NotFound"},
                     "405": {"$ref": "#/components/responses/MethodNotAllowed"},
-                    "416": _json(_ref("ErrorReply"), "Range not satisfiable"),
+                    "416": {
+                        **_json(_ref("ErrorReply"), "No range starts inside the package"),
+                        "headers": {"Content-Range": {"schema": {"type": "string"},
+                                                      "description": "bytes */<size>"}},
+                    },
                     "503": {"$ref": "#/components/responses/Failed"},
                 },
             },
