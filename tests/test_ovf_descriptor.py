@@ -1,4 +1,4 @@
-"""The descriptor writer against the importer rules of interop-rules.md "Descriptor", and the
+"""The descriptor writer against the importer rules of docs/interop-rules.md "Descriptor", and the
 package layout's member names."""
 
 from __future__ import annotations

@@ -51,3 +51,14 @@ def test_error_code_shape_nests_the_cause() -> None:
     assert str(InvalidArgumentError("field[vmUuid] is mandatory")) == (
         "SYS.1007: field[vmUuid] is mandatory"
     )
+
+
+def test_cited_rules_live_in_the_repository() -> None:
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "docs" / "interop-rules.md").is_file()
+    outside = [
+        str(p.relative_to(root))
+        for p in (root / "ovfkit").rglob("*.py")
+        if "../shared/" in p.read_text(encoding="utf-8")
+    ]
+    assert outside == []

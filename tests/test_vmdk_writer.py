@@ -77,7 +77,7 @@ def check_own(vmdk: Path, raw_bytes: bytes, result: VmdkResult) -> None:
         disk[offset : offset + len(chunk)] = chunk
     assert bytes(disk[: len(raw_bytes)]) == raw_bytes
     assert not any(disk[len(raw_bytes) :])
-    # The last three sectors: footer marker, footer, end-of-stream (interop-rules.md).
+    # The last three sectors: footer marker, footer, end-of-stream (docs/interop-rules.md).
     tail = data[-1536:]
     m = fmt.decode_marker(tail)
     assert (m.val, m.size, m.type) == (1, 0, fmt.MARKER_FOOTER)

@@ -1,7 +1,7 @@
 """write_ova: the package as one tar, written once, appearing atomically.
 
-Member order (DSP0243 §5.3, interop-rules "Tar container"): descriptor, manifest, certificate,
-then the files in ``References`` order; VMware wants the ``.ovf`` first.
+Member order (DSP0243 §5.3, docs/interop-rules.md "Tar container"): descriptor, manifest,
+certificate, then the files in ``References`` order; VMware wants the ``.ovf`` first.
 
 The descriptor carries each File's exact size and each Disk's populated size, known only once a
 disk is compressed. For a path target the package is therefore written out of order into a

@@ -3,7 +3,7 @@
 Sources, cited where a rule is applied:
 
 - DMTF DSP0243 (OVF) 1.1 / 2.0 and the DSP8023 schemas bundled in ``schemas/``.
-- ``../shared/notes/interop-rules.md`` "Descriptor": what VMware, VirtualBox, virt-v2v and
+- ``docs/interop-rules.md`` "Descriptor": what VMware, VirtualBox, virt-v2v and
   Proxmox actually accept (envelope/1 by default, memory in ``byte * 2^20``, vmx-13, ...).
 - VMware ovftool output for the vmw: extensions (``vmw:osType``, ``vmw:CoresPerSocket``,
   ``vmw:Config`` firmware / secure boot, ``vmware.sata.ahci``, ``vmware.cdrom.*``).
@@ -103,8 +103,8 @@ class _Writer:
                 return str(self.next_id)
 
     def vmw_required_false(self, el: etree._Element) -> etree._Element:
-        # interop-rules: vendor elements carry ovf:required="false" so that importers which do
-        # not know them go on (DSP0243 1.1 §7.3, extensibility).
+        # docs/interop-rules.md: vendor elements carry ovf:required="false" so that importers
+        # which do not know them go on (DSP0243 1.1 §7.3, extensibility).
         el.set(self.o("required"), "false")
         return el
 
@@ -336,7 +336,8 @@ class _Writer:
                 "ElementName": f"{vm.vcpus} virtual CPU(s)",
                 "InstanceID": self.iid(),
                 "ResourceType": "3",
-                # interop-rules: VirtualQuantity = vCPUs, sockets are implied by CoresPerSocket
+                # docs/interop-rules.md: VirtualQuantity = vCPUs, sockets are implied by
+                # CoresPerSocket
                 "VirtualQuantity": str(vm.vcpus),
             },
         )
@@ -347,7 +348,7 @@ class _Writer:
             cpu.vendor.append(cps)
         cpu.vendor.extend(self.kept("cpu"))
         items.append(cpu)
-        # interop-rules: byte * 2^20 with the quantity in MB, virt-v2v/Proxmox assume MB.
+        # docs/interop-rules.md: byte * 2^20 with the quantity in MB, virt-v2v/Proxmox assume MB.
         items.append(
             _Item(
                 "Item",
@@ -438,7 +439,7 @@ class _Writer:
         rtype, label = {
             ControllerType.IDE: ("5", "IDE Controller"),
             ControllerType.SCSI: ("6", "SCSI Controller"),
-            # ResourceType 20 "Other storage device" with VMware's subtype (interop-rules).
+            # ResourceType 20 "Other storage device" with VMware's subtype (docs/interop-rules.md).
             ControllerType.SATA: ("20", "SATA Controller"),
             ControllerType.NVME: ("20", "NVMe Controller"),
         }[c.type]

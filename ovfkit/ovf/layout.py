@@ -1,8 +1,9 @@
 """Which package member carries which disk or ISO, and the members' names (pure).
 
-Member names follow the tar rules of the OVA (interop-rules "Tar container"): flat, ASCII, at most
-100 bytes (ustar ``name`` field, no PAX/GNU long names), unique. DSP0243 1.1 §7.1 makes ``ovf:href``
-a relative URI, so the names also avoid ``/``, ``..``, spaces and anything a URI would escape.
+Member names follow the tar rules of the OVA (docs/interop-rules.md "Tar container"): flat,
+ASCII, at most 100 bytes (ustar ``name`` field, no PAX/GNU long names), unique. DSP0243 1.1 §7.1
+makes ``ovf:href`` a relative URI, so the names also avoid ``/``, ``..``, spaces and anything a
+URI would escape.
 
 The packer gets a layout from :func:`plan_layout`, writes the members, fills in the sizes with
 :meth:`PackageLayout.with_sizes` (or ``dataclasses.replace``) and passes the layout back to

@@ -10,8 +10,8 @@ from ._xml import INVALID_XML_CHARS
 
 __all__ = ["STREAM_OPTIMIZED", "DescriptorOptions"]
 
-#: VMware's disk format URI for streamOptimized VMDK (interop-rules "Descriptor"; DSP0243 1.1 §5.2
-#: leaves the URI to the vendor).
+#: VMware's disk format URI for streamOptimized VMDK (docs/interop-rules.md "Descriptor";
+#: DSP0243 1.1 §5.2 leaves the URI to the vendor).
 STREAM_OPTIMIZED = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
 
 

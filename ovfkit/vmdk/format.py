@@ -3,7 +3,7 @@
 Source: VMware, "Virtual Disk Format 5.0" technote (vmdk_50_technote.pdf), sections "Hosted Sparse
 Extent Header", "Stream-Optimized Compressed Sparse Extents" (markers, footer, end-of-stream) and
 "The Descriptor File". Importer rules on top of it (version 3, last three sectors, toolsVersion)
-come from ../shared/notes/interop-rules.md, which names their sources.
+come from docs/interop-rules.md, which names their sources.
 
 Units follow the technote: every offset and size in the header, markers, grain directory and grain
 tables is in 512-byte sectors, except a grain marker's ``size`` (bytes of compressed data).

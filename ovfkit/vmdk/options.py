@@ -14,7 +14,7 @@ __all__ = ["DIGEST_ALGORITHMS", "Engine", "VmdkOptions", "VmdkResult"]
 Engine = Literal["native", "qemu-img"]
 
 # Manifest algorithms (SHA1 for old vCenter, SHA256 default, SHA512 accepted by ovftool;
-# ../shared/notes/interop-rules.md), plus md5 and xxh128 for callers that want them. Only
+# docs/interop-rules.md), plus md5 and xxh128 for callers that want them. Only
 # the asked ones are computed: each costs CPU time on every byte written.
 DIGEST_ALGORITHMS = ("sha1", "sha256", "sha512", "md5", "xxh128")
 

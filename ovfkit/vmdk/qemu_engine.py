@@ -4,7 +4,7 @@ qemu-img cannot write a VMDK to a pipe, so it writes a temporary file, which is 
 *while qemu-img writes it*: the grains are taken as they land (``walk_grains`` says when one is
 final), so what is left once qemu-img ends is the last grain and the tables, not a second pass
 over the whole file. The copy is rewritten on the way so both engines hand out the same layout
-(the rules: ../shared/notes/interop-rules.md, VMware "Virtual Disk Format 5.0"). What qemu-img
+(the rules: docs/interop-rules.md, VMware "Virtual Disk Format 5.0"). What qemu-img
 7.2 writes and what the copy changes:
 
 - grain directory, redundant directory and all grain tables *before* the grains (header gdOffset

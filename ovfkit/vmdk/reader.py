@@ -1,7 +1,7 @@
 """Check a streamOptimized VMDK's structure and read its virtual disk back.
 
 Rules: VMware "Virtual Disk Format 5.0" (header, markers, grain directory/tables, footer, EOS)
-plus the importer rules in ../shared/notes/interop-rules.md (version 3, footer marker + footer +
+plus the importer rules in docs/interop-rules.md (version 3, footer marker + footer +
 EOS as the last three sectors, grains in ascending LBA order). Files written by qemu-img (GD and
 GTs before the grains, no footer, no EOS) are read too; what they lack is reported as faults.
 

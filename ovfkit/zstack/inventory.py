@@ -1,8 +1,7 @@
 """ZStack's wire shapes for ExportVmOvaPackage and the image-package APIs (pure, no I/O).
 
 Sources: the ExportVmOvaPackage reference page and ZStack's SDK (``ImagePackageInventory``,
-``ExportVmOvaPackageResult``, ``ErrorCode``), summarised in ../shared/zstack/README.md (beside
-the repo). ZStack's JSON leaves null fields out and writes timestamps with Gson's default
+``ExportVmOvaPackageResult``, ``ErrorCode``). ZStack's JSON leaves null fields out and writes timestamps with Gson's default
 US-English pattern ``MMM d, yyyy h:mm:ss a`` ("May 10, 2022 5:24:03 AM": day and hour not
 zero-padded), in local time.
 """
