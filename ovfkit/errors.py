@@ -17,12 +17,15 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidOvfError",
     "IoError",
+    "MissingExtraError",
     "NotFoundError",
     "NotReadyError",
+    "OperationCancelledError",
     "OperationFailedError",
     "OperationTimeoutError",
     "OvfParseError",
     "OvfkitError",
+    "OvfkitIOError",
     "ToolMissingError",
     "UnimplementedError",
     "VmdkFormatError",
@@ -106,18 +109,36 @@ class UnimplementedError(OvfkitError):
     description = "The operation is not implemented"
 
 
-class IoError(OvfkitError):
+class OvfkitIOError(OvfkitError):
+    """Reading or writing a file, a disk, a pipe or a backup storage failed. Not named
+    ``IoError``: that read too much like the builtin ``IOError`` (an alias of OSError)."""
+
     code = "SYS.1016"
     description = "An I/O error happened"
 
 
-class CancelledError(OvfkitError):
+class OperationCancelledError(OvfkitError):
+    """A ``cancel`` token was set. Not named ``CancelledError``, which asyncio and
+    concurrent.futures already use for their own cancellations."""
+
     code = "SYS.1017"
     description = "The operation was cancelled"
 
 
 class ToolMissingError(NotFoundError):
     """An external program (qemu-img, ...) is not installed; details name the Debian package."""
+
+
+class MissingExtraError(ToolMissingError, ImportError):
+    """A feature needs an optional dependency group (``pip install 'ovfkit[sign]'``) that is not
+    installed; details name the extra. Also an ImportError, for code that probes features."""
+
+    def __init__(self, extra: str, feature: str, module: str) -> None:
+        super().__init__(
+            f"{feature} needs the {extra!r} extra: pip install 'ovfkit[{extra}]'"
+            f" ({module} is not installed)"
+        )
+        self.extra = extra
 
 
 class VmdkFormatError(OperationFailedError):
@@ -136,3 +157,8 @@ class OvfParseError(OvfkitError):
 class InvalidOvfError(OvfkitError):
     code = "OVF.1002"
     description = "Invalid OVF XML"
+
+
+# The names before 0.2, kept as aliases for one release (removed in 0.3).
+IoError = OvfkitIOError
+CancelledError = OperationCancelledError

@@ -93,13 +93,18 @@ class DiskSource:
 class Disk:
     """A virtual disk attached at ``unit`` of controller ``controller`` (a Controller.id).
 
-    ``capacity`` is the virtual size in bytes. ``source`` is None for a disk read from a descriptor
-    whose data lives in the package rather than in a local image. ``boot_order`` is 1-based, None
-    when the disk is not in the boot order.
+    ``capacity`` is the virtual size in bytes. None: the size of the ``source`` image, which
+    write_ova reads (qemu-img info); a descriptor built without an image needs it given. A
+    given capacity must be the image's virtual size (rounded up to whole 512-byte sectors, the
+    VMDK's unit): anything else is an InvalidArgumentError, never silently replaced, since the
+    package could not hold both a disk of that size and the image's data (``qemu-img resize``
+    the image first to grow it). ``source`` is None for a disk read from a descriptor whose data
+    lives in the package rather than in a local image. ``boot_order`` is 1-based, None when the
+    disk is not in the boot order.
     """
 
     id: str
-    capacity: int
+    capacity: int | None
     controller: str
     unit: int
     source: DiskSource | None = None

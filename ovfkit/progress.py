@@ -2,7 +2,7 @@
 
 A caller passes ``progress`` (called with a :class:`Progress` now and then, from the thread doing
 the work) and/or ``cancel`` (a :class:`threading.Event`; once set, the operation stops at the next
-check, removes what it wrote and raises :class:`ovfkit.errors.CancelledError`).
+check, removes what it wrote and raises :class:`ovfkit.errors.OperationCancelledError`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import CancelledError
+from .errors import OperationCancelledError
 
 __all__ = ["CancelToken", "Progress", "ProgressCallback", "check_cancel"]
 
@@ -31,4 +31,4 @@ CancelToken = threading.Event
 
 def check_cancel(cancel: CancelToken | None, what: str) -> None:
     if cancel is not None and cancel.is_set():
-        raise CancelledError(f"{what} was cancelled")
+        raise OperationCancelledError(f"{what} was cancelled")

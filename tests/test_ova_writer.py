@@ -21,11 +21,11 @@ from test_iso import make_cd_iso
 from test_signing import make_key_and_cert
 
 from ovfkit.errors import (
-    CancelledError,
     InvalidArgumentError,
-    IoError,
     NotFoundError,
+    OperationCancelledError,
     OvfkitError,
+    OvfkitIOError,
 )
 from ovfkit.model import (
     CdDrive,
@@ -320,7 +320,7 @@ def test_cancel_and_interrupt_leave_nothing(
         if p.stage.startswith("disk") and p.done > 0:
             cancel.set()
 
-    with pytest.raises(CancelledError):
+    with pytest.raises(OperationCancelledError):
         write_ova(vm, out / "vm.ova", progress=cancel_soon, cancel=cancel)
     assert _leftovers(out) == []
 
@@ -335,7 +335,7 @@ def test_cancel_and_interrupt_leave_nothing(
     first: PackageResult = write_ova(vm, out / "vm.ova")
     before = (out / "vm.ova").read_bytes()
     cancel.clear()
-    with pytest.raises(CancelledError):
+    with pytest.raises(OperationCancelledError):
         write_ova(vm, out / "vm.ova", progress=cancel_soon, cancel=cancel)
     assert (out / "vm.ova").read_bytes() == before
     assert hashlib.md5(before).hexdigest() == first.md5
@@ -387,7 +387,7 @@ def test_long_and_unicode_vm_name(tmp_path: Path, two_disks: list[tuple[Path, st
 
 
 def test_disk_full_leaves_nothing(tmp_path: Path, make_image: MakeImage) -> None:
-    """ENOSPC mid-write on a 2 MiB tmpfs: IoError (SYS.1016), the temporary file removed."""
+    """ENOSPC mid-write on a 2 MiB tmpfs: OvfkitIOError (SYS.1016), the temporary file removed."""
     img = make_image("raw", size=8 * MiB, data=[(i * MiB, os.urandom(MiB)) for i in range(8)])
     mount = tmp_path / "small"
     mount.mkdir()
@@ -395,7 +395,7 @@ def test_disk_full_leaves_nothing(tmp_path: Path, make_image: MakeImage) -> None
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        with pytest.raises(IoError) as info:
+        with pytest.raises(OvfkitIOError) as info:
             write_ova(make_vm([(img.path, "raw")]), mount / "vm.ova")
         assert info.value.code == "SYS.1016"
         assert "No space left" in str(info.value)

@@ -16,7 +16,13 @@ import xxhash
 from conftest import MadeImage, MakeImage, MiB, random_bytes, text_like, write_locked
 
 from ovfkit.disk import MemorySource, open_source
-from ovfkit.errors import CancelledError, IoError, NotFoundError, OvfkitError, VmdkFormatError
+from ovfkit.errors import (
+    NotFoundError,
+    OperationCancelledError,
+    OvfkitError,
+    OvfkitIOError,
+    VmdkFormatError,
+)
 from ovfkit.model import DiskSource
 from ovfkit.progress import Progress
 from ovfkit.qemu import img
@@ -167,7 +173,7 @@ def test_progress_and_cancel(make_image: MakeImage, tmp_path: Path) -> None:
     cancel.set()
     work = tmp_path / "work"
     work.mkdir()
-    with pytest.raises(CancelledError), open(work / "out.vmdk", "wb") as sink:
+    with pytest.raises(OperationCancelledError), open(work / "out.vmdk", "wb") as sink:
         write_vmdk_qemu(DiskSource(str(image.path)), sink, OPTIONS, cancel=cancel)
     assert [p.name for p in work.iterdir()] == ["out.vmdk"]  # temporary file removed
 
@@ -208,7 +214,7 @@ class _FullDisk:
 
 def test_sink_failure_is_io_error_and_cleans_up(make_image: MakeImage, tmp_path: Path) -> None:
     image = make_image("qcow2")
-    with pytest.raises(IoError) as err:
+    with pytest.raises(OvfkitIOError) as err:
         write_vmdk_qemu(DiskSource(str(image.path)), _FullDisk(), OPTIONS, tmpdir=str(tmp_path))
     assert "No space left on device" in err.value.details
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".ovfkit")] == []
@@ -308,7 +314,7 @@ def test_cancel_with_windows_removes_every_file(make_image: MakeImage, tmp_path:
         if p.stage.endswith("(qemu-img convert)") and p.done > 0:
             cancel.set()  # once qemu-img has begun: several of them are running
 
-    with pytest.raises(CancelledError), open(work / "out.vmdk", "wb") as sink:
+    with pytest.raises(OperationCancelledError), open(work / "out.vmdk", "wb") as sink:
         write_vmdk_qemu(
             DiskSource(str(image.path)),
             sink,
@@ -334,7 +340,7 @@ def test_windows_of_a_locked_image_with_force_shared(
 
 def test_no_room_for_temporary_files_is_an_io_error(make_image: MakeImage, tmp_path: Path) -> None:
     image = make_image("raw", size=4 * MiB, data=[(0, random_bytes(4 * MiB))])
-    with pytest.raises(IoError) as err, open(tmp_path / "out.vmdk", "wb") as sink:
+    with pytest.raises(OvfkitIOError) as err, open(tmp_path / "out.vmdk", "wb") as sink:
         write_vmdk_qemu(
             DiskSource(str(image.path)), sink, PARTS_OPTIONS, tmpdir=str(tmp_path / "gone"),
             min_part=MiB,

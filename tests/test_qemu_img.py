@@ -16,10 +16,10 @@ import pytest
 from conftest import MakeImage, MiB, qemu_img, random_bytes, write_locked
 
 from ovfkit.errors import (
-    CancelledError,
-    IoError,
     NotFoundError,
+    OperationCancelledError,
     OperationFailedError,
+    OvfkitIOError,
     ToolMissingError,
 )
 from ovfkit.progress import Progress
@@ -29,7 +29,7 @@ from ovfkit.qemu import img
 def _only(exc: BaseException, cls: type[BaseException]) -> None:
     """exc is exactly of the family cls, not a sibling family (e.g. NotFound is not Io)."""
     assert isinstance(exc, cls)
-    for other in (NotFoundError, IoError, img.ImageInUseError):
+    for other in (NotFoundError, OvfkitIOError, img.ImageInUseError):
         if not issubclass(cls, other) and not issubclass(other, cls):
             assert not isinstance(exc, other), f"{exc!r} is also a {other.__name__}"
 
@@ -178,7 +178,7 @@ def test_convert_cancel_ends_child_and_removes_output(
             cancel.set()
 
     start = time.monotonic()
-    with pytest.raises(CancelledError) as err:
+    with pytest.raises(OperationCancelledError) as err:
         img.convert(
             image.path,
             dst,
@@ -301,7 +301,7 @@ def test_permission_denied(make_image: MakeImage) -> None:
     assert proc.returncode != 0 and "Permission denied" in proc.stderr, proc.stderr
     err = img.classify_failure("qemu-img info", proc.stderr, proc.returncode)
     assert isinstance(err, OperationFailedError)
-    assert not isinstance(err, NotFoundError | IoError)
+    assert not isinstance(err, NotFoundError | OvfkitIOError)
     assert err.code == "SYS.1006" and "Permission denied" in err.details
 
 
@@ -323,9 +323,9 @@ def test_out_of_space(make_image: MakeImage, tmp_path: Path) -> None:
     image = make_image("raw", size=4 * MiB, data=[(0, random_bytes(4 * MiB))])
     with _tiny_tmpfs(tmp_path / "small", "1m") as small:
         dst = small / "out.qcow2"
-        with pytest.raises(IoError) as err:
+        with pytest.raises(OvfkitIOError) as err:
             img.convert(image.path, dst, src_fmt="raw", dst_fmt="qcow2")
-        _only(err.value, IoError)
+        _only(err.value, OvfkitIOError)
         assert err.value.code == "SYS.1016"
         assert "No space left on device" in err.value.details
         assert not dst.exists()
@@ -336,7 +336,7 @@ def test_io_error_messages_are_io() -> None:
     # mapping is a pure function of qemu-img's stderr, checked here on its exact wording.
     stderr = "qemu-img: error while reading at byte 0: Input/output error\n"
     err = img.classify_failure("qemu-img convert", stderr, 1)
-    _only(err, IoError)
+    _only(err, OvfkitIOError)
     assert "Input/output error" in err.details
 
 

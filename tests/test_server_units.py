@@ -22,9 +22,9 @@ from starlette.routing import Route
 
 from ovfkit.errors import (
     InvalidArgumentError,
-    IoError,
     NotFoundError,
     OperationFailedError,
+    OvfkitIOError,
     OvfParseError,
 )
 from ovfkit.server import Backend, create_app, openapi_document
@@ -151,7 +151,7 @@ def test_session_token() -> None:
         (NotFoundError("x"), 503),  # ZStack: a failed API call is 503 whatever its code
         (InvalidArgumentError("x"), 503),
         (OperationFailedError("x"), 503),
-        (IoError("x"), 503),
+        (OvfkitIOError("x"), 503),
         (OvfParseError("x"), 503),
     ],
 )

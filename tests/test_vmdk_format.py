@@ -145,7 +145,7 @@ def test_descriptor_round_trip(
         capacity, name, adapter_type=adapter, hw_version=hw, long_content_id=ident.hex(), uuid=uid
     )
     assert len(raw) == 20 * 512
-    d = fmt.parse_descriptor(raw)
+    d = fmt.decode_descriptor(raw)
     assert d.create_type == "streamOptimized"
     assert d.header["parentCID"] == "ffffffff"
     assert d.cid == ident.hex()[-8:]
@@ -182,12 +182,12 @@ def test_parse_qemu_style_descriptor() -> None:
         b'createType="streamOptimized"\n\n# Extent description\nRW 10240 SPARSE "q.vmdk"\n\n'
         b'# The Disk Data Base\n#DDB\n\nddb.virtualHWVersion = "4"\nddb.adapterType = "ide"\n'
     )
-    d = fmt.parse_descriptor(text + bytes(100))
+    d = fmt.decode_descriptor(text + bytes(100))
     assert d.cid == "a28b127d"
     assert d.extents[0].sectors == 10240 and d.extents[0].filename == "q.vmdk"
     assert d.ddb["ddb.adapterType"] == "ide"
     with pytest.raises(VmdkFormatError) as e:
-        fmt.parse_descriptor(b"garbage line here\n")
+        fmt.decode_descriptor(b"garbage line here\n")
     assert e.value.fault == "bad-descriptor"
 
 

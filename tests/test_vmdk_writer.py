@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 
 from ovfkit.disk import Extent, MemorySource, RawSource
 from ovfkit.errors import (
-    CancelledError,
     InvalidArgumentError,
-    IoError,
     NotFoundError,
+    OperationCancelledError,
     OperationFailedError,
+    OvfkitIOError,
 )
 from ovfkit.model import DiskSource
 from ovfkit.progress import Progress
@@ -216,7 +216,7 @@ def test_progress_and_cancel() -> None:
     def stop_soon(p: Progress) -> None:
         cancel.set()
 
-    with pytest.raises(CancelledError) as e:
+    with pytest.raises(OperationCancelledError) as e:
         write_vmdk(MemorySource(data), io.BytesIO(), progress=stop_soon, cancel=cancel)
     assert e.value.code == "SYS.1017"
 
@@ -299,7 +299,7 @@ def test_sink_and_source_failures_are_io_errors() -> None:
         def write(self, b: bytes) -> int:
             raise OSError(28, "No space left on device")
 
-    with pytest.raises(IoError) as e:
+    with pytest.raises(OvfkitIOError) as e:
         write_vmdk(MemorySource(b"x" * 100), Broken())
     assert e.value.code == "SYS.1016" and "No space" in e.value.details
 
@@ -307,7 +307,7 @@ def test_sink_and_source_failures_are_io_errors() -> None:
         def readinto(self, offset: int, buf: memoryview) -> int:
             raise OSError(5, "Input/output error")
 
-    with pytest.raises(IoError):
+    with pytest.raises(OvfkitIOError):
         write_vmdk(BadSource(b"x" * 100), io.BytesIO())
 
 
@@ -461,7 +461,7 @@ def test_windows_and_gathered_pieces_give_the_same_bytes(tmp_path: Path) -> None
 
 
 def test_failed_batch_leaves_no_window_mapped(tmp_path: Path) -> None:
-    """A sink failing mid-disk: the error is an IoError and the source windows are unmapped."""
+    """A sink failing mid-disk: an OvfkitIOError, and the source windows are unmapped."""
     raw = tmp_path / "disk.raw"
     raw.write_bytes(random_bytes(40 * MiB))
 
@@ -473,7 +473,7 @@ def test_failed_batch_leaves_no_window_mapped(tmp_path: Path) -> None:
 
     src = RawSource(raw)
     try:
-        with pytest.raises(IoError, match="No space left"):
+        with pytest.raises(OvfkitIOError, match="No space left"):
             write_vmdk(src, Failing(), fixed(threads=2))
     finally:
         src.close()

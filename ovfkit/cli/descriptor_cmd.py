@@ -11,7 +11,7 @@ import sys
 import tempfile
 from typing import Any
 
-from ..errors import InvalidArgumentError, IoError, NotFoundError, OvfkitError
+from ..errors import InvalidArgumentError, NotFoundError, OvfkitError, OvfkitIOError
 
 __all__ = ["read_input", "register", "run", "write_atomic"]
 
@@ -53,7 +53,7 @@ def _io_error(what: str, path: str, exc: OSError) -> OvfkitError:
         return NotFoundError(f"{what} {path!r} not found")
     if isinstance(exc, IsADirectoryError) or exc.errno == errno.EISDIR:
         return InvalidArgumentError(f"{what} {path!r} is a directory")
-    return IoError(f"cannot read {what} {path!r}: {reason}")
+    return OvfkitIOError(f"cannot read {what} {path!r}: {reason}")
 
 
 def read_input(path: str, *, limit: int = MAX_INVENTORY_BYTES, what: str = "inventory") -> bytes:
@@ -83,7 +83,7 @@ def write_atomic(path: str, data: bytes) -> None:
     except FileNotFoundError:
         raise NotFoundError(f"output directory {directory!r} not found") from None
     except OSError as exc:
-        raise IoError(f"cannot write output {path!r}: {exc.strerror or exc}") from None
+        raise OvfkitIOError(f"cannot write output {path!r}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -94,7 +94,7 @@ def write_atomic(path: str, data: bytes) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise IoError(f"cannot write output {path!r}: {exc.strerror or exc}") from None
+        raise OvfkitIOError(f"cannot write output {path!r}: {exc.strerror or exc}") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

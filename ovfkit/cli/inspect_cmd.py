@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         f = files.get(disk.id)
         where = f" <- {f.file.href}" if f is not None else ""
         ctrl = vm.controller(disk.controller)
-        out.write(f"disk:      {disk.id} {_mib(disk.capacity)} on {ctrl.type.value}"
+        out.write(f"disk:      {disk.id} {_mib(disk.capacity or 0)} on {ctrl.type.value}"
                   f"{ctrl.bus_number}:{disk.unit}{where}\n")
     for cd in vm.cd_drives:
         iso = parsed.layout.iso_file(cd.id)

@@ -9,7 +9,7 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidArgumentError, IoError, NotFoundError
+from ..errors import InvalidArgumentError, NotFoundError, OvfkitIOError
 from ..zstack.config import DATA_DIR_ENV, default_data_dir
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def _check_bind(host: str, port: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
     except OSError as exc:
-        raise IoError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise OvfkitIOError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:

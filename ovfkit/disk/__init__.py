@@ -14,7 +14,7 @@ import os
 import stat
 from collections.abc import Iterator
 
-from ..errors import InvalidArgumentError, IoError, NotFoundError, OperationFailedError
+from ..errors import InvalidArgumentError, NotFoundError, OperationFailedError, OvfkitIOError
 from ..model import DiskSource
 from ..qemu import img
 from .mapped import MappedSource, eligible
@@ -72,7 +72,7 @@ def _check_file_type(path: str) -> None:
     except FileNotFoundError:
         raise NotFoundError(f"disk image {path} is a broken symbolic link") from None
     except OSError as e:
-        raise IoError(f"cannot stat disk image {path}: {e.strerror or e}") from None
+        raise OvfkitIOError(f"cannot stat disk image {path}: {e.strerror or e}") from None
     if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
         return
     kind = (

@@ -21,7 +21,7 @@ import os
 import stat
 from collections.abc import Iterator
 
-from ..errors import IoError
+from ..errors import OvfkitIOError
 from ..qemu import img
 from .nbd import NbdSource
 from .source import Extent
@@ -60,7 +60,7 @@ class MappedSource:
                 self._fds.append(os.open(layer.filename, os.O_RDONLY | os.O_CLOEXEC))
         except OSError as exc:
             self.close()
-            raise IoError(f"opening {exc.filename}: {exc.strerror}") from None
+            raise OvfkitIOError(f"opening {exc.filename}: {exc.strerror}") from None
         self._window_start = -1
         self._window: list[img.MapExtent] = []
         self._starts: list[int] = []
@@ -94,7 +94,9 @@ class MappedSource:
         self._load(offset)
         i = bisect.bisect_right(self._starts, offset) - 1
         if i < 0 or offset >= self._window[i].start + self._window[i].length:
-            raise IoError(f"qemu-img map does not cover byte {offset} of {self._info.filename}")
+            raise OvfkitIOError(
+                f"qemu-img map does not cover byte {offset} of {self._info.filename}"
+            )
         return self._window[i]
 
     def extents(self) -> Iterator[Extent]:
@@ -135,7 +137,7 @@ class MappedSource:
             try:
                 k = os.preadv(fd, [part[got:]], at + got)
             except OSError as exc:
-                raise IoError(f"reading the image at host offset {at + got}: {exc}") from None
+                raise OvfkitIOError(f"reading the image at host offset {at + got}: {exc}") from None
             if k == 0:
                 # Past the end of a layer file (a short raw base): qemu reads zeros there.
                 part[got:] = bytes(len(part) - got)

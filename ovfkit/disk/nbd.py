@@ -26,10 +26,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import (
-    IoError,
     OperationFailedError,
     OperationTimeoutError,
     OvfkitError,
+    OvfkitIOError,
     ToolMissingError,
 )
 from ..qemu.img import classify_failure, path_arg
@@ -100,7 +100,7 @@ class NbdError(OperationFailedError):
 def _nbd_failure(what: str, error: int, message: str = "") -> OvfkitError:
     name = _ERRNO_NAMES.get(error, f"error {error}")
     details = f"NBD {what}: {name}" + (f": {message}" if message else "")
-    return IoError(details) if error == 5 else NbdError(details)
+    return OvfkitIOError(details) if error == 5 else NbdError(details)
 
 
 class NbdClient:

@@ -13,7 +13,7 @@ import stat
 import struct
 from collections.abc import Iterator
 
-from ..errors import IoError, NotFoundError, OperationFailedError
+from ..errors import NotFoundError, OperationFailedError, OvfkitIOError
 from .source import Extent
 
 __all__ = ["RawSource"]
@@ -36,7 +36,7 @@ def _os_error(path: str, exc: OSError) -> Exception:
     if exc.errno == errno.ENOENT:
         return NotFoundError(details)
     if exc.errno in (errno.EIO, errno.ENOSPC, errno.EROFS):
-        return IoError(details)
+        return OvfkitIOError(details)
     return OperationFailedError(details)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import pycdlib
 from lxml import etree
 
-from ..errors import InvalidArgumentError, IoError, NotFoundError
+from ..errors import InvalidArgumentError, NotFoundError, OvfkitIOError
 from ..model import VirtualMachine
 
 __all__ = [
@@ -132,7 +132,7 @@ def check_iso_image(path: str) -> int:
     except FileNotFoundError:
         raise NotFoundError(f"ISO image {path!r} not found") from None
     except OSError as exc:
-        raise IoError(f"cannot read ISO image {path!r}: {exc.strerror}") from None
+        raise OvfkitIOError(f"cannot read ISO image {path!r}: {exc.strerror}") from None
     if magic != b"CD001":
         raise InvalidArgumentError(f"{path!r} is not an ISO 9660 image (no CD001 descriptor)")
     return size

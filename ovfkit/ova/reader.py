@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal, cast
 
-from ..errors import InvalidArgumentError, IoError, NotFoundError, OvfkitError
+from ..errors import InvalidArgumentError, NotFoundError, OvfkitError, OvfkitIOError
 from ..model import VirtualMachine
 from ..ovf.layout import FileRef
 from ..ovf.reader import ParsedDescriptor, parse_package_descriptor
@@ -182,7 +182,7 @@ def scan_tar(path: str) -> tuple[list[Member], bool]:
     except FileNotFoundError:
         raise NotFoundError(f"package {path!r} does not exist") from None
     except OSError as exc:
-        raise IoError(f"cannot open package {path!r}: {exc.strerror}") from None
+        raise OvfkitIOError(f"cannot open package {path!r}: {exc.strerror}") from None
     with f:
         file_size = os.fstat(f.fileno()).st_size
         pos = 0
@@ -612,7 +612,7 @@ def extract_package(
         except FileExistsError:
             raise InvalidArgumentError(f"{dest!r} already exists; not overwritten") from None
         except OSError as exc:
-            raise IoError(f"cannot create {dest!r}: {exc.strerror}") from None
+            raise OvfkitIOError(f"cannot create {dest!r}: {exc.strerror}") from None
         try:
             with os.fdopen(fd, "wb") as dst:
                 for chunk in _member_chunks(member, "extract", cancel):

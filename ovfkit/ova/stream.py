@@ -25,7 +25,7 @@ import time
 from dataclasses import replace
 from typing import IO
 
-from ..errors import InvalidArgumentError, IoError
+from ..errors import InvalidArgumentError, OvfkitIOError
 from ..model import VirtualMachine
 from ..ovf.layout import FileRef, PackageLayout, safe_basename
 from ..progress import CancelToken, ProgressCallback, check_cancel
@@ -35,6 +35,8 @@ from .writer import (
     OvaOptions,
     PackageFile,
     PackageResult,
+    check_call,
+    check_capacities,
     front_members,
     plan_package,
     stream_files,
@@ -66,7 +68,9 @@ class _Wire:
                     continue
                 view = view[n:]
         except OSError as exc:
-            raise IoError(f"writing the package stream failed: {exc.strerror or exc}") from exc
+            raise OvfkitIOError(
+                f"writing the package stream failed: {exc.strerror or exc}"
+            ) from exc
         self.count += len(data)
 
     def member(self, name: str, data: bytes | bytearray | memoryview, mtime: int) -> None:
@@ -128,7 +132,7 @@ class _Chunker:
     def end(self, size: int) -> None:
         if self.whole is not None:
             if size != self.whole:
-                raise IoError(f"{self.name} changed while it was packed")
+                raise OvfkitIOError(f"{self.name} changed while it was packed")
             self.wire.write(bytes(tar.padding(size)))
             if self.whole_hash is not None:
                 self.chunks.append((self.name, self.whole_hash.hexdigest()))
@@ -165,6 +169,8 @@ def write_ova_stream(
 ) -> PackageResult:
     """Write ``vm`` as a chunked OVA to ``target`` (only ``write()`` is used). See the module
     docstring for the layout and which importers read it."""
+    check_call(vm, target, options, progress, cancel)
+    check_capacities(vm)
     chunk_size = options.chunk_size or DEFAULT_CHUNK_SIZE
     if chunk_size < tar.BLOCK or chunk_size % tar.BLOCK:
         raise InvalidArgumentError(f"chunk_size {chunk_size} must be a multiple of 512")
@@ -226,7 +232,9 @@ def write_ova_stream(
         except (AttributeError, ValueError):
             pass
         except OSError as exc:
-            raise IoError(f"flushing the package stream failed: {exc.strerror or exc}") from exc
+            raise OvfkitIOError(
+                f"flushing the package stream failed: {exc.strerror or exc}"
+            ) from exc
         digests = tee.hexdigests()
     timings["total"] = time.perf_counter() - t0
     files[1:1] = [PackageFile(n, s, d) for n, (s, d) in written.items()]

@@ -47,11 +47,12 @@ from typing import IO, TYPE_CHECKING, BinaryIO, Literal, NamedTuple, Protocol, c
 import xxhash
 from lxml import etree
 
+from .._args import require, require_hooks
 from ..errors import (
     InvalidArgumentError,
-    IoError,
     NotFoundError,
     OvfkitError,
+    OvfkitIOError,
 )
 from ..model import ControllerType, VirtualMachine
 from ..ovf.descriptor import DescriptorOptions, build_descriptor
@@ -273,7 +274,7 @@ class _Sink:
             while view:
                 n = os.pwrite(self.fd, view, offset)
                 if n <= 0:
-                    raise IoError(f"writing the package at byte {offset} made no progress")
+                    raise OvfkitIOError(f"writing the package at byte {offset} made no progress")
                 view = view[n:]
                 offset += n
 
@@ -333,7 +334,7 @@ def _hash_file(
             if mm is None:
                 data = os.pread(fd, length, start)
                 if len(data) != length:
-                    raise IoError(f"the package shrank while it was hashed (at byte {start})")
+                    raise OvfkitIOError(f"the package shrank while it was hashed (at byte {start})")
                 feed(data, start + length)
                 continue
             with mm:
@@ -392,13 +393,16 @@ def write_ova(
     ``target`` is a path (written atomically, see the module docstring) or a writable binary
     stream, possibly not seekable (written in streaming order, :func:`ovfkit.ova.stream.
     write_ova_stream`). Raises InvalidArgumentError for a VM or options no package can express,
-    NotFoundError for a missing disk image or folder, IoError when writing fails (disk full...),
-    CancelledError when ``cancel`` is set; nothing is left at the target path then.
+    NotFoundError for a missing disk image or folder, OvfkitIOError when writing fails (disk
+    full...), OperationCancelledError when ``cancel`` is set; nothing is left at the target path
+    then.
     """
     if not isinstance(target, (str, os.PathLike)):
-        from .stream import write_ova_stream
+        from .stream import write_ova_stream  # checks the arguments itself
 
         return write_ova_stream(vm, target, options, progress=progress, cancel=cancel)
+    check_call(vm, target, options, progress, cancel)
+    check_capacities(vm)
     path = _check_target(os.fspath(target), vm)
     folder = os.path.dirname(path)
     try:
@@ -406,7 +410,7 @@ def write_ova(
             dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".part"
         )
     except OSError as exc:
-        raise IoError(f"cannot create a file in {folder!r}: {exc.strerror}") from None
+        raise OvfkitIOError(f"cannot create a file in {folder!r}: {exc.strerror}") from None
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; a package is meant to be shared
         with os.fdopen(fd, "w+b", buffering=0) as raw:
@@ -423,11 +427,42 @@ def write_ova(
         if isinstance(exc, OvfkitError):
             raise
         if isinstance(exc, OSError):
-            raise IoError(
+            raise OvfkitIOError(
                 f"writing {path!r} failed: {exc.strerror or exc}",
                 elaboration=f"errno {exc.errno}",
             ) from exc
         raise
+
+
+def check_call(
+    vm: object, target: object, options: object, progress: object, cancel: object
+) -> None:
+    """InvalidArgumentError for arguments of the wrong type (see ovfkit._args)."""
+    require(vm, VirtualMachine, "vm")
+    if not isinstance(target, str | os.PathLike) and not callable(getattr(target, "write", None)):
+        raise InvalidArgumentError(
+            f"target must be a path or a writable binary file object, not {type(target).__name__}"
+        )
+    require(options, OvaOptions, "options")
+    require_hooks(progress, cancel)
+
+
+def check_capacities(vm: VirtualMachine) -> None:
+    """The Disk.capacity rule (see ovfkit.model.Disk): a capacity given is the image's virtual
+    size in whole sectors, checked with ``qemu-img info`` before anything is written."""
+    from ..disk import check_image
+
+    for disk in vm.disks:
+        if disk.capacity is None or disk.source is None:
+            continue
+        info = check_image(disk.source, force_shared=True)  # locks: checked when it is read
+        image = -(-info.virtual_size // 512) * 512
+        if -(-disk.capacity // 512) * 512 != image:
+            raise InvalidArgumentError(
+                f"disk {disk.id!r} has capacity {disk.capacity} but its image"
+                f" {disk.source.path} holds {info.virtual_size} bytes: leave capacity None to"
+                " take the image's size, or resize the image (qemu-img resize)"
+            )
 
 
 def _fsync_dir(folder: str) -> None:
@@ -582,7 +617,7 @@ def stream_files(
             populated[disk.id] = result.populated_size
             capacities[disk.id] = result.capacity
             if sink.count - before != result.size:
-                raise IoError(
+                raise OvfkitIOError(
                     f"VMDK writer reported {result.size} bytes for {ref.href},"
                     f" {sink.count - before} reached the package"
                 )
@@ -597,7 +632,9 @@ def stream_files(
         size = sink.count - before
         expected = plan.iso_sizes.get(ref.id)
         if expected is not None and size != expected:
-            raise IoError(f"ISO {ref.href} changed while it was packed ({expected} -> {size})")
+            raise OvfkitIOError(
+                f"ISO {ref.href} changed while it was packed ({expected} -> {size})"
+            )
         end_member(ref.href, size)
         written[ref.href] = (size, digests)
         sizes[ref.id] = size
@@ -677,7 +714,7 @@ def _write_seekable(
     for name, data, _ in members:
         front += tar.encode_header(name, len(data), mtime) + data + bytes(tar.padding(len(data)))
     if len(front) != plan.front:
-        raise IoError(f"front region is {len(front)} bytes, {plan.front} were reserved")
+        raise OvfkitIOError(f"front region is {len(front)} bytes, {plan.front} were reserved")
     os.pwrite(fd, bytes(front), 0)
     for offset, header in headers:
         os.pwrite(fd, header, offset)

@@ -20,6 +20,7 @@ from typing import cast
 
 from lxml import etree
 
+from .._args import require
 from ..errors import InvalidArgumentError
 from ..model import Controller, ControllerType, Firmware, Product, VirtualMachine
 from . import _ns as ns
@@ -163,6 +164,11 @@ class _Writer:
             df = self.layout.disk_file(d.id)
             if df is None:
                 raise InvalidArgumentError(f"the package layout has no file for disk {d.id!r}")
+            if d.capacity is None:
+                raise InvalidArgumentError(
+                    f"disk {d.id!r} has no capacity: give it, or let write_ova take it from the"
+                    " disk's image"
+                )
             el = self.sub(sec, "Disk")
             # DSP0243 1.1 §9.1 DiskSection: capacity with its unit; bytes are exact.
             el.set(self.o("capacity"), str(d.capacity))
@@ -483,6 +489,9 @@ def build_descriptor(
     :func:`plan_layout` names the files and sizes are left out. Raises InvalidArgumentError
     (SYS.1007) for a VM no descriptor can express (units out of range, texts XML cannot carry).
     """
+    require(vm, VirtualMachine, "vm")
+    require(options, (DescriptorOptions, type(None)), "options")
+    require(layout, (PackageLayout, type(None)), "layout")
     options = options or DescriptorOptions()
     check_vm(vm)
     layout = layout or plan_layout(vm, options)

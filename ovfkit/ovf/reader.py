@@ -333,7 +333,7 @@ class _Reader:
                 isos=tuple(hwr.iso_files),
             ),
             files=tuple(files.values()),
-            capacities=tuple((d.id, d.capacity) for d in hwr.disks),
+            capacities=tuple((d.id, d.capacity) for d in hwr.disks if d.capacity is not None),
             formats=tuple(hwr.formats),
             transport=tuple((self.a(hw, "transport") or "").split()),
         )

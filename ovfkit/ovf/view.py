@@ -98,7 +98,7 @@ def check_vm(vm: VirtualMachine) -> None:
             raise InvalidArgumentError(f"{what}: unit {unit} of controller {ctrl_id!r} is taken")
         used.add((ctrl_id, unit))
     for d in vm.disks:
-        if d.capacity < 0:
+        if d.capacity is not None and d.capacity < 0:
             raise InvalidArgumentError(f"disk {d.id!r}: negative capacity {d.capacity}")
 
 

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import (
-    CancelledError,
-    IoError,
     NotFoundError,
+    OperationCancelledError,
     OperationFailedError,
     OvfkitError,
+    OvfkitIOError,
     ToolMissingError,
     UnimplementedError,
 )
@@ -212,7 +212,7 @@ def classify_failure(command: str, stderr: str, exit_code: int | None = None) ->
     if any(s in message for s in _NOT_FOUND):
         return NotFoundError(details, opaque=opaque)
     if any(s in message for s in _IO):
-        return IoError(details, opaque=opaque)
+        return OvfkitIOError(details, opaque=opaque)
     if "size measurement" in message and any(s in message for s in _UNSUPPORTED):
         return UnimplementedError(details, opaque=opaque)
     # Not an image, unknown driver, corrupt image, permission denied, ...: the operation failed.
@@ -543,7 +543,8 @@ def _follow(
     progress: ProgressCallback | None,
     cancel: CancelToken | None,
 ) -> None:
-    """Read the progress lines until the child exits; raise CancelledError once cancel is set."""
+    """Read the progress lines until the child exits; raise OperationCancelledError once cancel
+    is set."""
     fd = stdout.fileno()
     os.set_blocking(fd, False)
     pending = b""
@@ -552,7 +553,7 @@ def _follow(
         sel.register(fd, selectors.EVENT_READ)
         while True:
             if cancel is not None and cancel.is_set():
-                raise CancelledError(f"{stage} was cancelled")
+                raise OperationCancelledError(f"{stage} was cancelled")
             if not sel.select(_POLL_SECONDS):
                 continue
             try:

@@ -47,6 +47,7 @@ __all__ = [
     "Marker",
     "SparseHeader",
     "TableBuilder",
+    "decode_descriptor",
     "decode_header",
     "decode_marker",
     "decode_table",
@@ -59,7 +60,6 @@ __all__ = [
     "geometry",
     "grain_marker_frame",
     "grain_marker_sectors",
-    "parse_descriptor",
     "sectors_for",
     "stream_optimized_header",
     "zlib_stored",
@@ -402,7 +402,7 @@ _EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(\w+)(?:\s+"([^"]*)"(?:\s
 _KEY_VALUE = re.compile(r"^([A-Za-z0-9_.]+)\s*=\s*(.*?)\s*$")
 
 
-def parse_descriptor(data: bytes | str) -> Descriptor:
+def decode_descriptor(data: bytes | str) -> Descriptor:
     """Parse descriptor text (NUL padding ignored). Unknown lines are an error: the descriptor is
     short and strict parsing catches corruption early."""
     if isinstance(data, bytes):

@@ -48,7 +48,7 @@ from ..disk import check_image
 from ..disk.mapped import MappedSource
 from ..disk.nbd import NbdSource
 from ..disk.raw import RawSource
-from ..errors import CancelledError, IoError, VmdkFormatError
+from ..errors import OperationCancelledError, OvfkitIOError, VmdkFormatError
 from ..model import DiskSource
 from ..progress import CancelToken, Progress, ProgressCallback, check_cancel
 from ..qemu import img
@@ -529,7 +529,7 @@ def _spill(source: _ImageSource, where: str, cancel: CancelToken | None) -> str:
                     check_cancel(cancel, "copying the disk for qemu-img")
                     n = source.readinto(off, memoryview(buf)[: min(len(buf), end - off)])
                     if n <= 0:
-                        raise IoError(f"the disk source ended at byte {off}")
+                        raise OvfkitIOError(f"the disk source ended at byte {off}")
                     f.seek(off)
                     f.write(memoryview(buf)[:n])
                     off += n
@@ -558,8 +558,9 @@ def write_vmdk_qemu(
     convert windows of the disk at once when it holds at least two ``min_part`` of allocated
     bytes (``ovfkit.vmdk.parts``). The temporary files go to ``tmpdir``, else beside the sink
     when it is a named file, else the system temp directory, and are always removed.
-    Errors: those of ``ovfkit.qemu.img`` (missing file, image in use, no space ...), IoError when
-    the sink fails, CancelledError when ``cancel`` is set (the sink then holds a partial file).
+    Errors: those of ``ovfkit.qemu.img`` (missing file, image in use, no space ...),
+    OvfkitIOError when the sink fails, OperationCancelledError when ``cancel`` is set (the sink
+    then holds a partial file).
     """
     stage = f"disk {options.filename}"
     where = _temp_dir(sink, tmpdir)
@@ -611,7 +612,9 @@ def write_vmdk_qemu(
             try:
                 fd, tmp = tempfile.mkstemp(prefix=".ovfkit-qemu-", suffix=".vmdk", dir=where)
             except OSError as e:
-                raise IoError(f"cannot make a temporary file for qemu-img in {where}: {e}") from e
+                raise OvfkitIOError(
+                    f"cannot make a temporary file for qemu-img in {where}: {e}"
+                ) from e
             with temps_lock:  # kept open: qemu-img writes the same inode (checked at the end)
                 temps.append((fd, tmp))
 
@@ -641,7 +644,7 @@ def write_vmdk_qemu(
         def poll() -> None:
             nonlocal shown
             if cancel is not None and cancel.is_set():
-                raise CancelledError(f"{stage} was cancelled")
+                raise OperationCancelledError(f"{stage} was cancelled")
             if (err := pool.error()) is not None:
                 raise err
             if progress is None:
@@ -678,7 +681,7 @@ def write_vmdk_qemu(
         except BaseException as e:
             err = pool.error()
             pool.end()
-            if err is not None and err is not e and not isinstance(err, CancelledError):
+            if err is not None and err is not e and not isinstance(err, OperationCancelledError):
                 raise err from None  # qemu-img's failure is the cause of the copy's
             raise
     flush = getattr(sink, "flush", None)
@@ -686,7 +689,7 @@ def write_vmdk_qemu(
         try:
             flush()
         except OSError as e:
-            raise IoError(f"writing the VMDK failed: {e}") from e
+            raise OvfkitIOError(f"writing the VMDK failed: {e}") from e
     if progress is not None:
         progress(Progress(stage, capacity, capacity))
     return VmdkResult(

@@ -21,7 +21,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ..errors import InvalidArgumentError, IoError, NotFoundError, VmdkFormatError
+from ..errors import InvalidArgumentError, NotFoundError, OvfkitIOError, VmdkFormatError
 from . import format as fmt
 
 __all__ = ["VmdkInfo", "VmdkSource", "inspect_vmdk", "read_vmdk_data"]
@@ -103,7 +103,7 @@ class _Window:
             self.f.seek(self.base + pos)
             data = self.f.read(n)
         except OSError as e:
-            raise IoError(f"reading the VMDK at byte {pos} failed: {e}") from e
+            raise OvfkitIOError(f"reading the VMDK at byte {pos} failed: {e}") from e
         return data
 
 
@@ -119,7 +119,7 @@ def _open(src: VmdkSource, stack: ExitStack) -> _Window:
         except FileNotFoundError:
             raise NotFoundError(f"VMDK file {os.fspath(src)!r} does not exist") from None
         except OSError as e:
-            raise IoError(f"cannot open VMDK file {os.fspath(src)!r}: {e}") from e
+            raise OvfkitIOError(f"cannot open VMDK file {os.fspath(src)!r}: {e}") from e
         return _Window(f, 0, os.fstat(f.fileno()).st_size)
     try:
         size = src.seek(0, os.SEEK_END)
@@ -183,7 +183,7 @@ class _Walk:
         else:
             raw = win.read(h.descriptor_offset * fmt.SECTOR, h.descriptor_size * fmt.SECTOR)
             try:
-                d = fmt.parse_descriptor(raw)
+                d = fmt.decode_descriptor(raw)
             except VmdkFormatError as e:
                 add(e.fault, e.details.split(": ", 1)[-1])
             else:
@@ -386,7 +386,7 @@ class _Walk:
 def inspect_vmdk(src: VmdkSource, *, strict: bool = False, check_data: bool = True) -> VmdkInfo:
     """Check a streamOptimized VMDK. ``strict``: raise the first fault as VmdkFormatError;
     otherwise return every fault found in VmdkInfo.faults. ``check_data``: inflate every grain
-    (slower, finds corrupt grains). NotFoundError / IoError when the file cannot be read."""
+    (slower, finds corrupt grains). NotFoundError / OvfkitIOError when the file cannot be read."""
     faults = _Faults(strict)
     with ExitStack() as stack:
         win = _open(src, stack)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from ..errors import IoError
+from ..errors import OvfkitIOError
 
 __all__ = ["Sink", "write_all"]
 
@@ -20,7 +20,7 @@ class Sink(Protocol):
 
 
 def write_all(sink: Sink, data: bytes) -> None:
-    """Hand all of ``data`` to ``sink``; its failures become IoError (SYS.1016)."""
+    """Hand all of ``data`` to ``sink``; its failures become OvfkitIOError (SYS.1016)."""
     try:
         while data:
             n = sink.write(data)
@@ -28,4 +28,4 @@ def write_all(sink: Sink, data: bytes) -> None:
                 continue
             data = data[n:] if n < len(data) else b""
     except OSError as e:
-        raise IoError(f"writing the VMDK failed: {e}") from e
+        raise OvfkitIOError(f"writing the VMDK failed: {e}") from e

@@ -27,8 +27,9 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from types import ModuleType
 from typing import BinaryIO
 
+from .._args import require, require_hooks
 from ..disk.source import ImageSource
-from ..errors import IoError, OperationFailedError
+from ..errors import InvalidArgumentError, OperationFailedError, OvfkitIOError
 from ..model import DiskSource
 from ..progress import CancelToken, Progress, ProgressCallback, check_cancel
 from . import format as fmt
@@ -93,10 +94,19 @@ def write_vmdk(
     """Write ``source`` (a model DiskSource, opened with ovfkit.disk.open_source, or an open
     ImageSource) as a streamOptimized VMDK to ``sink``, which needs only ``write()``.
 
-    Raises InvalidArgumentError for bad options, IoError when the source or sink fails,
-    CancelledError when ``cancel`` is set (the sink then holds a partial file: the caller removes
-    it), OperationFailedError if the disk needs more than the format's 2 TiB of sector offsets.
+    Raises InvalidArgumentError for bad options, OvfkitIOError when the source or sink fails,
+    OperationCancelledError when ``cancel`` is set (the sink then holds a partial file: the
+    caller removes it), OperationFailedError if the disk needs more than the format's 2 TiB of
+    sector offsets.
     """
+    if not isinstance(source, DiskSource) and not callable(getattr(source, "readinto", None)):
+        raise InvalidArgumentError(
+            f"source must be a DiskSource or an ImageSource, not {type(source).__name__}"
+        )
+    if not callable(getattr(sink, "write", None)):
+        raise InvalidArgumentError(f"sink must have write(), not {type(sink).__name__}")
+    require(options, VmdkOptions, "options")
+    require_hooks(progress, cancel)
     if options.engine == "qemu-img":
         from .qemu_engine import write_vmdk_qemu  # lazy: the qemu-img subprocess edge
 
@@ -346,7 +356,7 @@ class _Out:
         try:
             writev(pieces)
         except OSError as e:
-            raise IoError(f"writing the VMDK failed: {e}") from e
+            raise OvfkitIOError(f"writing the VMDK failed: {e}") from e
 
 
 def _write_native(
@@ -471,7 +481,7 @@ def _write_native(
         if flush is not None:
             flush()
     except OSError as e:
-        raise IoError(f"writing the VMDK failed: {e}") from e
+        raise OvfkitIOError(f"writing the VMDK failed: {e}") from e
     if progress is not None:
         progress(Progress(stage, capacity, capacity))
     return VmdkResult(
@@ -502,8 +512,8 @@ def _read(source: ImageSource, offset: int, view: memoryview) -> None:
         while view:
             n = source.readinto(offset, view)
             if n <= 0:
-                raise IoError(f"the disk source ended at byte {offset}, before its capacity")
+                raise OvfkitIOError(f"the disk source ended at byte {offset}, before its capacity")
             view = view[n:]
             offset += n
     except OSError as e:
-        raise IoError(f"reading the disk source at byte {offset} failed: {e}") from e
+        raise OvfkitIOError(f"reading the disk source at byte {offset} failed: {e}") from e

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 from ..errors import (
     InternalError,
     InvalidArgumentError,
-    IoError,
     NotFoundError,
     OvfkitError,
+    OvfkitIOError,
 )
 from ..model import VirtualMachine
 from ..progress import CancelToken, ProgressCallback, check_cancel
@@ -133,7 +133,7 @@ def estimate_package_size(vm: VirtualMachine, *, include_iso: bool = True) -> in
             try:
                 total += os.path.getsize(cd.iso) + 1024
             except OSError as exc:
-                raise IoError(f"cannot read ISO {cd.iso}: {exc.strerror}") from None
+                raise OvfkitIOError(f"cannot read ISO {cd.iso}: {exc.strerror}") from None
     return total
 
 
@@ -265,7 +265,7 @@ def _free_bytes(folder: Path) -> int:
     try:
         st = os.statvfs(folder)
     except OSError as exc:
-        raise IoError(f"cannot stat {folder}: {exc.strerror}") from None
+        raise OvfkitIOError(f"cannot stat {folder}: {exc.strerror}") from None
     return st.f_bavail * st.f_frsize
 
 

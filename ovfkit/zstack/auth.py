@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..errors import InvalidArgumentError, IoError, NotFoundError, OvfkitError
+from ..errors import InvalidArgumentError, NotFoundError, OvfkitError, OvfkitIOError
 from .private import private_database, private_folder
 from .throttle import LoginThrottle
 
@@ -185,7 +185,7 @@ class AuthStore:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
-            raise IoError(f"cannot open the account database {self.path}: {exc}") from None
+            raise OvfkitIOError(f"cannot open the account database {self.path}: {exc}") from None
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:

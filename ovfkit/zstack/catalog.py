@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidArgumentError, IoError, NotFoundError
+from ..errors import InvalidArgumentError, NotFoundError, OvfkitIOError
 from ..model import VirtualMachine
 from .inventory import is_zstack_uuid
 
@@ -77,7 +77,7 @@ class FolderCatalog:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise IoError(f"cannot read catalog entry {vm_uuid}: {exc.strerror}") from None
+            raise OvfkitIOError(f"cannot read catalog entry {vm_uuid}: {exc.strerror}") from None
         try:
             return unwrap_vm_inventory(json.loads(text))
         except ValueError as exc:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidArgumentError, IoError
+from ..errors import InvalidArgumentError, OvfkitIOError
 from .inventory import is_zstack_uuid
 from .private import private_folder
 
@@ -216,7 +216,7 @@ def load_config(data_dir: str | os.PathLike[str]) -> Config:
     except FileNotFoundError:
         return Config()
     except OSError as exc:
-        raise IoError(f"cannot read {path}: {exc.strerror}") from None
+        raise OvfkitIOError(f"cannot read {path}: {exc.strerror}") from None
     try:
         data = json.loads(text)
     except ValueError as exc:

@@ -1,9 +1,9 @@
 """ZStack's wire shapes for ExportVmOvaPackage and the image-package APIs (pure, no I/O).
 
 Sources: the ExportVmOvaPackage reference page and ZStack's SDK (``ImagePackageInventory``,
-``ExportVmOvaPackageResult``, ``ErrorCode``). ZStack's JSON leaves null fields out and writes timestamps with Gson's default
-US-English pattern ``MMM d, yyyy h:mm:ss a`` ("May 10, 2022 5:24:03 AM": day and hour not
-zero-padded), in local time.
+``ExportVmOvaPackageResult``, ``ErrorCode``). ZStack's JSON leaves null fields out and writes
+timestamps with Gson's default US-English pattern ``MMM d, yyyy h:mm:ss a`` ("May 10, 2022
+5:24:03 AM": day and hour not zero-padded), in local time.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import os
 import stat
 from pathlib import Path
 
-from ..errors import IoError
+from ..errors import OvfkitIOError
 
 __all__ = ["FILE_MODE", "FOLDER_MODE", "private_database", "private_file", "private_folder"]
 
@@ -39,7 +39,7 @@ def _restrict(path: Path, mode: int) -> None:
         try:
             os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
         except OSError as exc:
-            raise IoError(f"cannot restrict the mode of {path}: {exc.strerror}") from None
+            raise OvfkitIOError(f"cannot restrict the mode of {path}: {exc.strerror}") from None
 
 
 def private_folder(path: str | os.PathLike[str]) -> Path:
@@ -49,7 +49,7 @@ def private_folder(path: str | os.PathLike[str]) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=FOLDER_MODE)
     except OSError as exc:
-        raise IoError(f"cannot create {folder}: {exc.strerror}") from None
+        raise OvfkitIOError(f"cannot create {folder}: {exc.strerror}") from None
     _restrict(folder, FOLDER_MODE)
     return folder
 
@@ -68,7 +68,7 @@ def private_database(path: str | os.PathLike[str]) -> Path:
     try:
         fd = os.open(db, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
     except OSError as exc:
-        raise IoError(f"cannot create {db}: {exc.strerror}") from None
+        raise OvfkitIOError(f"cannot create {db}: {exc.strerror}") from None
     os.close(fd)
     for suffix in ("", *_SQLITE_COMPANIONS):
         with contextlib.suppress(FileNotFoundError):

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidArgumentError, IoError, OperationFailedError
+from ..errors import InvalidArgumentError, OperationFailedError, OvfkitIOError
 from .inventory import (
     QUERY_FIELDS,
     Condition,
@@ -181,7 +181,7 @@ class PackageRecords:
         try:
             self.lock_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise IoError(f"cannot create {self.lock_dir}: {exc.strerror}") from None
+            raise OvfkitIOError(f"cannot create {self.lock_dir}: {exc.strerror}") from None
         private_database(self.path)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -189,7 +189,7 @@ class PackageRecords:
         try:
             self._conn().executescript(_SCHEMA)  # idempotent (IF NOT EXISTS), commits itself
         except sqlite3.Error as exc:
-            raise IoError(f"cannot set up {self.path}: {exc}") from None
+            raise OvfkitIOError(f"cannot set up {self.path}: {exc}") from None
 
     # --- connections ---------------------------------------------------------------------------
 
@@ -203,7 +203,7 @@ class PackageRecords:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA busy_timeout=30000")
             except sqlite3.Error as exc:
-                raise IoError(f"cannot open {self.path}: {exc}") from None
+                raise OvfkitIOError(f"cannot open {self.path}: {exc}") from None
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)
@@ -216,7 +216,7 @@ class PackageRecords:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise IoError(f"{self.path}: {exc}") from None
+            raise OvfkitIOError(f"{self.path}: {exc}") from None
         try:
             yield conn
         except BaseException:

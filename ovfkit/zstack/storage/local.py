@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ...errors import IoError
+from ...errors import OvfkitIOError
 from ...progress import CancelToken, ProgressCallback, check_cancel
 from ..config import LocalStorageConfig
 from .base import PART_SUFFIX, check_package_name, fsync_dir
@@ -53,7 +53,7 @@ class _LocalUpload:
         try:
             shutil.copyfile(path, part)
         except OSError as exc:
-            raise IoError(f"cannot copy {path} to {part}: {exc.strerror}") from None
+            raise OvfkitIOError(f"cannot copy {path} to {part}: {exc.strerror}") from None
 
     def commit(self) -> None:
         part = self._final.with_name(self._name + PART_SUFFIX)
@@ -63,10 +63,10 @@ class _LocalUpload:
                     os.fsync(f.fileno())
                 os.replace(part, self._final)
             if not self._final.is_file():
-                raise IoError(f"package {self._final} was not written")
+                raise OvfkitIOError(f"package {self._final} was not written")
             fsync_dir(self._storage.folder)
         except OSError as exc:
-            raise IoError(f"cannot publish {self._final}: {exc.strerror}") from None
+            raise OvfkitIOError(f"cannot publish {self._final}: {exc.strerror}") from None
 
     def abort(self) -> None:
         self._storage.remove(self._name)
@@ -81,7 +81,7 @@ class LocalBackupStorage:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise IoError(
+            raise OvfkitIOError(
                 f"backup storage[uuid: {self.uuid}]: cannot create {self.folder}: {exc.strerror}"
             ) from None
 
@@ -89,7 +89,7 @@ class LocalBackupStorage:
         try:
             st = os.statvfs(self.folder)
         except OSError as exc:
-            raise IoError(f"cannot stat {self.folder}: {exc.strerror}") from None
+            raise OvfkitIOError(f"cannot stat {self.folder}: {exc.strerror}") from None
         return st.f_bavail * st.f_frsize
 
     def begin(self, name: str) -> _LocalUpload:
@@ -106,7 +106,7 @@ class LocalBackupStorage:
                 pass
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
-                    raise IoError(f"cannot remove {p}: {exc.strerror}") from None
+                    raise OvfkitIOError(f"cannot remove {p}: {exc.strerror}") from None
 
     def size_of(self, name: str) -> int | None:
         try:

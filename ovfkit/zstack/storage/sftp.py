@@ -24,7 +24,7 @@ from urllib.parse import quote
 import paramiko
 from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
 
-from ...errors import IoError, OperationFailedError, OvfkitError
+from ...errors import OperationFailedError, OvfkitError, OvfkitIOError
 from ...progress import CancelToken, Progress, ProgressCallback, check_cancel
 from ..config import SftpStorageConfig
 from .base import PART_SUFFIX, check_package_name
@@ -35,9 +35,9 @@ _CONNECT_TIMEOUT = 30.0
 _KEEPALIVE = 30
 
 
-def _io_error(what: str, exc: BaseException) -> IoError:
+def _io_error(what: str, exc: BaseException) -> OvfkitIOError:
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return IoError(f"{what}: {text}")
+    return OvfkitIOError(f"{what}: {text}")
 
 
 class _SftpUpload:
@@ -73,7 +73,7 @@ class _SftpUpload:
         except (OSError, paramiko.SSHException) as exc:
             raise _io_error(f"cannot write {self._storage.url_of(self._part)}", exc) from None
         if attrs.st_size != total:
-            raise IoError(
+            raise OvfkitIOError(
                 f"{self._storage.url_of(self._part)} has {attrs.st_size} bytes after the upload, "
                 f"{total} were sent"
             )
@@ -150,7 +150,7 @@ class SftpBackupStorage:
             except (OSError, paramiko.SSHException) as exc:
                 raise _io_error(f"cannot stat {self.url_of(path)}", exc) from None
             if st.st_mode is not None and not stat_module.S_ISDIR(st.st_mode):
-                raise IoError(f"{self.url_of(path)} is not a directory")
+                raise OvfkitIOError(f"{self.url_of(path)} is not a directory")
 
     def remote_path(self, name: str) -> str:
         return posixpath.join(self.config.path, check_package_name(name))
@@ -174,7 +174,7 @@ class SftpBackupStorage:
                 f"backup storage[uuid: {self.uuid}]: statvfs@openssh.com failed", exc
             ) from None
         if t != CMD_EXTENDED_REPLY or msg is None:
-            raise IoError(f"backup storage[uuid: {self.uuid}]: unexpected statvfs reply")
+            raise OvfkitIOError(f"backup storage[uuid: {self.uuid}]: unexpected statvfs reply")
         # f_bsize, f_frsize, f_blocks, f_bfree, f_bavail, f_files, ... (all uint64)
         _bsize, frsize, _blocks, _bfree, bavail = (msg.get_int64() for _ in range(5))
         return int(bavail) * int(frsize)
