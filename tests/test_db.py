@@ -15,7 +15,7 @@ from sqlalchemy import inspect
 
 from ovfkit.db import HEAD_REVISION, open_database, sqlite_url
 from ovfkit.db.packages import DuplicateUuidError, DuplicateVmError, PackageStore
-from ovfkit.errors import InvalidArgumentError, IoError
+from ovfkit.errors import InvalidArgumentError, OvfkitIOError
 from ovfkit.zstack.inventory import (
     ImagePackageInventory,
     ImagePackageState,
@@ -172,7 +172,7 @@ def test_one_export_per_vm_whichever_connection_asks(url: str) -> None:
 
 def test_unreachable_database_is_an_io_error(tmp_path: Path) -> None:
     pytest.importorskip("psycopg")
-    with pytest.raises(IoError, match="database postgresql"):
+    with pytest.raises(OvfkitIOError, match="database postgresql"):
         open_database("postgresql://nobody@127.0.0.1:1/none")
     with pytest.raises(InvalidArgumentError):
         open_database("mysql://x@y/z")

@@ -157,9 +157,9 @@ class ClusterService:
             return Reply.failure(exc)
         done = self.wait(job.uuid, cancel=cancel)
         if done is None:
-            from ..errors import CancelledError
+            from ..errors import OperationCancelledError
 
-            return Reply.failure(CancelledError(
+            return Reply.failure(OperationCancelledError(
                 f"stopped waiting for job {job.uuid}; poll /zstack/v1/api-jobs/{job.uuid}"
             ))
         return self.reply(done)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import InternalError, IoError, OperationFailedError, OvfkitError
+from ..errors import InternalError, OperationFailedError, OvfkitError, OvfkitIOError
 from ..zstack.config import Config, load_config
 from ..zstack.inventory import ExportVmOvaPackageRequest, Reply
 from ..zstack.storage import open_backup_storage
@@ -258,12 +258,12 @@ class WorkerRuntime:
     @staticmethod
     def _patiently(call: Callable[[], _T], until: float) -> _T:
         """``call()``, tried again while the database is unreachable (restarting), until the
-        monotonic time ``until``; then its IoError goes up (the lease runs out and another
+        monotonic time ``until``; then its OvfkitIOError goes up (the lease runs out and another
         node takes the job over)."""
         while True:
             try:
                 return call()
-            except IoError as exc:
+            except OvfkitIOError as exc:
                 if time.monotonic() >= until:
                     raise
                 _log.warning("database unreachable, trying again: %s", exc)

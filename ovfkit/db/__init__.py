@@ -7,8 +7,8 @@ write runs in :meth:`Database.begin`, one transaction; on SQLite that is ``BEGIN
 write lock up front, so two writers queue on ``busy_timeout`` instead of failing on a lock
 upgrade), in WAL mode so readers never wait for a writer.
 
-A database that cannot be reached, or fails mid-statement, is an :class:`~ovfkit.errors.IoError`
-(SYS.1016) naming the database, never a driver traceback.
+A database that cannot be reached, or fails mid-statement, is an
+:class:`~ovfkit.errors.OvfkitIOError` (SYS.1016) naming the database, never a driver traceback.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
-from ..errors import InvalidArgumentError, IoError
+from ..errors import InvalidArgumentError, OvfkitIOError
 
 __all__ = ["HEAD_REVISION", "Database", "open_database", "redacted", "sqlite_url"]
 
@@ -93,7 +93,9 @@ class Database:
                 "(pip install 'ovfkit[cluster]' for PostgreSQL)"
             ) from None
         except OSError as exc:
-            raise IoError(f"cannot create the folder of {self.name}: {exc.strerror}") from None
+            raise OvfkitIOError(
+                f"cannot create the folder of {self.name}: {exc.strerror}"
+            ) from None
         self._upgraded = False
         self._upgrade_lock = threading.Lock()
 
@@ -117,7 +119,7 @@ class Database:
         except DBAPIError as exc:
             if isinstance(exc.orig, Exception) and _is_integrity(exc):
                 raise
-            raise IoError(f"database {self.name}: {_first_line(exc.orig)}") from None
+            raise OvfkitIOError(f"database {self.name}: {_first_line(exc.orig)}") from None
 
     def upgrade(self) -> None:
         """Bring the schema to :data:`HEAD_REVISION` with Alembic (nothing if it is there)."""
@@ -186,7 +188,7 @@ def open_database(url: str, *, upgrade: bool = True) -> Database:
             db.upgrade()
         except SQLAlchemyError as exc:
             db.close()
-            raise IoError(f"database {db.name}: {_first_line(exc)}") from None
+            raise OvfkitIOError(f"database {db.name}: {_first_line(exc)}") from None
         except BaseException:
             db.close()
             raise

@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from ..errors import CancelledError, NotReadyError
+from ..errors import NotReadyError, OperationCancelledError
 
 __all__ = ["ROLLBACK_WAIT", "ExportGate", "ShuttingDownError"]
 
@@ -91,9 +91,9 @@ class ExportGate:
     def shutdown_error(self, error: Mapping[str, Any]) -> dict[str, Any]:
         """The error of an export this gate cancelled, said as such (the original is the
         cause); other errors unchanged."""
-        if self.grace is None or error.get("code") != CancelledError.code:
+        if self.grace is None or error.get("code") != OperationCancelledError.code:
             return dict(error)
-        out = CancelledError(
+        out = OperationCancelledError(
             f"the service shut down before the export finished (grace period {self.grace:.0f} "
             "s); the export was rolled back, nothing was kept: export it again"
         ).to_error_code()
