@@ -37,6 +37,7 @@ from ovfkit.ovf import (
     plan_layout,
     safe_basename,
 )
+from ovfkit.ovf.descriptor import capacity_units
 
 OVF1 = "http://schemas.dmtf.org/ovf/envelope/1"
 OVF2 = "http://schemas.dmtf.org/ovf/envelope/2"
@@ -194,13 +195,49 @@ def test_disk_section_and_references_from_layout() -> None:
     disks = root.findall("ovf:DiskSection/ovf:Disk", NS)
     a = [{etree.QName(k).localname: v for k, v in d.attrib.items()} for d in disks]
     assert [(d["capacity"], d["capacityAllocationUnits"], d.get("populatedSize")) for d in a] == [
-        (str(40 * 2**30), "byte", "123"),
-        (str(2**40), "byte", "0"),
-        (str(2**30), "byte", None),
+        ("40", "byte * 2^30", "123"),
+        ("1024", "byte * 2^30", "0"),
+        ("1", "byte * 2^30", None),
     ]
     assert {d["format"] for d in a} == {STREAM_OPTIMIZED}
     (cd,) = by_type(root, "15")
     assert cd["HostResource"] == "ovf:/file/file4" and cd["AutomaticAllocation"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("capacity", "written"),
+    [
+        (40 * 2**30, (40, "byte * 2^30")),
+        (2**40, (1024, "byte * 2^30")),
+        (2**30 + 2**20, (1025, "byte * 2^20")),
+        (3 * 2**20, (3, "byte * 2^20")),
+        (5 * 2**10, (5, "byte * 2^10")),
+        (2**30 + 512, (2**30 + 512, "byte")),
+        (512, (512, "byte")),
+        (0, (0, "byte")),
+    ],
+)
+def test_capacity_in_the_largest_exact_unit(capacity: int, written: tuple[int, str]) -> None:
+    """VMware's ``byte * 2^30`` / ``2^20`` when exact (Proxmox reads only ``byte * N^M``), else
+    the next smaller binary unit, bytes last; the value read back is the capacity to the byte."""
+    assert capacity_units(capacity) == written
+    vm = replace(web01(), disks=(Disk("root", capacity, "scsi", 0, boot_order=1),))
+    data = build_descriptor(vm)
+    assert_schema_valid(data)
+    (disk,) = etree.fromstring(data).iterfind("ovf:DiskSection/ovf:Disk", NS)
+    got = (disk.get(f"{{{OVF1}}}capacity"), disk.get(f"{{{OVF1}}}capacityAllocationUnits"))
+    assert got == (str(written[0]), written[1])
+    assert parse_descriptor(data).disks[0].capacity == capacity
+
+
+@given(st.integers(0, 2**63))
+def test_capacity_units_are_exact_and_maximal(capacity: int) -> None:
+    quantity, units = capacity_units(capacity)
+    # single spaces around "*": vcsim splits on blanks, vdsm allows one blank at most
+    shift = {"byte": 0, "byte * 2^10": 10, "byte * 2^20": 20, "byte * 2^30": 30}[units]
+    assert quantity << shift == capacity
+    larger = [s for s in (10, 20, 30) if s > shift]
+    assert capacity == 0 or all(capacity % (1 << s) for s in larger)
 
 
 def test_ovf2_uses_envelope2_epasd_sasd_and_boot_section() -> None:

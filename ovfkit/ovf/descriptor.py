@@ -170,9 +170,9 @@ class _Writer:
                     " disk's image"
                 )
             el = self.sub(sec, "Disk")
-            # DSP0243 1.1 §9.1 DiskSection: capacity with its unit; bytes are exact.
-            el.set(self.o("capacity"), str(d.capacity))
-            el.set(self.o("capacityAllocationUnits"), "byte")
+            quantity, units = capacity_units(d.capacity)
+            el.set(self.o("capacity"), str(quantity))
+            el.set(self.o("capacityAllocationUnits"), units)
             el.set(self.o("diskId"), f"vmdisk{n}")
             el.set(self.o("fileRef"), df.file.id)
             el.set(self.o("format"), _text("disk_format", self.options.disk_format))
@@ -476,6 +476,31 @@ class _Writer:
             etree.SubElement(src, q(ns.BOOTS, "ElementName")).text = name
             etree.SubElement(src, q(ns.BOOTS, "InstanceID")).text = iid
             etree.SubElement(src, q(ns.BOOTS, "StructuredBootString")).text = structured
+
+
+#: Units tried by :func:`capacity_units`, largest first: the ones VMware's exports use.
+_CAPACITY_UNITS = ((30, "byte * 2^30"), (20, "byte * 2^20"), (10, "byte * 2^10"))
+
+
+def capacity_units(capacity: int) -> tuple[int, str]:
+    """A disk capacity as (``ovf:capacity``, ``ovf:capacityAllocationUnits``): in the largest of
+    GiB, MiB, KiB that divides it exactly, else in bytes, so the value stays exact.
+
+    DSP0243 1.1 §9.1 allows any DSP0004 Annex C programmatic unit (default ``byte``), but readers
+    differ: Proxmox ``PVE::GuestImport::OVF::try_parse_capacity_unit`` accepts only
+    ``byte * N^M`` and drops the size of a disk written in plain ``byte``; govmomi's vcsim
+    (``simulator/ovf_manager.go`` ``ovfDiskCapacity``) splits the unit on blanks and expects
+    exactly ``byte``, ``*``, ``N^M``; vdsm (``lib/vdsm/v2v.py`` ``_parse_allocation_units``)
+    allows at most one blank around ``*``. ``byte * 2^30`` with single spaces, as VMware ovftool
+    writes it, satisfies them all; govmomi's ``ovf.ParseCapacityAllocationUnits`` and ovfkit's
+    reader take every form. A capacity that is not a whole number of KiB (rare: qemu sizes are
+    multiples of 512) stays in ``byte``, which Proxmox cannot size but every other reader can.
+    """
+    if capacity > 0:
+        for shift, units in _CAPACITY_UNITS:
+            if capacity % (1 << shift) == 0:
+                return capacity >> shift, units
+    return capacity, "byte"
 
 
 def build_descriptor(
