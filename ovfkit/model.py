@@ -63,11 +63,15 @@ class GuestOs:
     """OperatingSystemSection: CIM_OperatingSystem.OSType id plus vSphere's guest id.
 
     102 / otherGuest64 is what ZStack and VMware use when nothing better is known.
+    ``virtualbox_id`` is VirtualBox's guest OS type (``Windows2019_64``), written as
+    ``vbox:OSType`` when not empty: VirtualBox prefers it to the CIM id, whose numbers above
+    115 it reads differently from DMTF (see ``ovfkit.zstack.guest_os``).
     """
 
     cim_id: int = 102
     vmware_id: str = "otherGuest64"
     description: str = "Other 64-bit"
+    virtualbox_id: str = ""
 
 
 @dataclass(frozen=True)

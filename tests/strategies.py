@@ -56,7 +56,7 @@ def names() -> st.SearchStrategy[str]:
     ).filter(lambda s: s.strip() != "")
 
 
-#: (CIM OSType id, vSphere guest id, description) as ZStack and VMware use them.
+#: (CIM OSType id, vSphere guest id, description[, VirtualBox type]) as ovfkit writes them.
 GUEST_OSES = (
     (102, "otherGuest64", "Other 64-bit"),
     (1, "otherGuest", "Other"),
@@ -66,6 +66,7 @@ GUEST_OSES = (
     (101, "other4xLinux64Guest", "Other 4.x Linux (64-bit)"),
     (101, "arm-other5xlinux-64", "Other 5.x Linux (ARM 64-bit)"),
     (112, "windows8Server64Guest", "Windows Server 2012"),
+    (121, "windows2019srv_64Guest", "WindowsServer 2019 (64-bit)", "Windows2019_64"),
     (102, "", ""),
 )
 
@@ -78,6 +79,7 @@ def guest_oses() -> st.SearchStrategy[GuestOs]:
             st.integers(0, 0xFFFF),
             st.sampled_from(["otherGuest64", "debian10_64Guest", "winXPProGuest", ""]),
             xml_text(),
+            st.sampled_from(["", "Windows2019_64", "Ubuntu_64"]) | xml_text(),
         ),
     )
 

@@ -36,6 +36,7 @@ from ovfkit.ovf import (
     parse_descriptor,
     plan_layout,
     safe_basename,
+    validate_descriptor,
 )
 from ovfkit.ovf.descriptor import capacity_units
 
@@ -43,6 +44,7 @@ OVF1 = "http://schemas.dmtf.org/ovf/envelope/1"
 OVF2 = "http://schemas.dmtf.org/ovf/envelope/2"
 RASD = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
 VMW = "http://www.vmware.com/schema/ovf"
+VBOX = "http://www.virtualbox.org/ovf/machine"
 NS = {
     "ovf": OVF1,
     "rasd": RASD,
@@ -238,6 +240,26 @@ def test_capacity_units_are_exact_and_maximal(capacity: int) -> None:
     assert quantity << shift == capacity
     larger = [s for s in (10, 20, 30) if s > shift]
     assert capacity == 0 or all(capacity % (1 << s) for s in larger)
+
+
+@pytest.mark.parametrize("version", ["1.0", "2.0"])
+def test_virtualbox_os_type_next_to_the_cim_id(version: str) -> None:
+    """vbox:OSType after the Description, as VirtualBox exports it; validated strictly and read
+    back. Without a VirtualBox id the vbox namespace is not even declared."""
+    guest = GuestOs(121, "windows2019srv_64Guest", "WindowsServer 2019 (64-bit)", "Windows2019_64")
+    data = build_descriptor(web01(guest_os=guest), DescriptorOptions(ovf_version=version))  # type: ignore[arg-type]
+    assert_schema_valid(data)
+    validate_descriptor(data, strict=True)
+    root = etree.fromstring(data)
+    (sec,) = root.iterfind(".//{*}OperatingSystemSection")
+    assert sec.get(f"{{{etree.QName(root).namespace}}}id") == "121"
+    assert sec.get(f"{{{VMW}}}osType") == "windows2019srv_64Guest"
+    assert [etree.QName(c).localname for c in sec] == ["Info", "Description", "OSType"]
+    vbox = sec[2]
+    assert (etree.QName(vbox).namespace, vbox.text) == (VBOX, "Windows2019_64")
+    assert vbox.get(f"{{{etree.QName(root).namespace}}}required") == "false"
+    assert parse_descriptor(data).guest_os == guest
+    assert b"virtualbox.org" not in build_descriptor(web01())
 
 
 def test_ovf2_uses_envelope2_epasd_sasd_and_boot_section() -> None:

@@ -153,6 +153,7 @@ def test_virtualbox_fixture() -> None:
     assert [c.controller for c in vm.cd_drives] == ["ide1"]
     assert [n.adapter for n in vm.nics] == [NicType.E1000, NicType.VIRTIO]
     assert vm.guest_os.cim_id == 96 and vm.annotation == "Debian 12 test box"
+    assert vm.guest_os.virtualbox_id == "Debian_64"  # its vbox:OSType, kept for re-writes
     wheres = sorted(r.where for r in vm.extra)
     assert wheres == ["hardware", "hardware", "virtual-system"]  # USB, sound, vbox:Machine
 

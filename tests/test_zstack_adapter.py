@@ -249,7 +249,8 @@ def test_windows_gets_lsilogicsas_and_windows_os_ids() -> None:
     vm = vm_from_zstack(vm_doc)
     assert {c.subtype for c in vm.controllers if c.type is ControllerType.SCSI} == {"lsilogicsas"}
     assert vm.disks[0].controller == "scsi0" and vm.disks[0].unit == 0
-    assert (vm.guest_os.cim_id, vm.guest_os.vmware_id) == (102, "windows2019srv_64Guest")
+    assert (vm.guest_os.cim_id, vm.guest_os.vmware_id) == (121, "windows2019srv_64Guest")
+    assert vm.guest_os.virtualbox_id == "Windows2019_64"
 
 
 def test_windows_platform_without_guest_os_type_gets_windows_defaults() -> None:
@@ -590,12 +591,56 @@ def test_descriptor_of_the_adapters_vm_validates_and_reads_back(
 
 
 def test_guest_os_table_data_is_consistent() -> None:
-    from ovfkit.zstack.guest_os import _TABLE, WINDOWS_DEFAULT, lookup
+    from ovfkit.zstack.guest_os import _TABLE, DMTF_OS_TYPES, WINDOWS_DEFAULT, lookup
 
     for entry in (*_TABLE, WINDOWS_DEFAULT):
-        # ids above 112 mean different things to VirtualBox and govmomi (guest-os.md)
-        assert 0 < entry.cim_id <= 112 and 0 < entry.cim_id_32 <= 112, entry
-        assert "64" in entry.vmware_id, entry
-        assert "64" not in entry.vmware_id_32, entry
-        assert entry.windows == entry.vmware_id.startswith("win"), entry
+        for cim, vmw, vbox, bits in (
+            (entry.cim_id, entry.vmware_id, entry.vbox_id, 64),
+            (entry.cim_id_32, entry.vmware_id_32, entry.vbox_id_32, 32),
+        ):
+            dmtf = DMTF_OS_TYPES[cim]  # every id written is a DMTF 2.55 OSType value
+            assert ("64" in vmw) == (bits == 64), entry
+            assert ("64" in dmtf) <= (bits == 64), entry  # no 64-bit id on a 32-bit guest
+            assert ("Windows" in dmtf) == entry.windows == vmw.startswith("win"), entry
+            # Windows ids mean other things to VirtualBox above 115 (and 103/105 are 32-bit
+            # there): every Windows guest names its VirtualBox type, nothing else needs one.
+            assert bool(vbox) == entry.windows, entry
+            assert vbox.endswith("_64") == (bits == 64) or not vbox, entry
+            if not entry.windows:
+                assert cim <= 112, entry  # ids on which DMTF and VirtualBox agree
         assert lookup(entry.release.upper()) is (entry if entry is not WINDOWS_DEFAULT else None)
+
+
+@pytest.mark.parametrize(
+    ("guest", "cim", "vmw", "vbox", "cim32", "vbox32"),
+    [
+        ("WindowsServer 2008", 77, "winLonghorn64Guest", "Windows2008_64", 76, "Windows2008"),
+        ("WindowsServer 2012", 112, "windows8Server64Guest", "Windows2012_64", 76, "Windows2008"),
+        ("WindowsServer 2012 R2", 115, "windows8Server64Guest", "Windows2012_64", 76, ""),
+        ("WindowsServer 2016", 116, "windows9Server64Guest", "Windows2016_64", 76, ""),
+        ("WindowsServer 2019", 121, "windows2019srv_64Guest", "Windows2019_64", 76, ""),
+        ("WindowsServer 2022", 123, "windows2019srvNext_64Guest", "Windows2022_64", 76, ""),
+        ("Windows 7", 105, "windows7_64Guest", "Windows7_64", 105, "Windows7"),
+        ("Windows 8", 114, "windows8_64Guest", "Windows8_64", 113, "Windows8"),
+        ("Windows 10", 120, "windows9_64Guest", "Windows10_64", 119, "Windows10"),
+        ("Windows 11", 122, "windows11_64Guest", "Windows11_64", 119, "Windows10"),
+        ("Windows xp", 71, "winXPPro64Guest", "WindowsXP_64", 67, "WindowsXP"),
+        ("CentOS 7", 107, "centos7_64Guest", "", 106, ""),
+        ("Debian 10", 96, "debian10_64Guest", "", 95, ""),
+        ("Kylin 10", 101, "other4xLinux64Guest", "", 36, ""),
+    ],
+)
+def test_guest_os_ids_chosen(
+    guest: str, cim: int, vmw: str, vbox: str, cim32: int, vbox32: str
+) -> None:
+    """The decision of ovfkit.zstack.guest_os pinned: DMTF 2.55 ids (Proxmox maps them to its
+    Windows ostypes: 116/121 win10, 122/123 win11, 112/115 win8), vmw:osType unchanged, and
+    VirtualBox's own type for Windows guests."""
+    doc = bare()
+    doc["guestOsType"] = guest
+    g = vm_from_zstack(doc).guest_os
+    assert (g.cim_id, g.vmware_id, g.virtualbox_id) == (cim, vmw, vbox)
+    doc["architecture"] = "i686"
+    g32 = vm_from_zstack(doc).guest_os
+    assert g32.cim_id == cim32
+    assert g32.virtualbox_id == (vbox32 or ("Windows2008" if "Server" in guest else ""))

@@ -131,6 +131,8 @@ class _Writer:
         }
         if self.v2:
             nsmap |= {"epasd": ns.EPASD, "sasd": ns.SASD, "bootc": ns.BOOTC, "boots": ns.BOOTS}
+        if vm.guest_os.virtualbox_id:
+            nsmap["vbox"] = ns.VBOX
         env = etree.Element(self.o("Envelope"), nsmap=cast("dict[str, str]", nsmap))
         env.set(self.o("version"), self.options.ovf_version)
         self.references(env)
@@ -264,6 +266,13 @@ class _Writer:
         self.sub(sec, "Info", "The kind of installed guest operating system")
         if g.description:
             self.sub(sec, "Description", _text("guest_os.description", g.description))
+        if g.virtualbox_id:
+            # VirtualBox's own element (its exports write it the same way); its importer takes
+            # it before the CIM id (ApplianceImplImport.cpp, "vbox:OSType").
+            el = etree.SubElement(sec, q(ns.VBOX, "OSType"))
+            self.vmw_required_false(el).text = _text(
+                "guest_os.virtualbox_id", g.virtualbox_id
+            )
 
     # hardware -------------------------------------------------------------------------------
     def hardware_section(self, vs: etree._Element) -> None:

@@ -17,7 +17,8 @@ into that device's Item (and drops when the device is gone).
 Not kept from a foreign descriptor (the model has no place for them, and a RawXml copy would
 contradict what the model says): ``Property/Value`` overrides of non-default configurations,
 the default configuration's conditional Items (their values become unconditional on a
-re-write), OperatingSystemSection ``ovf:version`` and vendor children,
+re-write), OperatingSystemSection ``ovf:version`` and vendor children other than VirtualBox's
+``vbox:OSType``,
 Info texts and localisation (``ovf:msgid``, Strings), DiskSection disks no Item attaches,
 ``parentRef`` delta disks, NIC PCI slots (AddressOnParent) and the original InstanceIDs.
 vmw:BootOrderSection becomes ``boot_order`` (OVF 1.x re-writes do not carry it, see
@@ -340,10 +341,12 @@ class _Reader:
 
     def os_section(self, el: etree._Element) -> GuestOs:
         cim = _int(self.a(el, "id"), "OperatingSystemSection ovf:id")
+        vbox = el.find(q(ns.VBOX, "OSType"))
         return GuestOs(
             cim_id=cim,
             vmware_id=el.get(q(ns.VMW, "osType")) or "",
             description=self.text(el, "Description"),
+            virtualbox_id=(vbox.text or "") if vbox is not None else "",
         )
 
     def product(self, el: etree._Element) -> Product:
