@@ -158,6 +158,26 @@ def test_virtualbox_fixture() -> None:
     assert wheres == ["hardware", "hardware", "virtual-system"]  # USB, sound, vbox:Machine
 
 
+def test_virtualbox_ovf20_fixture_with_xsd_namespaces() -> None:
+    """VirtualBox's OVF 2.0 export puts EthernetPortItem/StorageItem children in
+    ``CIM_...AllocationSettingData.xsd`` namespaces, which the DMTF schema does not know; their
+    disks, CD drive and NICs are read all the same."""
+    data = fixture("virtualbox-7-ovf20.ovf")
+    assert b"CIM_StorageAllocationSettingData.xsd" in data
+    assert schema_errors(data)  # not the DMTF spelling
+    p = parse_package_descriptor(data)
+    vm = p.vm
+    assert (p.ovf_version, vm.name, vm.vcpus, vm.memory_mib) == ("2.0", "jammy", 2, 4096)
+    assert [(d.capacity, d.controller, d.unit) for d in vm.disks] == [(25 * 2**30, "sata0", 0)]
+    assert [(c.controller, c.unit) for c in vm.cd_drives] == [("ide0", 1)]
+    assert [(n.adapter, n.network, n.connected) for n in vm.nics] == [
+        (NicType.E1000, "NAT", True),
+        (NicType.VIRTIO, "NAT", False),
+    ]
+    assert (vm.guest_os.cim_id, vm.guest_os.virtualbox_id) == (94, "Ubuntu_64")
+    assert vm.extra == ()  # every Item understood, none kept raw
+
+
 def test_cot_multi_config_fixture() -> None:
     data = fixture("cot-multi-config.ovf")
     assert_schema_valid(data)
@@ -196,7 +216,14 @@ def test_ovf09_fixture() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["vmware-ovftool.ovf", "virtualbox-7.ovf", "cot-multi-config.ovf", "vmware-ovf09.ovf"]
+    "name",
+    [
+        "vmware-ovftool.ovf",
+        "virtualbox-7.ovf",
+        "virtualbox-7-ovf20.ovf",
+        "cot-multi-config.ovf",
+        "vmware-ovf09.ovf",
+    ],
 )
 @pytest.mark.parametrize("version", ["1.0", "2.0"])
 def test_rewrite_keeps_what_was_read(name: str, version: str) -> None:

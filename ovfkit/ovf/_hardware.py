@@ -213,7 +213,7 @@ class Hardware:
         a controller's ``slotInfo.pciSlotNumber``): kept as RawXml ``item:<kind>:<id>`` for the
         writer to put back into the same device's Item."""
         for c in it.el:
-            if not isinstance(c.tag, str) or _nsof(c) in (ns.RASD, ns.EPASD, ns.SASD):
+            if not isinstance(c.tag, str) or _nsof(c) in ns.ITEM_NAMESPACES:
                 continue
             if _local(c) in skip and _nsof(c) == ns.VMW:
                 continue
@@ -222,7 +222,7 @@ class Hardware:
     def item(self, el: etree._Element) -> _Item:
         it = _Item(el)
         for c in el:
-            if isinstance(c.tag, str) and _nsof(c) in (ns.RASD, ns.EPASD, ns.SASD):
+            if isinstance(c.tag, str) and _nsof(c) in ns.ITEM_NAMESPACES:
                 it.props.setdefault(_local(c), []).append(c.text or "")
         return it
 

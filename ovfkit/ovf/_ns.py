@@ -14,8 +14,17 @@ _CIM2 = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/"
 CIM = "http://schemas.dmtf.org/wbem/wscim/1/common"
 RASD = _CIM2 + "CIM_ResourceAllocationSettingData"
 VSSD = _CIM2 + "CIM_VirtualSystemSettingData"
+#: OVF 2.0 EthernetPortItem / StorageItem classes, spelled as the DMTF DSP8023 2.0.1 schema
+#: imports them (no ``.xsd``); ovfkit writes these, so its 2.0 descriptors validate.
 EPASD = _CIM2 + "CIM_EthernetPortAllocationSettingData"
 SASD = _CIM2 + "CIM_StorageAllocationSettingData"
+#: The same classes as VirtualBox's OVF 2.0 export writes them, with an ``.xsd`` suffix
+#: (``ApplianceImplExport.cpp``; COT's ``OVFNameHelper2`` copies it and fails on the DMTF
+#: spelling); its reader matches local names only. ovfkit reads both spellings.
+EPASD_XSD = EPASD + ".xsd"
+SASD_XSD = SASD + ".xsd"
+#: Namespaces of an Item's CIM properties, any OVF version, either spelling.
+ITEM_NAMESPACES = (RASD, EPASD, SASD, EPASD_XSD, SASD_XSD)
 BOOTC = _CIM2 + "CIM_BootConfigSetting"
 BOOTS = _CIM2 + "CIM_BootSourceSetting"
 
