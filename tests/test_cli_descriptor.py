@@ -144,3 +144,16 @@ def test_bad_ovf_version_is_a_usage_error() -> None:
     assert result.returncode == 2
     assert b"invalid choice" in result.stderr
     assert result.stdout == b""
+
+
+@pytest.mark.parametrize("command", ["descriptor", "export"])
+def test_ovf_version_help_names_the_importers_of_2_0(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ovfkit.cli import main
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "2.0 (envelope/2" in text and "read by VirtualBox and Glance only" in text
+    assert "Proxmox, oVirt/vdsm and virt-v2v read envelope/1 only" in text

@@ -12,6 +12,7 @@ import tempfile
 from typing import Any
 
 from ..errors import InvalidArgumentError, NotFoundError, OvfkitError, OvfkitIOError
+from ._texts import OVF_VERSION_HELP
 
 __all__ = ["read_input", "register", "run", "write_atomic"]
 
@@ -35,7 +36,7 @@ def register(sub: Any) -> None:
         "--ovf-version",
         choices=("1.0", "2.0"),
         default="1.0",
-        help="1.0 (envelope/1, read by every importer; default) or 2.0",
+        help=OVF_VERSION_HELP,
     )
     parser.add_argument(
         "--system-tag",

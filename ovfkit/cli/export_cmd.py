@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from ..errors import InvalidArgumentError
 from ..progress import Progress
+from ._texts import OVF_VERSION_HELP
 
 __all__ = ["ProgressBar", "inventory_json", "register", "run"]
 
@@ -38,7 +39,7 @@ def register(sub: Any) -> None:
                         help="package path, or - to stream the package to stdout (chunked "
                         "disks, manifest last; JSON then goes to stderr)")
     parser.add_argument("--ovf-version", choices=("1.0", "2.0"), default="1.0",
-                        help="1.0 (envelope/1, read by every importer; default) or 2.0")
+                        help=OVF_VERSION_HELP)
     parser.add_argument("--manifest", choices=("sha1", "sha256", "sha512", "none"),
                         default="sha256", help="manifest digest (default sha256)")
     parser.add_argument("--engine", choices=("native", "qemu-img"), default="native",

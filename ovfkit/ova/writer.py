@@ -78,7 +78,8 @@ _HASH_WINDOW = 32 << 20  # a multiple of mmap.ALLOCATIONGRANULARITY
 class OvaOptions:
     """How to write a package.
 
-    ``ovf_version``: "1.0" (envelope/1, the only namespace virt-v2v and Proxmox read) or "2.0".
+    ``ovf_version``: "1.0" (envelope/1, the only namespace virt-v2v, Proxmox and vdsm read) or
+    "2.0" (VirtualBox and Glance import it; see :class:`ovfkit.ovf.DescriptorOptions`).
     ``manifest``: digest of the ``.mf`` lines, or "none" for no manifest (then no signing).
     ``engine``: VMDK engine, "native" or "qemu-img". ``signer``: sign the manifest
     (:func:`ovfkit.ova.signing.load_signer`). ``include_iso``: pack the ISO images of the CD

@@ -19,8 +19,11 @@ STREAM_OPTIMIZED = "http://www.vmware.com/interfaces/specifications/vmdk.html#st
 class DescriptorOptions:
     """How to write the descriptor.
 
-    ``ovf_version`` "1.0" writes the envelope/1 namespace, the only one virt-v2v and Proxmox read
-    (virt-v2v#18); "2.0" writes envelope/2 with EthernetPortItem/StorageItem (DSP0243 2.0 clause 8).
+    ``ovf_version`` "1.0" writes the envelope/1 namespace, the only one virt-v2v, Proxmox and
+    vdsm read (virt-v2v#18); "2.0" writes envelope/2 with EthernetPortItem/StorageItem (DSP0243
+    2.0 clause 8) in the epasd/sasd namespaces of the DMTF DSP8023 2.0.1 schema (no ``.xsd``
+    suffix, unlike VirtualBox's export), which only VirtualBox and Glance import (README,
+    "Importers").
     ``hardware_version`` is vssd:VirtualSystemType; vmx-13 or lower for broad ESXi support.
     ``include_iso``: pack the ISOs of CD drives as files. ``ovf_env``: declare
     ``ovf:transport="iso"`` (DSP0243 1.1 §11) and carry an OVF environment ISO in a CD drive.
