@@ -265,6 +265,10 @@ def test_virtualbox_os_type_next_to_the_cim_id(version: str) -> None:
 def test_ovf2_uses_envelope2_epasd_sasd_and_boot_section() -> None:
     root = xml(web01(), ovf_version="2.0")
     assert root.tag == f"{{{OVF2}}}Envelope"
+    # the DSP8023 2.0.1 spelling, not VirtualBox's/COT's ".xsd" one (ovfkit.ovf._ns)
+    cim2 = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/"
+    assert root.nsmap["epasd"] == cim2 + "CIM_EthernetPortAllocationSettingData"
+    assert root.nsmap["sasd"] == cim2 + "CIM_StorageAllocationSettingData"
     hw = root.find(f".//{{{OVF2}}}VirtualHardwareSection")
     assert hw is not None
     order = [etree.QName(c).localname for c in hw if isinstance(c.tag, str)]
