@@ -69,6 +69,10 @@ def test_capacity_none_takes_the_image_size(image: Path, tmp_path: Path) -> None
     vm = hand_built_vm(image)
     result = ovfkit.write_ova(vm, tmp_path / "web.ova")
     assert ovfkit.open_package(result.path).vm.disks[0].capacity == 3 * MiB
+    # The streaming layout writes the descriptor before the disk: the size is read up front.
+    with open(tmp_path / "streamed.ova", "wb") as f:
+        ovfkit.write_ova(vm, f)
+    assert ovfkit.open_package(tmp_path / "streamed.ova").vm.disks[0].capacity == 3 * MiB
     # The same size given, in bytes not a sector multiple of it, is the image's size too.
     ovfkit.write_ova(hand_built_vm(image, 3 * MiB - 100), tmp_path / "same.ova")
     with pytest.raises(ovfkit.InvalidArgumentError, match="has no capacity"):

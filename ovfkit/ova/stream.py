@@ -36,9 +36,9 @@ from .writer import (
     PackageFile,
     PackageResult,
     check_call,
-    check_capacities,
     front_members,
     plan_package,
+    resolve_capacities,
     stream_files,
 )
 
@@ -170,7 +170,7 @@ def write_ova_stream(
     """Write ``vm`` as a chunked OVA to ``target`` (only ``write()`` is used). See the module
     docstring for the layout and which importers read it."""
     check_call(vm, target, options, progress, cancel)
-    check_capacities(vm)
+    vm = resolve_capacities(vm)
     chunk_size = options.chunk_size or DEFAULT_CHUNK_SIZE
     if chunk_size < tar.BLOCK or chunk_size % tar.BLOCK:
         raise InvalidArgumentError(f"chunk_size {chunk_size} must be a multiple of 512")

@@ -403,7 +403,7 @@ def write_ova(
 
         return write_ova_stream(vm, target, options, progress=progress, cancel=cancel)
     check_call(vm, target, options, progress, cancel)
-    check_capacities(vm)
+    vm = resolve_capacities(vm)
     path = _check_target(os.fspath(target), vm)
     folder = os.path.dirname(path)
     try:
@@ -448,22 +448,28 @@ def check_call(
     require_hooks(progress, cancel)
 
 
-def check_capacities(vm: VirtualMachine) -> None:
-    """The Disk.capacity rule (see ovfkit.model.Disk): a capacity given is the image's virtual
-    size in whole sectors, checked with ``qemu-img info`` before anything is written."""
+def resolve_capacities(vm: VirtualMachine) -> VirtualMachine:
+    """``vm`` with each disk's capacity the VMDK's (the image's virtual size in whole sectors),
+    read with ``qemu-img info`` before anything is written: the streaming layout writes the
+    descriptor first. The Disk.capacity rule (see ovfkit.model.Disk): None takes the image's
+    size, a capacity given must be it."""
     from ..disk import check_image
 
+    disks = []
     for disk in vm.disks:
-        if disk.capacity is None or disk.source is None:
+        if disk.source is None:
+            disks.append(disk)  # plan_package refuses it
             continue
         info = check_image(disk.source, force_shared=True)  # locks: checked when it is read
         image = -(-info.virtual_size // 512) * 512
-        if -(-disk.capacity // 512) * 512 != image:
+        if disk.capacity is not None and -(-disk.capacity // 512) * 512 != image:
             raise InvalidArgumentError(
                 f"disk {disk.id!r} has capacity {disk.capacity} but its image"
                 f" {disk.source.path} holds {info.virtual_size} bytes: leave capacity None to"
                 " take the image's size, or resize the image (qemu-img resize)"
             )
+        disks.append(replace(disk, capacity=image))
+    return replace(vm, disks=tuple(disks))
 
 
 def _fsync_dir(folder: str) -> None:
