@@ -24,12 +24,16 @@ import contextlib
 import os
 import random
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# The demo (scripts/ovfkit_demo.py) is not part of the package; tests use its helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ovfkit_demo import DEMO_BS_UUID, make_demo_vm, setup_data_dir
 
-from ovfkit.demo import DEMO_BS_UUID, make_demo_vm, setup_data_dir
 from ovfkit.zstack.adapter import vm_from_zstack
 from ovfkit.zstack.api import estimate_package_size, export_vm_ova_package
 from ovfkit.zstack.config import LocalStorageConfig, load_config, save_config

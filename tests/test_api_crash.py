@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+from ovfkit_demo import DEMO_BS_UUID, make_demo_vm, setup_data_dir
 
-from ovfkit.demo import DEMO_BS_UUID, make_demo_vm, setup_data_dir
 from ovfkit.zstack.api import export_vm_ova_package, query_image_packages
 from ovfkit.zstack.config import load_config
 from ovfkit.zstack.context import open_context

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ovfkit_demo import DEMO_BS_UUID, make_demo_vm, setup_data_dir
 
-from ovfkit.demo import DEMO_BS_UUID, make_demo_vm, setup_data_dir
 from ovfkit.errors import InvalidArgumentError, NotFoundError
 from ovfkit.model import Firmware
 from ovfkit.ova import verify_package

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ovfkit import demo
+import ovfkit_demo as demo
+
 from ovfkit.ova import verify_package
 from ovfkit.qemu import img
 from ovfkit.zstack.api import query_image_packages
@@ -20,7 +21,7 @@ def test_demo_twice(tmp_path: Path) -> None:
     data = tmp_path / "demo-data"
     first = demo.run(data, out=io.StringIO())
     proc = subprocess.run(
-        [sys.executable, "-m", "ovfkit.demo", "--data-dir", str(data)],
+        [sys.executable, demo.__file__, "--data-dir", str(data)],
         capture_output=True, text=True, check=False,
     )
     assert proc.returncode == 0, proc.stderr

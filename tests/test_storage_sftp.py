@@ -10,9 +10,9 @@ from pathlib import Path
 
 import paramiko
 import pytest
+from ovfkit_demo import make_demo_vm, setup_data_dir
 from sshd import SshServer, running_sshd, sshd_available
 
-from ovfkit.demo import make_demo_vm, setup_data_dir
 from ovfkit.errors import OperationFailedError
 from ovfkit.ova import verify_package
 from ovfkit.progress import Progress

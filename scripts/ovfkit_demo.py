@@ -1,4 +1,5 @@
-"""The whole job on the embedded default, end to end (``bash scripts/demo``).
+"""The whole job on the embedded default, end to end (``bash scripts/demo``). Not part of the
+package (the wheel leaves it out); the tests import its helpers from here.
 
 1. A data folder (``demo-data/`` in the working directory, or ``--data-dir``) with a config: one
    storage root for the demo volumes and a local backup storage.
@@ -24,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import OvfkitError
+from ovfkit.errors import OvfkitError
 
 __all__ = ["DEMO_BS_UUID", "DEMO_VM_UUID", "main", "make_demo_vm", "setup_data_dir"]
 
@@ -44,7 +45,7 @@ def _write_raw(path: Path, size: int, blocks: Sequence[tuple[int, bytes]]) -> No
 def make_qcow2(path: Path, size: int, blocks: Sequence[tuple[int, bytes]]) -> None:
     """A qcow2 of virtual ``size`` holding ``blocks`` (offset, bytes), made by qemu-img convert
     from a sparse raw file, so only the written clusters are allocated."""
-    from .qemu import img
+    from ovfkit.qemu import img
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
@@ -122,7 +123,7 @@ def make_demo_vm(
 def setup_data_dir(data_dir: str | os.PathLike[str]) -> Path:
     """Config with ``<data>/volumes`` as storage root and ``<data>/packages`` as the local
     backup storage DEMO_BS_UUID; returns the volumes folder."""
-    from .zstack.config import LocalStorageConfig, load_config, save_config
+    from ovfkit.zstack.config import LocalStorageConfig, load_config, save_config
 
     data = Path(data_dir).resolve()
     volumes = data / "volumes"
@@ -135,9 +136,9 @@ def setup_data_dir(data_dir: str | os.PathLike[str]) -> Path:
 
 
 def run(data_dir: Path, out: Any = sys.stdout) -> Mapping[str, Any]:
-    from .ova.reader import verify_package
-    from .zstack import api
-    from .zstack.context import open_context
+    from ovfkit.ova.reader import verify_package
+    from ovfkit.zstack import api
+    from ovfkit.zstack.context import open_context
 
     volumes = setup_data_dir(data_dir)
     with open_context(data_dir) as ctx:
@@ -170,7 +171,7 @@ def run(data_dir: Path, out: Any = sys.stdout) -> Mapping[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ovfkit.demo", description="Export a demo VM to an OVA, end to end."
+        prog="scripts/demo", description="Export a demo VM to an OVA, end to end."
     )
     parser.add_argument("--data-dir", type=Path, default=Path("demo-data"))
     args = parser.parse_args(argv)
