@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import ovfkit
@@ -88,7 +89,9 @@ def _expectations() -> tuple[dict[int, str], dict[int, str]]:
     return types, errors
 
 
-def run_mypy(snippet: Path, cache: Path, *, mypy_path: Path | None) -> str:
+def run_mypy(
+    snippet: Path, cache: Path, *, mypy_path: Path | None, extra: Sequence[str] = ()
+) -> str:
     """mypy --strict on ``snippet``, resolving ``ovfkit`` from ``mypy_path`` (a checkout) or from
     the interpreter's site-packages (an installed wheel)."""
     env = dict(os.environ)
@@ -99,7 +102,7 @@ def run_mypy(snippet: Path, cache: Path, *, mypy_path: Path | None) -> str:
         [
             sys.executable, "-m", "mypy", "--strict", "--no-error-summary",
             "--no-pretty",
-            "--cache-dir", str(cache), "--config-file", os.devnull, str(snippet),
+            "--cache-dir", str(cache), "--config-file", os.devnull, *extra, str(snippet),
         ],
         capture_output=True, text=True, env=env, cwd=snippet.parent, check=False, timeout=300,
     )

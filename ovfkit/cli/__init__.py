@@ -8,7 +8,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from ..errors import OvfkitError
+from .._extras import extra_of
+from ..errors import MissingExtraError, OvfkitError
 
 __all__ = ["main"]
 
@@ -34,7 +35,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        rc: int = args.func(args)
+        try:
+            rc: int = args.func(args)
+        except ModuleNotFoundError as exc:
+            extra = extra_of(exc)
+            if extra is None:
+                raise
+            module = (exc.name or "").partition(".")[0]
+            raise MissingExtraError(extra, f"ovfkit {args.command}", module) from None
     except OvfkitError as exc:
         print(f"ERROR {exc.code}: {exc.details}", file=sys.stderr)
         return 2

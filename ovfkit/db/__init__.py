@@ -19,9 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from .._extras import needs_extra
+
+with needs_extra("cluster", "the shared database"):
+    from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+    from sqlalchemy.engine import URL
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 from ..errors import InvalidArgumentError, OvfkitIOError
 

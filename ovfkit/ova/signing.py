@@ -5,6 +5,9 @@ Layout: first line ``SHA256(<name>.mf)= <hex RSA PKCS#1 v1.5 signature of the ma
 then the signer's X.509 certificate in PEM (plus any intermediates). Only RSA keys: that is what
 VMware's signing and verification support, and an RSA signature has a length fixed by the key,
 which lets the packer reserve the certificate's room before the manifest is known.
+
+``cryptography`` is the ``sign`` extra (``pip install 'ovfkit[sign]'``): it is imported when a
+key is loaded or a certificate checked, and its absence is then a MissingExtraError.
 """
 
 from __future__ import annotations
@@ -12,21 +15,18 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
+from .._extras import needs_extra
 from ..errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 __all__ = ["Signer", "load_signer", "verify_certificate_file"]
 
-_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "sha1": hashes.SHA1,
-    "sha256": hashes.SHA256,
-    "sha512": hashes.SHA512,
-}
+_DIGESTS = ("sha1", "sha256", "sha512")
 _FIRST_LINE = re.compile(rb"(SHA1|SHA256|SHA512)\((.+)\)= ([0-9a-fA-F]+)\r?\n")
 
 
@@ -49,9 +49,22 @@ class Signer:
 
     def sign(self, manifest_name: str, manifest: bytes) -> bytes:
         """The .cert file's bytes for the manifest ``manifest_name`` holding ``manifest``."""
-        signature = self.key.sign(manifest, padding.PKCS1v15(), _HASHES[self.algorithm]())
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        signature = self.key.sign(manifest, padding.PKCS1v15(), _hash(self.algorithm))
         # The signature is exactly key_size/8 bytes (RFC 8017 §8.2.1), so the length is fixed.
         return self._first_line(manifest_name, signature.hex()) + self.chain_pem
+
+
+def _hash(name: str) -> hashes.HashAlgorithm:
+    from cryptography.hazmat.primitives import hashes
+
+    algorithms: dict[str, type[hashes.HashAlgorithm]] = {
+        "sha1": hashes.SHA1,
+        "sha256": hashes.SHA256,
+        "sha512": hashes.SHA512,
+    }
+    return algorithms[name]()
 
 
 def load_signer(
@@ -59,8 +72,12 @@ def load_signer(
 ) -> Signer:
     """A :class:`Signer` from PEM bytes; InvalidArgumentError (SYS.1007) when the key is not RSA,
     the certificate does not parse, or the certificate is not the key's."""
-    if algorithm not in _HASHES:
+    if algorithm not in _DIGESTS:
         raise InvalidArgumentError(f"signature digest {algorithm!r} is not sha1, sha256 or sha512")
+    with needs_extra("sign", "signing a package"):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
     try:
         key = serialization.load_pem_private_key(key_pem, password=password)
     except (ValueError, TypeError) as exc:
@@ -90,6 +107,10 @@ def verify_certificate_file(
     the chain is signed by the next one (a self-signed last certificate is checked against
     itself). Trust in the root is the importer's decision and is not judged here.
     """
+    with needs_extra("sign", "checking a package's certificate"):
+        from cryptography import x509
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric import padding, rsa
     problems: list[str] = []
     match = _FIRST_LINE.match(cert_file)
     if match is None:
@@ -106,7 +127,7 @@ def verify_certificate_file(
         return [*problems, "certificate key is not RSA"]
     try:
         public.verify(
-            bytes.fromhex(sig_hex), manifest, padding.PKCS1v15(), _HASHES[tag.lower()]()
+            bytes.fromhex(sig_hex), manifest, padding.PKCS1v15(), _hash(tag.lower())
         )
     except InvalidSignature:
         problems.append("manifest signature does not verify with the certificate's key")

@@ -1,6 +1,7 @@
 """The HTTP service for ZStack's ExportVmOvaPackage and image-package REST endpoints
-(``ovfkit serve``), on Starlette + uvicorn. Importing this package loads Starlette; nothing else
-happens on import.
+(``ovfkit serve``), on Starlette + uvicorn: the ``server`` extra (``pip install
+'ovfkit[server]'``; without it importing this package is a MissingExtraError). Importing this
+package loads Starlette; nothing else happens on import.
 
 Endpoints (the OpenAPI document at ``GET /zstack/v1/openapi.json`` has every schema)::
 
@@ -47,8 +48,11 @@ Choices:
 
 from __future__ import annotations
 
-from .app import JOB_MODE_HEADER, ServiceConfig, create_app
-from .backend import Backend
-from .openapi import openapi_document
+from .._extras import needs_extra
+
+with needs_extra("server", "the HTTP service"):
+    from .app import JOB_MODE_HEADER, ServiceConfig, create_app
+    from .backend import Backend
+    from .openapi import openapi_document
 
 __all__ = ["JOB_MODE_HEADER", "Backend", "ServiceConfig", "create_app", "openapi_document"]

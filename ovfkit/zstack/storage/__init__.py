@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..._extras import needs_extra
 from ..config import BackupStorageConfig, LocalStorageConfig
 from .base import BackupStorage, PackageUpload
 from .local import LocalBackupStorage, package_download_path
@@ -19,6 +20,7 @@ def open_backup_storage(config: BackupStorageConfig, base_url: str | None = None
     """Connect to a configured backup storage (SFTP: one SSH connection, closed by close())."""
     if isinstance(config, LocalStorageConfig):
         return LocalBackupStorage(config, base_url)
-    from .sftp import SftpBackupStorage  # paramiko is loaded only when an SFTP storage is used
+    with needs_extra("sftp", "an SFTP backup storage"):  # paramiko: only for SFTP storages
+        from .sftp import SftpBackupStorage
 
     return SftpBackupStorage(config)
