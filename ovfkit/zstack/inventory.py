@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import uuid as uuid_module
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -297,6 +297,9 @@ def _list_field(data: Mapping[str, Any], key: str) -> list[str]:
 
 # ZStack's query API operators (``q=field<op>value``), longest first so ``>=`` wins over ``>``.
 _OPERATORS = ("!?=", "!~=", "?=", "~=", "!=", ">=", "<=", "=", ">", "<")
+# Value-less operators, tried after the others as ZStack's RestServer does (QUERY_OP_MAPPING:
+# "is null" and "not null" come last): ``q=description is null``.
+NULL_OPERATORS = ("is null", "not null")
 
 # Queryable fields: JSON name -> record column, and whether they compare as numbers or dates.
 QUERY_FIELDS: Mapping[str, str] = {
@@ -314,21 +317,33 @@ QUERY_FIELDS: Mapping[str, str] = {
     "lastOpDate": "last_op_date",
 }
 
+# ZStack's pseudo-fields for tags (search MysqlQueryBuilderImpl3 / ZQLMetadata: USER_TAG_NAME,
+# SYS_TAG_NAME): ``q=__userTag__=blue`` matches resources carrying that user tag.
+USER_TAG_FIELD = "__userTag__"
+SYSTEM_TAG_FIELD = "__systemTag__"
+TAG_FIELDS = (USER_TAG_FIELD, SYSTEM_TAG_FIELD)
+
 
 @dataclass(frozen=True)
 class Condition:
     """One ``q=`` condition: ``field op value``. ``op`` is one of ``=``, ``!=``, ``>``, ``<``,
     ``>=``, ``<=``, ``~=`` (SQL LIKE, ``%`` and ``_`` wildcards), ``!~=``, ``?=`` (in a
-    comma-separated list), ``!?=`` (not in), or ``is null`` / ``not null`` given as
-    ``field=null`` / ``field!=null``."""
+    comma-separated list), ``!?=`` (not in), ``is null`` and ``not null`` (``value`` empty).
+    ``field=null`` / ``field!=null`` are ovfkit's older spelling of the last two."""
 
     field: str
     op: str
     value: str
 
 
-def parse_condition(text: str) -> Condition:
-    """Parse ZStack's ``q`` syntax (e.g. ``name~=web%``, ``size>1024``); SYS.1007 if bad."""
+def parse_condition(
+    text: str, fields: Collection[str] = (*QUERY_FIELDS, *TAG_FIELDS), what: str = (
+        "ImagePackageInventory"
+    ),
+) -> Condition:
+    """Parse ZStack's ``q`` syntax (e.g. ``name~=web%``, ``size>1024``, ``description is
+    null``); SYS.1007 if bad. ``fields`` are the names allowed on the left; ``what`` names the
+    inventory in errors."""
     for op in _OPERATORS:
         idx = text.find(op)
         if idx <= 0:
@@ -337,16 +352,27 @@ def parse_condition(text: str) -> Condition:
         earlier = [text.find(o) for o in _OPERATORS if 0 < text.find(o) < idx]
         if earlier:
             continue
-        name, value = text[:idx], text[idx + len(op):]
-        if name not in QUERY_FIELDS:
-            raise InvalidArgumentError(
-                f"invalid query condition {text!r}: unknown field[{name}] of ImagePackageInventory"
-            )
-        return Condition(name, op, value)
+        return _condition(text, text[:idx], op, text[idx + len(op):], fields, what)
+    for op in NULL_OPERATORS:
+        idx = text.find(op)
+        if idx > 0:
+            # RestServer trims the name of a value-less condition (and keeps nothing after).
+            return _condition(text, text[:idx].strip(), op, "", fields, what)
     raise InvalidArgumentError(
         f"invalid query condition {text!r}: expected field=value, field!=value, field~=pattern, "
-        "field>value, field<value, field>=value, field<=value, field?=a,b or field!?=a,b"
+        "field>value, field<value, field>=value, field<=value, field?=a,b, field!?=a,b, "
+        "'field is null' or 'field not null'"
     )
+
+
+def _condition(
+    text: str, name: str, op: str, value: str, fields: Collection[str], what: str
+) -> Condition:
+    if name not in fields:
+        raise InvalidArgumentError(
+            f"invalid query condition {text!r}: unknown field[{name}] of {what}"
+        )
+    return Condition(name, op, value)
 
 
 def conditions_from_query(items: Sequence[str | Condition]) -> list[Condition]:

@@ -25,7 +25,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,12 +34,15 @@ from typing import Any
 from ..errors import InvalidArgumentError, OperationFailedError, OvfkitIOError
 from .inventory import (
     QUERY_FIELDS,
+    TAG_FIELDS,
+    USER_TAG_FIELD,
     Condition,
     ImagePackageInventory,
     ImagePackageState,
     parse_zstack_time,
 )
 from .private import private_database, private_folder
+from .tags import RESOURCE_TYPE, SYSTEM, TAG_QUERY_FIELDS, USER, TagRecord, tag_rows
 
 __all__ = [
     "DB_NAME",
@@ -71,6 +74,18 @@ CREATE TABLE IF NOT EXISTS image_packages (
     install_path        TEXT NOT NULL,
     owner_pid           INTEGER
 );
+-- ZStack's SystemTagVO and UserTagVO in one table (type System or Simple); a package's tags go
+-- with it in the same transactions.
+CREATE TABLE IF NOT EXISTS tags (
+    uuid          TEXT PRIMARY KEY,
+    resource_uuid TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    tag           TEXT NOT NULL,
+    type          TEXT NOT NULL CHECK (type IN ('System', 'Simple')),
+    create_date   INTEGER NOT NULL,
+    last_op_date  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tags_resource ON tags(resource_uuid);
 CREATE TABLE IF NOT EXISTS pending_cleanup (
     backup_storage_uuid TEXT NOT NULL,
     install_path        TEXT NOT NULL,
@@ -243,8 +258,12 @@ class PackageRecords:
         self,
         inventory: ImagePackageInventory,
         install_path: str,
+        *,
+        system_tags: Sequence[str] = (),
+        user_tags: Sequence[str] = (),
     ) -> None:
-        """Insert the ``Exporting`` row. The caller holds the package's ExportLock already."""
+        """Insert the ``Exporting`` row and the package's tags (checked already, see
+        :mod:`.tags`). The caller holds the package's ExportLock already."""
         now = _now_ms()
         try:
             with self._tx() as db:
@@ -261,6 +280,10 @@ class PackageRecords:
                         inventory.backup_storage_uuid, ImagePackageState.EXPORTING.value,
                         None, None, inventory.format, None, now, now, install_path, os.getpid(),
                     ),
+                )
+                db.executemany(
+                    "INSERT INTO tags VALUES (?,?,?,?,?,?,?)",
+                    [(*row, now, now) for row in tag_rows(inventory.uuid, system_tags, user_tags)],
                 )
         except sqlite3.IntegrityError as exc:
             text = str(exc)
@@ -303,6 +326,9 @@ class PackageRecords:
             if only_exporting and record.inventory.state is not ImagePackageState.EXPORTING:
                 return None
             db.execute("DELETE FROM image_packages WHERE uuid=?", (uuid,))
+            # TagManagerImpl.postDelete: a resource's tags go with it.
+            db.execute("DELETE FROM tags WHERE resource_uuid=? AND resource_type=?",
+                       (uuid, RESOURCE_TYPE))
             db.execute(
                 "INSERT OR REPLACE INTO pending_cleanup VALUES (?,?,?)",
                 (record.inventory.backup_storage_uuid, record.install_path, time.time()),
@@ -375,60 +401,134 @@ class PackageRecords:
         start: int = 0,
         sort_by: str | None = None,
         sort_direction: str = "asc",
+        group_by: str | None = None,
     ) -> list[PackageRecord]:
-        """Rows matching every condition (ANDed, as several ``q=`` are in ZStack)."""
-        where, args = [], []
-        for cond in conditions:
-            sql, values = _condition_sql(cond)
-            where.append(sql)
-            args.extend(values)
-        sql = f"SELECT {_COLUMNS} FROM image_packages"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        if sort_by is not None:
-            column = QUERY_FIELDS.get(sort_by)
-            if column is None:
-                raise InvalidArgumentError(f"invalid sortBy[{sort_by}]: no such field")
-            if sort_direction.lower() not in ("asc", "desc"):
-                raise InvalidArgumentError(
-                    f"invalid sortDirection[{sort_direction}]: must be asc or desc"
-                )
-            sql += f" ORDER BY {column} {sort_direction.upper()}, uuid"
-        else:
-            sql += " ORDER BY create_date, uuid"
-        if limit is not None or start:
-            if (limit is not None and limit < 0) or start < 0:
-                raise InvalidArgumentError("limit and start must not be negative")
-            sql += " LIMIT ? OFFSET ?"
-            args.extend([-1 if limit is None else limit, start])
+        """Rows matching every condition (ANDed, as several ``q=`` are in ZStack). ``group_by``
+        keeps one row per distinct value of that field (the first in the sort order), as the
+        ``group by`` ZStack's query builder appends does."""
+        where, args = _where(conditions, _PACKAGE_TABLE)
+        order = _order_by(sort_by, sort_direction, QUERY_FIELDS, "create_date")
+        sql = f"SELECT {_COLUMNS} FROM image_packages{where}"
+        if group_by is not None:
+            column = _column(group_by, QUERY_FIELDS, "groupBy")
+            sql = (
+                f"SELECT {_COLUMNS} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {column} "
+                f"ORDER BY {order}) AS group_rank FROM image_packages{where}) WHERE group_rank = 1"
+            )
+        sql += f" ORDER BY {order}" + _paging(limit, start, args)
         rows = self._conn().execute(sql, args).fetchall()
         return [_row_to_record(r) for r in rows]
 
-    def count(self, conditions: Sequence[Condition] = ()) -> int:
-        where, args = [], []
-        for cond in conditions:
-            sql, values = _condition_sql(cond)
-            where.append(sql)
-            args.extend(values)
-        sql = "SELECT COUNT(*) FROM image_packages"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+    def count(self, conditions: Sequence[Condition] = (), *, group_by: str | None = None) -> int:
+        """How many rows :meth:`query` would give without paging."""
+        where, args = _where(conditions, _PACKAGE_TABLE)
+        sql = f"SELECT COUNT(*) FROM image_packages{where}"
+        if group_by is not None:
+            column = _column(group_by, QUERY_FIELDS, "groupBy")
+            sql = f"SELECT COUNT(*) FROM (SELECT 1 FROM image_packages{where} GROUP BY {column})"
         return int(self._conn().execute(sql, args).fetchone()[0])
 
+    # --- tags ------------------------------------------------------------------------------------
 
-_NUMERIC = frozenset({"size"})
-_DATES = frozenset({"createDate", "lastOpDate"})
+    def tags_of(self, resource_uuid: str) -> list[TagRecord]:
+        return self.query_tags(None, [Condition("resourceUuid", "=", resource_uuid)])
+
+    def query_tags(
+        self,
+        kind: str | None,
+        conditions: Sequence[Condition] = (),
+        *,
+        limit: int | None = None,
+        start: int = 0,
+        sort_by: str | None = None,
+        sort_direction: str = "asc",
+    ) -> list[TagRecord]:
+        """Tags of ``kind`` (tags.SYSTEM / tags.USER, None: both) matching every condition."""
+        where, args = _where(_with_kind(kind, conditions), _TAG_TABLE)
+        order = _order_by(sort_by, sort_direction, TAG_QUERY_FIELDS, "create_date")
+        sql = f"SELECT {_TAG_COLUMNS} FROM tags{where} ORDER BY {order}"
+        sql += _paging(limit, start, args)
+        return [_row_to_tag(r) for r in self._conn().execute(sql, args).fetchall()]
+
+    def count_tags(self, kind: str | None, conditions: Sequence[Condition] = ()) -> int:
+        where, args = _where(_with_kind(kind, conditions), _TAG_TABLE)
+        return int(self._conn().execute(f"SELECT COUNT(*) FROM tags{where}", args).fetchone()[0])
 
 
-def _query_value(field: str, text: str) -> Any:
-    if field in _NUMERIC:
+@dataclass(frozen=True)
+class _Table:
+    """What a condition needs to know of the table it filters."""
+
+    fields: Mapping[str, str]
+    numeric: frozenset[str]
+    dates: frozenset[str]
+    tag_owner: bool  # whether __userTag__ / __systemTag__ conditions apply (its rows own tags)
+
+
+_PACKAGE_TABLE = _Table(
+    QUERY_FIELDS, frozenset({"size"}), frozenset({"createDate", "lastOpDate"}), True
+)
+_TAG_TABLE = _Table(TAG_QUERY_FIELDS, frozenset(), frozenset({"createDate", "lastOpDate"}), False)
+_TAG_COLUMNS = "uuid, resource_uuid, resource_type, tag, type, create_date, last_op_date"
+
+
+def _row_to_tag(row: Sequence[Any]) -> TagRecord:
+    return TagRecord(
+        uuid=row[0], resource_uuid=row[1], resource_type=row[2], tag=row[3], type=row[4],
+        create_date=_to_datetime(row[5]), last_op_date=_to_datetime(row[6]),
+    )
+
+
+def _with_kind(kind: str | None, conditions: Sequence[Condition]) -> list[Condition]:
+    return [*(() if kind is None else (Condition("type", "=", kind),)), *conditions]
+
+
+def _column(field: str, fields: Mapping[str, str], what: str) -> str:
+    column = fields.get(field)
+    if column is None:
+        raise InvalidArgumentError(f"invalid {what}[{field}]: no such field")
+    return column
+
+
+def _order_by(
+    sort_by: str | None, direction: str, fields: Mapping[str, str], default: str
+) -> str:
+    if sort_by is None:
+        return f"{default}, uuid"
+    column = _column(sort_by, fields, "sortBy")
+    if direction.lower() not in ("asc", "desc"):
+        raise InvalidArgumentError(f"invalid sortDirection[{direction}]: must be asc or desc")
+    return f"{column} {direction.upper()}, uuid"
+
+
+def _paging(limit: int | None, start: int, args: list[Any]) -> str:
+    if limit is None and not start:
+        return ""
+    if (limit is not None and limit < 0) or start < 0:
+        raise InvalidArgumentError("limit and start must not be negative")
+    args.extend([-1 if limit is None else limit, start])
+    return " LIMIT ? OFFSET ?"
+
+
+def _where(conditions: Sequence[Condition], table: _Table) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    for cond in conditions:
+        sql, values = _condition_sql(cond, table)
+        where.append(sql)
+        args.extend(values)
+    return (" WHERE " + " AND ".join(where) if where else ""), args
+
+
+def _query_value(field: str, text: str, table: _Table) -> Any:
+    if field in table.numeric:
         try:
             return int(text)
         except ValueError:
             raise InvalidArgumentError(
                 f"invalid query value for field[{field}]: {text!r} is not an integer"
             ) from None
-    if field in _DATES:
+    if field in table.dates:
         try:
             return _to_ms(parse_zstack_time(text))
         except InvalidArgumentError:
@@ -444,16 +544,50 @@ def _query_value(field: str, text: str) -> Any:
     return text
 
 
-def _condition_sql(cond: Condition) -> tuple[str, list[Any]]:
-    column = QUERY_FIELDS[cond.field]
+# Tag conditions, after ZStack's MysqlQueryBuilderImpl3.TagSqlBuilder: =, >, >=, <, <=, ?=, ~=
+# and "not null" select resources having a matching tag; !=, !?=, !~= and "is null" select the
+# resources having none (the operator reversed inside the sub-query). ?= values are not trimmed.
+_TAG_REVERSED = {"!=": "=", "!?=": "?=", "!~=": "~=", "is null": "not null"}
+_SQL_OPS = {"=": "=", "!=": "!=", ">": ">", "<": "<", ">=": ">=", "<=": "<="}
+
+
+def _tag_condition_sql(cond: Condition) -> tuple[str, list[Any]]:
+    kind = USER if cond.field == USER_TAG_FIELD else SYSTEM
+    op = _TAG_REVERSED.get(cond.op, cond.op)
+    negate = op != cond.op
+    args: list[Any] = [kind, RESOURCE_TYPE]
+    if op == "not null":
+        match = "1"
+    elif op == "?=":
+        values = cond.value.split(",")
+        match = f"tag IN ({','.join('?' for _ in values)})"
+        args.extend(values)
+    elif op == "~=":
+        match = "tag LIKE ?"
+        args.append(cond.value)
+    else:
+        match = f"tag {_SQL_OPS[op]} ?"
+        args.append(cond.value)
+    sub = f"SELECT resource_uuid FROM tags WHERE type = ? AND resource_type = ? AND {match}"
+    return f"uuid {'NOT ' if negate else ''}IN ({sub})", args
+
+
+def _condition_sql(cond: Condition, table: _Table = _PACKAGE_TABLE) -> tuple[str, list[Any]]:
+    if cond.field in TAG_FIELDS:
+        if not table.tag_owner:
+            raise InvalidArgumentError(f"condition name[{cond.field}] is invalid here")
+        return _tag_condition_sql(cond)
+    column = table.fields[cond.field]
     op = cond.op
+    if op in ("is null", "not null"):
+        return f"{column} IS {'NOT ' if op == 'not null' else ''}NULL", []
     if op in ("=", "!=") and cond.value == "null":
         return f"{column} IS {'NOT ' if op == '!=' else ''}NULL", []
     if op in ("?=", "!?="):
-        values = [_query_value(cond.field, v) for v in cond.value.split(",")]
+        # MetaCondition.normalizeValue: the values of an in-list are trimmed.
+        values = [_query_value(cond.field, v.strip(), table) for v in cond.value.split(",")]
         marks = ",".join("?" for _ in values)
         return f"{column} {'NOT ' if op == '!?=' else ''}IN ({marks})", values
     if op in ("~=", "!~="):
         return f"{column} {'NOT ' if op == '!~=' else ''}LIKE ?", [cond.value]
-    sql_op = {"=": "=", "!=": "!=", ">": ">", "<": "<", ">=": ">=", "<=": "<="}[op]
-    return f"{column} {sql_op} ?", [_query_value(cond.field, cond.value)]
+    return f"{column} {_SQL_OPS[op]} ?", [_query_value(cond.field, cond.value, table)]
