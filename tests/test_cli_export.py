@@ -70,6 +70,48 @@ def test_export_prints_the_image_package_inventory(tmp_path: Path, inventory: Pa
     assert "memory:    4096 MiB" in text and "web-01-disk2.vmdk" in text
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../../etc/passwd <&\"'>",
+        "C:\\Windows\\..\\x\ttab\nnewline\x7f\x85",
+        "虚拟机-Ωμέγα-тест-" + "ß" * 200,
+        "\U0001f600" * 255,
+    ],
+)
+def test_any_zstack_vm_name_exports(tmp_path: Path, inventory: Path, name: str) -> None:
+    """A legal ZStack name (up to 255 characters of any script, separators, '..', control
+    characters): safe member names, the descriptor keeps the name."""
+    doc = json.loads(inventory.read_text())
+    doc["inventories"][0]["name"] = name
+    inventory.write_text(json.dumps(doc))
+    out = tmp_path / "named.ova"
+    proc = ovfkit("export", str(inventory), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    with tarfile.open(out) as tar:
+        members = tar.getnames()
+        descriptor = tar.extractfile(members[0]).read()  # type: ignore[union-attr]
+    for member in members:
+        assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", member) and ".." not in member
+        assert len(member.encode()) <= 100
+    from ovfkit.ovf.reader import parse_descriptor
+
+    assert parse_descriptor(descriptor).name == name
+    assert ovfkit("verify", str(out)).returncode == 0
+    assert json.loads(proc.stdout)["name"] == f"exported-vm-{name}"[:255]
+
+
+def test_vm_name_characters_xml_cannot_carry(tmp_path: Path, inventory: Path) -> None:
+    doc = json.loads(inventory.read_text())
+    doc["inventories"][0]["name"] = "a\x00b\x01c\x1f"
+    inventory.write_text(json.dumps(doc))
+    out = tmp_path / "ctl.ova"
+    proc = ovfkit("export", str(inventory), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    inspect = json.loads(ovfkit("inspect", str(out), "--json").stdout)
+    assert inspect["vm"]["name"] == "a\ufffdb\ufffdc\ufffd"
+
+
 def test_export_to_stdout_streams_the_package(tmp_path: Path, inventory: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "ovfkit", "export", str(inventory), "-o", "-"],

@@ -217,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
     inventory = inventory_json(
         uuid=uuid,
-        name=args.name or f"exported-vm-{vm.name}",
+        # ZStack's default, cut to ImagePackageVO.name's 255 characters as the API does.
+        name=args.name or f"exported-vm-{vm.name}"[:255],
         description=args.description or f"source vm uuid: {vm_uuid}",
         vm_uuid=vm_uuid,
         backup_storage_uuid=args.backup_storage_uuid,

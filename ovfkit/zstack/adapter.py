@@ -219,15 +219,18 @@ def _tags(values: object, field: str) -> list[tuple[str, str]]:
 
 
 def _vm_name(vm: Mapping[str, Any]) -> str:
-    name = _str(_get(vm, "name", ""), "name")
+    """Any name ZStack accepts (up to 255 characters of any script, ``/``, ``\\``, ``..``,
+    control characters): package member names are made safe apart
+    (:func:`ovfkit.ovf.layout.safe_basename`) and the descriptor keeps the name, except the
+    characters XML 1.0 cannot carry at all (NUL and the other C0 controls but tab, LF and CR,
+    lone surrogates; XML 1.0 §2.2, not even as character references), which become U+FFFD
+    REPLACEMENT CHARACTER."""
+    raw = _get(vm, "name", "")
+    if isinstance(raw, str):
+        raw = _NOT_XML.sub("\ufffd", raw)
+    name = _str(raw, "name")
     if len(name) > _MAX_NAME:
         _fail("name", f"is longer than {_MAX_NAME} characters")
-    if "/" in name or "\\" in name:
-        _fail("name", f"must not contain path separators: {_describe(name)}")
-    if ".." in name:
-        _fail("name", f"must not contain '..': {_describe(name)}")
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in name):
-        _fail("name", f"must not contain control characters: {_describe(name)}")
     return name
 
 
