@@ -28,16 +28,28 @@ from ovfkit.errors import (
     OvfParseError,
 )
 from ovfkit.server import Backend, create_app, openapi_document
-from ovfkit.server.app import CatchAll, query_spec, session_token
-from ovfkit.server.bodies import check_keys, parse_json_object
+from ovfkit.server.app import CatchAll
+from ovfkit.server.bodies import parse_json_object, unknown_keys
 from ovfkit.server.errors import (
     MalformedRequestError,
     MethodNotAllowedError,
     NoApiMappingError,
     status_for,
 )
+from ovfkit.server.jobs import JobForm, job_form
+from ovfkit.server.query import QuerySpec
+from ovfkit.server.query import query_spec as _query_spec
+from ovfkit.server.webhook import check_webhook_url
+from ovfkit.zstack.accesskeys import AccessKeyRequestError
 from ovfkit.zstack.auth import AuthenticationError, AuthStore, InvalidSessionError
 from ovfkit.zstack.context import open_context
+from ovfkit.zstack.inventory import QUERY_FIELDS, TAG_FIELDS
+
+
+def query_spec(items: list[tuple[str, str]]) -> QuerySpec:
+    """The image packages' query string, as the service reads it."""
+    return _query_spec(items, tuple(QUERY_FIELDS), condition_fields=(*QUERY_FIELDS, *TAG_FIELDS))
+
 
 # -- query strings ----------------------------------------------------------------------------
 
@@ -72,10 +84,11 @@ def test_query_spec_fields() -> None:
     [
         [("q", "bogus=1")], [("q", "=1")], [("q", "nothing")], [("limit", "-1")],
         [("limit", "1e3")], [("start", "")], [("sortBy", "install_path")],
-        [("sortDirection", "ASC ")], [("count", "yes")], [("x", "1")],
+        [("sortDirection", "ASC")], [("count", "yes")],
         [("start", "1"), ("start", "2")], [("limit", "9" * 30)], [("sort", "-bogus")],
         [("sort", "name"), ("sortBy", "name")], [("fields", "uuid,password")], [("fields", ",")],
-        [("groupBy", "name")], [("filterName", "x")],
+        [("groupBy", "install_path")], [("filterName", "x")], [("q", "__tag__=x")],
+        [("q", "bogus is null")],
     ],
 )
 def test_query_spec_refuses(items: list[tuple[str, str]]) -> None:
@@ -123,27 +136,64 @@ def test_parse_json_object_refuses_unpaired_surrogates(body: bytes) -> None:
         parse_json_object(body)
     assert parse_json_object(rb'{"name": "\ud83d\ude00"}') == {"name": "\U0001f600"}
 
-def test_check_keys_names_the_first_unknown_key() -> None:
-    check_keys({"a": 1}, ("a", "b"), "x")
-    with pytest.raises(MalformedRequestError, match=r"unknown field\[c\] in x"):
-        check_keys({"a": 1, "d": 2, "c": 3}, ("a",), "x")
+def test_unknown_keys_are_listed_not_refused() -> None:
+    assert unknown_keys({"a": 1}, ("a", "b")) == []
+    assert unknown_keys({"a": 1, "d": 2, "c": 3}, ("a",)) == ["c", "d"]
 
 
 # -- sessions and statuses --------------------------------------------------------------------
 
 
-def test_session_token() -> None:
-    assert session_token("OAuth abc") == "abc"
-    assert session_token("oauth   abc ") == "abc"
-    for bad in (None, "", "OAuth", "Basic abc", "OAuth a b", "abc"):
-        with pytest.raises(InvalidSessionError):
-            session_token(bad)
+def test_job_form_headers() -> None:
+    uuid = "a" * 32
+    assert job_form({}, "ExportVmOvaPackage") is None
+    assert job_form({"X-Job-Mode": "sync", "X-Job-UUID": uuid}, "DeleteImagePackage") is None
+    # The SDKs' X-Job-UUID: the job form with that uuid and ZStack's default apiTimeout.
+    assert job_form({"X-Job-UUID": uuid}, "ExportVmOvaPackage") == JobForm(
+        uuid, None, 72 * 3600 * 1000
+    )
+    assert job_form({"X-Web-Hook": "http://h/x"}, "RenewSession") == JobForm(
+        None, "http://h/x", 30 * 60 * 1000
+    )
+    assert job_form(
+        {"X-Job-Mode": "async", "X-API-Timeout": "60"}, "UpdateImagePackage"
+    ) == JobForm(None, None, 60000)
+    for bad in ({"X-Job-UUID": "a" * 31}, {"X-Job-UUID": "a" * 31 + "/"},
+                {"X-Job-Mode": "later"}, {"X-Job-Mode": "async", "X-API-Timeout": "-1"},
+                {"X-Job-Mode": "async", "X-API-Timeout": "0"}):
+        with pytest.raises(MalformedRequestError):
+            job_form(bad, "ExportVmOvaPackage")
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed"),
+    [("http://127.0.0.1:9/hook", True), ("https://localhost/x?y=1", True),
+     ("http://[::1]:8/", True), ("http://10.1.2.3/", False), ("http://example.com/", False),
+     ("ftp://127.0.0.1/", False), ("file:///etc/passwd", False), ("http://u:p@127.0.0.1/", False),
+     ("http:///nohost", False), ("http://127.0.0.1:99999/", False), ("gopher://x", False)],
+)
+def test_webhook_urls_loopback_by_default(url: str, allowed: bool) -> None:
+    if allowed:
+        check_webhook_url(url)
+    else:
+        with pytest.raises(InvalidArgumentError):
+            check_webhook_url(url)
+
+
+def test_webhook_allowed_list_hosts_and_networks() -> None:
+    target = check_webhook_url("http://10.1.2.3:8080/a?b", ("10.0.0.0/8",))
+    assert (target.host, target.port, target.path) == ("10.1.2.3", 8080, "/a?b")
+    check_webhook_url("https://Hooks.Example.com/", ("hooks.example.com",))
+    with pytest.raises(InvalidArgumentError, match="not allowed"):
+        check_webhook_url("http://127.0.0.1/", ("10.0.0.0/8",))
 
 
 @pytest.mark.parametrize(
     ("error", "status"),
     [
         (MalformedRequestError("x"), 400),
+        (AccessKeyRequestError("x"), 400),
+        (AccessKeyRequestError("requestTimeTooSkewed", status=403), 403),
         (AuthenticationError("x"), 401),
         (InvalidSessionError("x"), 401),
         (NoApiMappingError("x"), 404),

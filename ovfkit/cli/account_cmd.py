@@ -1,5 +1,7 @@
 """``ovfkit account add|passwd|remove NAME`` / ``ovfkit account list``: the accounts that may log
-in to ``ovfkit serve`` (stored in the data folder, passwords hashed with scrypt)."""
+in to ``ovfkit serve`` (stored in the data folder, passwords hashed with scrypt).
+``ovfkit account access-key add|list NAME`` / ``access-key remove ID``: the account's AccessKey
+pairs, for ZStack SDK clients that sign requests instead of logging in."""
 
 from __future__ import annotations
 
@@ -11,7 +13,16 @@ from typing import Any
 from ..errors import InvalidArgumentError
 from .serve_cmd import add_data_dir_argument, default_data_dir
 
-__all__ = ["register", "run_add", "run_list", "run_passwd", "run_remove"]
+__all__ = [
+    "register",
+    "run_add",
+    "run_key_add",
+    "run_key_list",
+    "run_key_remove",
+    "run_list",
+    "run_passwd",
+    "run_remove",
+]
 
 
 def register(sub: Any) -> None:
@@ -49,6 +60,33 @@ def register(sub: Any) -> None:
     lst = actions.add_parser("list", help="list the accounts")
     add_data_dir_argument(lst)
     lst.set_defaults(func=run_list)
+    _register_access_keys(actions)
+
+
+def _register_access_keys(actions: Any) -> None:
+    parser: argparse.ArgumentParser = actions.add_parser(
+        "access-key",
+        help="manage an account's AccessKey pairs",
+        description="AccessKey pairs sign requests (Authorization: ZStack <AccessKeyId>:"
+        "<signature> and a Date header) as ZStack's SDKs do when given accessKeyId and "
+        "accessKeySecret instead of a session.",
+    )
+    keys = parser.add_subparsers(dest="key_action", required=True, metavar="ACTION")
+    add = keys.add_parser(
+        "add", help="create a pair; prints AccessKeyId and AccessKeySecret (shown only once)"
+    )
+    add.add_argument("name", metavar="NAME", help="the account")
+    add.add_argument("--description", default="", help="what the pair is for")
+    add_data_dir_argument(add)
+    add.set_defaults(func=run_key_add)
+    lst = keys.add_parser("list", help="list an account's pairs (not their secrets)")
+    lst.add_argument("name", metavar="NAME", help="the account")
+    add_data_dir_argument(lst)
+    lst.set_defaults(func=run_key_list)
+    remove = keys.add_parser("remove", help="remove a pair")
+    remove.add_argument("key_id", metavar="ACCESS_KEY_ID")
+    add_data_dir_argument(remove)
+    remove.set_defaults(func=run_key_remove)
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -93,4 +131,34 @@ def run_list(args: argparse.Namespace) -> int:
 
     for account in AuthStore(args.data_dir or default_data_dir()).list_accounts():
         print(f"{account.uuid}  {account.name}  created {zstack_timestamp(account.create_date)}")
+    return 0
+
+
+def _key_store(args: argparse.Namespace) -> Any:
+    from ..zstack.accesskeys import AccessKeyStore
+    from ..zstack.auth import AuthStore
+
+    data_dir = args.data_dir or default_data_dir()
+    AuthStore(data_dir)  # the accounts table the keys refer to
+    return AccessKeyStore(data_dir)
+
+
+def run_key_add(args: argparse.Namespace) -> int:
+    key, secret = _key_store(args).add(args.name, args.description)
+    print(f"AccessKeyId: {key.id}")
+    print(f"AccessKeySecret: {secret}")
+    return 0
+
+
+def run_key_list(args: argparse.Namespace) -> int:
+    from ..zstack.auth import zstack_timestamp
+
+    for key in _key_store(args).list(args.name):
+        print(f"{key.id}  created {zstack_timestamp(key.create_date)}  {key.description}")
+    return 0
+
+
+def run_key_remove(args: argparse.Namespace) -> int:
+    _key_store(args).remove(args.key_id)
+    print(f"access key {args.key_id} removed")
     return 0

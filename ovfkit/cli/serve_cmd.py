@@ -151,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
             f"'ovfkit account add NAME --data-dir {data_dir}'",
             flush=True,
         )
+    from ..server.logs import configure_logging
+
+    configure_logging(args.log_level)
     serve(
         app,
         host=args.host,

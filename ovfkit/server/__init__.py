@@ -5,31 +5,36 @@ package loads Starlette; nothing else happens on import.
 
 Endpoints (the OpenAPI document at ``GET /zstack/v1/openapi.json`` has every schema)::
 
-    PUT    /zstack/v1/accounts/login            {"logInByAccount": {accountName, password}}
-    DELETE /zstack/v1/accounts/sessions/{uuid}  log out
-    POST   /zstack/v1/ovf/ova-packages          ExportVmOvaPackage ({"params": {...}} or flat)
-    GET    /zstack/v1/api-jobs/{uuid}           result of an export started in job form
-    GET    /zstack/v1/image-packages[/{uuid}]   QueryImagePackage (q=, limit, start, sortBy,
-                                                sortDirection, replyWithCount, count)
-    PUT    /zstack/v1/image-packages/{uuid}     {"updateImagePackage": {name?, description?}}
-    DELETE /zstack/v1/image-packages/{uuid}     DeleteImagePackage (deleteMode accepted)
-    POST   /zstack/v1/ovf/parse                 {"params": {"xmlBase64": ...}} -> {"ovfInfo"}
-    GET    /ova-packages/{uuid}.ova             download (HEAD too; one byte range per request)
-    GET    /zstack/v1/openapi.json              this API's OpenAPI 3.0 document
+    PUT    /zstack/v1/accounts/login                 {"logInByAccount": {accountName, password}}
+    DELETE /zstack/v1/accounts/sessions/{uuid}       LogOut
+    GET    /zstack/v1/accounts/sessions/{uuid}/valid ValidateSession -> {"valid": bool}
+    PUT    /zstack/v1/accounts/sessions/{uuid}/renew RenewSession {"renewSession": {duration?}}
+    POST   /zstack/v1/ovf/ova-packages               ExportVmOvaPackage ({"params": {...}} or flat)
+    GET    /zstack/v1/api-jobs/{uuid}                a job's result (ZStack's job form)
+    GET    /zstack/v1/image-packages[/{uuid}]        QueryImagePackage (ZStack's query string)
+    PUT    /zstack/v1/image-packages/{uuid}          {"updateImagePackage": {name?, description?}}
+    DELETE /zstack/v1/image-packages/{uuid}          DeleteImagePackage (deleteMode accepted)
+    GET    /zstack/v1/user-tags, /system-tags        QueryUserTag / QuerySystemTag
+    POST   /zstack/v1/ovf/parse                      {"params": {"xmlBase64": ...}} -> {"ovfInfo"}
+    GET    /ova-packages/{uuid}.ova                  download (HEAD too; one byte range)
+    GET    /zstack/v1/openapi.json                   this API's OpenAPI 3.0 document
 
 Choices:
 
-- Sessions: every API except login, logout, downloads and the OpenAPI document needs
-  ``Authorization: OAuth <session uuid>``. The login password is what ZStack's SDK sends (the
-  SHA-512 hex of the password); a plain password is accepted too, for curl users.
+- Credentials: every API except login, logout, ValidateSession, downloads and the OpenAPI
+  document needs ``Authorization: OAuth <session uuid>`` or an AccessKey signature
+  (``Authorization: ZStack <id>:<signature>`` and ``Date``; :mod:`ovfkit.zstack.accesskeys`).
+  The login password is what ZStack's SDK sends (the SHA-512 hex of the password); a plain
+  password is accepted too, for curl users.
 - Status codes (:mod:`.errors`): 200 success; 503 ``{"error"}`` when the API call ran and failed
   (ZStack's REST server does the same, so its SDKs read our errors as ZStack's); 400 for a request
-  that cannot be read as the API message; 401 for sessions and credentials; 404 "no api mapping";
-  405 with ``Allow``; never 500 (unexpected exceptions become SYS.1000, logged, not shown).
-- ExportVmOvaPackage is synchronous, as its reference page says. With the header
-  ``X-Job-Mode: async`` it takes ZStack's job form instead: ``202 {"location": ".../api-jobs/
-  <uuid>"}``, then polling gives ``202 {}`` while running, then the synchronous answer. Jobs are
-  kept in memory for an hour after they finish, visible to the account that started them.
+  that cannot be read as the API message (RestServer's own refusals in plain text); 401 for
+  sessions and credentials; 404 "no api mapping"; 405 with ``Allow``; never 500 (unexpected
+  exceptions become SYS.1000, logged, not shown).
+- The job form (:mod:`.jobs`): the APIs ZStack's SDKs poll answer ``202 {"location",
+  "apiTimeout"}`` when asked (``X-Job-UUID``, ``X-Web-Hook``, ``X-Job-Mode: async``), the
+  others and plain requests synchronously. Webhooks only to allowed hosts (:mod:`.webhook`).
+  Jobs are kept in memory for an hour after they finish.
 - Exports run in worker threads (``--export-workers`` at a time) so the service keeps answering.
   On SIGTERM (:mod:`.runner`, :mod:`.drain`) the service stops accepting, refuses new exports,
   lets running ones finish within ``--shutdown-grace`` seconds, then cancels the rest, which
@@ -42,8 +47,9 @@ Choices:
   is the capability. Only Exported packages of local backup storages are served.
 - ``--ssl-certfile``/``--ssl-keyfile`` serve HTTPS (the session uuid and the password digest
   are replayable, so use it off localhost); exportUrl then starts with https.
-- Bodies are limited to 1 MiB; unknown fields are refused rather than ignored, so a misspelt
-  field name is an error and not a silent default.
+- Bodies are limited to 1 MiB. Fields and query parameters an API does not know are ignored and
+  logged by name, as ZStack ignores them (its SDKs send more than an API reads); known ones keep
+  their type and value checks. Credentials never reach the logs (:mod:`.logs`).
 """
 
 from __future__ import annotations

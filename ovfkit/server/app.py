@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import json
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -35,21 +36,20 @@ from ..errors import (
     NotReadyError,
     OvfkitError,
 )
+from ..zstack.accesskeys import AccessKeyStore
 from ..zstack.auth import AuthStore, InvalidSessionError, Session
-from ..zstack.inventory import (
-    ExportVmOvaPackageRequest,
-    Reply,
-    parse_condition,
-)
+from ..zstack.inventory import QUERY_FIELDS, TAG_FIELDS, ExportVmOvaPackageRequest, Reply
+from ..zstack.tags import SYSTEM, TAG_QUERY_FIELDS, USER
+from . import webhook
 from .backend import Backend
 from .bodies import (
     DEFAULT_BODY_LIMIT,
-    check_keys,
     optional_str,
     parse_json_object,
     read_body,
     string_list,
     sub_object,
+    unknown_keys,
 )
 from .downloads import PackageFileResponse
 from .drain import ExportGate
@@ -57,27 +57,24 @@ from .errors import (
     MalformedRequestError,
     MethodNotAllowedError,
     NoApiMappingError,
+    PlainRequestError,
     error_response,
     status_for,
 )
-from .jobs import Job, JobRegistry
+from .jobs import JOB_MODE_HEADER, Job, JobRegistry, job_form, job_uuid_header
 from .openapi import openapi_document
-from .vmjson import vm_to_json
+from .ovfinfo import ovf_info
+from .query import QuerySpec, query_spec
 
-__all__ = ["JOB_MODE_HEADER", "ServiceConfig", "create_app"]
+__all__ = ["JOB_MODE_HEADER", "Caller", "ServiceConfig", "create_app"]
 
 log = logging.getLogger("ovfkit.server")
 
-JOB_MODE_HEADER = "X-Job-Mode"
 V1 = "/zstack/v1"
+CONTEXT_PATH = "/zstack"
 
 _EXPORT_FIELDS = ("name", "description", "vmUuid", "backupStorageUuid", "resourceUuid", "tagUuids")
 _TAGS = ("systemTags", "userTags")
-_QUERY_PARAMS = (
-    "q", "limit", "start", "sort", "sortBy", "sortDirection", "replyWithCount", "count", "fields",
-)
-# Sent by ZStack's SDK only when the caller sets them; not supported here, refused by name.
-_UNSUPPORTED_QUERY = ("groupBy", "filterName")
 # ZStack's SDK sends these API parameters in the body (or the query string for DELETE) besides
 # the API's own fields; requestIp is also sent as a header.
 _COMMON = ("systemTags", "userTags", "requestIp")
@@ -90,6 +87,7 @@ class ServiceConfig:
     body_limit: int = DEFAULT_BODY_LIMIT
     export_workers: int = max(2, min(4, os.cpu_count() or 2))
     job_keep: float = 3600.0
+    webhook_retry_interval: float = webhook.RETRY_INTERVAL
 
 
 class JobNotFoundError(NotFoundError):
@@ -100,6 +98,7 @@ class JobNotFoundError(NotFoundError):
 class _State:
     backend: Backend
     auth: AuthStore
+    access_keys: AccessKeyStore
     config: ServiceConfig
     jobs: JobRegistry
     limiter: anyio.CapacityLimiter
@@ -120,46 +119,169 @@ def _check_common(obj: Mapping[str, Any], where: str) -> None:
     optional_str(obj, "requestIp", where)
 
 
-# -- sessions ---------------------------------------------------------------------------------
+def _log_ignored(request: Request, names: list[str] | tuple[str, ...], where: str) -> None:
+    """ZStack ignores what it does not know (RestServer logs "unknown query parameter[%s],
+    ignored"); so does this service. Names only: values may be secrets (sessionId)."""
+    if names:
+        log.info("%s %s: ignored unknown %s: %s", request.method, request.url.path, where,
+                 ", ".join(names))
 
 
-def session_token(header: str | None) -> str:
-    """The session uuid of an ``Authorization: OAuth <uuid>`` header; ID.1001 otherwise."""
+# -- callers ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who makes a request: the account, and the session when it came with one (None for an
+    AccessKey-signed request)."""
+
+    account_uuid: str
+    session: Session | None = None
+
+
+def _signed_path(request: Request) -> str:
+    """The path zssdk signs: after the context path, decoded, no query (``/v1/...``)."""
+    path = request.url.path
+    return path[len(CONTEXT_PATH):] if path.startswith(CONTEXT_PATH + "/") else path
+
+
+async def require_session(request: Request) -> Caller:
+    """The caller of an API that needs credentials, as RestServer.handleApi reads them:
+    ``Authorization: OAuth <session uuid>`` or ``Authorization: ZStack <AccessKeyId>:<sig>``
+    with a ``Date`` header. A missing header and another type are RestServer's plain 400s; a
+    bad session is ID.1001 ``Session expired``, a bad signature ID.1000."""
+    state = _state(request)
+    header = request.headers.get("authorization")
     if header is None:
-        raise InvalidSessionError(
-            "missing Authorization header: log in with PUT /zstack/v1/accounts/login and send "
-            "'Authorization: OAuth <session uuid>'"
+        raise PlainRequestError("missing header 'Authorization'")
+    auth = header.strip()
+    scheme = auth[:6].lower()
+    if scheme.startswith("oauth"):
+        token = auth[5:].strip()
+        if not token or any(c.isspace() for c in token):
+            raise InvalidSessionError("Session expired")
+        session = await run_in_threadpool(state.auth.validate, token)
+        return Caller(session.account_uuid, session)
+    if scheme == "zstack":
+        account = await run_in_threadpool(
+            state.access_keys.authenticate, auth[6:].strip(), request.method,
+            request.headers.get("date"), _signed_path(request),
         )
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "oauth" or not token or " " in token:
-        raise InvalidSessionError("Authorization header must be 'OAuth <session uuid>'")
-    return token
+        return Caller(account)
+    raise PlainRequestError("Authorization type must be 'OAuth'")
 
 
-async def require_session(request: Request) -> Session:
-    token = session_token(request.headers.get("authorization"))
-    return await run_in_threadpool(_state(request).auth.validate, token)
+# -- answering: synchronously or in ZStack's job form ----------------------------------------
+
+Work = Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
 
 
-# -- accounts ---------------------------------------------------------------------------------
+async def _call(fn: Callable[[], dict[str, Any]], what: str) -> tuple[int, dict[str, Any]]:
+    """Run a blocking API function in a worker thread; its answer as (status, body)."""
+    try:
+        return 200, await run_in_threadpool(fn)
+    except OvfkitError as exc:
+        return status_for(exc), {"error": exc.to_error_code()}
+    except Exception:
+        log.exception("%s failed unexpectedly", what)
+        err = InternalError(f"unexpected failure in {what}; the server log has the details")
+        return 503, {"error": err.to_error_code()}
+
+
+async def answer(request: Request, caller: Caller, api: str, work: Work) -> Response:
+    """Run ``work`` and answer with its result, or start it as a job (see :mod:`.jobs`) and
+    answer ``202 {"location", "apiTimeout"}``."""
+    state = _state(request)
+    form = job_form(request.headers, api)
+    if form is None:
+        status, body = await work()
+        return JSONResponse(body, status_code=status)
+    target = None
+    if form.webhook is not None:
+        try:
+            target = webhook.check_webhook_url(
+                form.webhook, state.backend.context.config.webhook_hosts
+            )
+        except InvalidArgumentError as exc:
+            raise MalformedRequestError(exc.details) from None
+    job = state.jobs.create(
+        caller.account_uuid, uuid=form.uuid, open=caller.session is None,
+        webhook=form.webhook, api_timeout_ms=form.api_timeout_ms,
+    )
+    request.app.state.ovfkit_tasks.start_soon(_job_runner(state, job, work, target))
+    location = str(request.url_for("api_job", uuid=job.uuid))
+    return JSONResponse({"location": location, "apiTimeout": form.api_timeout_ms}, status_code=202)
+
+
+def _job_runner(
+    state: _State, job: Job, work: Work, target: webhook.WebhookTarget | None
+) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        status, body = await work()
+        # A job that did not succeed polls as 503 whatever stopped it (handleJobQuery).
+        state.jobs.finish(job, 200 if status == 200 else 503, body)
+        if target is not None:
+            data = json.dumps(body).encode()
+            await anyio.to_thread.run_sync(
+                lambda: webhook.post(
+                    target, data, job.uuid, status == 200, stop=state.gate.stopping,
+                    interval=state.config.webhook_retry_interval,
+                )
+            )
+
+    return run
+
+
+async def api_job(request: Request) -> Response:
+    """RestServer.handleJobQuery: 202 while running, then 200 or 503 with the reply. A job
+    started with a session is the account's; one started with an AccessKey is open to whoever
+    has its uuid (the SDKs poll it with no credential, and ZStack checks none)."""
+    state = _state(request)
+    uuid = request.path_params["uuid"]
+    job = state.jobs.get(uuid)
+    if job is None or not job.open:
+        caller = await require_session(request)
+        if job is not None and job.owner != caller.account_uuid:
+            job = None
+    if job is None:
+        raise JobNotFoundError(
+            f"the job has been expired: no api job[uuid:{uuid}] (finished jobs are kept "
+            f"{state.config.job_keep:.0f} s, and not across restarts)"
+        )
+    if job.status is None or job.body is None:
+        return JSONResponse({}, status_code=202)
+    return JSONResponse(job.body, status_code=job.status)
+
+
+# -- accounts and sessions --------------------------------------------------------------------
+
+
+async def _message(
+    request: Request, name: str, fields: tuple[str, ...], *, required: bool = True
+) -> Mapping[str, Any]:
+    """The API message object ``name`` of a ZStack body ``{name: {...}, systemTags, userTags}``,
+    its known keys' JSON types checked (400 on a fault), unknown keys ignored and logged.
+    ZStack's SDK puts the tags inside the message object, ZStack's docs beside it: both are
+    accepted. ``required=False``: an empty body is an empty message."""
+    raw = await read_body(request, _state(request).config.body_limit)
+    body = parse_json_object(raw) if raw.strip() or required else {}
+    _log_ignored(request, unknown_keys(body, (name, *_TAGS)), "body field(s)")
+    for key in _TAGS:
+        string_list(body, key, "the request body")
+    msg = sub_object(body, name, required=required)
+    _log_ignored(request, unknown_keys(msg, (*fields, *_COMMON)), f"field(s) of {name}")
+    _check_common(msg, name)
+    return msg
 
 
 async def login(request: Request) -> Response:
     state = _state(request)
-    body = parse_json_object(await read_body(request, state.config.body_limit))
-    check_keys(body, ("logInByAccount", *_TAGS), "the request body")
-    for key in _TAGS:
-        string_list(body, key, "the request body")
-    msg = sub_object(body, "logInByAccount")
+    job_uuid_header(request.headers)
     where = "logInByAccount"
-    check_keys(
-        msg,
-        ("accountName", "password", "accountType", "captchaUuid", "verifyCode", "clientInfo",
-         *_COMMON),
-        where,
+    msg = await _message(
+        request, where,
+        ("accountName", "password", "accountType", "captchaUuid", "verifyCode", "clientInfo"),
     )
-    _check_common(msg, where)
     name = optional_str(msg, "accountName", where)
     password = optional_str(msg, "password", where)
     for key in ("accountType", "captchaUuid", "verifyCode"):
@@ -177,20 +299,71 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    """LogOut (@SuppressCredentialCheck): no credential needed, as in ZStack."""
+    job_uuid_header(request.headers)
+    _log_ignored(request, list(request.query_params), "query parameter(s)")
     uuid = request.path_params["uuid"]
     await run_in_threadpool(_state(request).auth.logout, uuid)
     return JSONResponse({})
+
+
+async def validate_session(request: Request) -> Response:
+    """ValidateSession (@SuppressCredentialCheck): ``{"valid": bool}``
+    (APIValidateSessionReply, ``@RestResponse(fieldsTo = {"valid=validSession"})``)."""
+    job_uuid_header(request.headers)
+    _log_ignored(request, list(request.query_params), "query parameter(s)")
+    uuid = request.path_params["uuid"]
+    try:
+        await run_in_threadpool(_state(request).auth.validate, uuid)
+    except InvalidSessionError:
+        return JSONResponse({"valid": False})
+    return JSONResponse({"valid": True})
+
+
+# APIRenewSessionMsg: @APIParam(required = false, numberRange = {60L, 31536000L}) duration.
+_RENEW_RANGE = (60, 31536000)
+
+
+async def renew_session(request: Request) -> Response:
+    """RenewSession: a live session of the caller's account expires ``duration`` seconds
+    (default: the session lifetime) from now; ``{"inventory": SessionInventory}``."""
+    state = _state(request)
+    caller = await require_session(request)
+    job_form(request.headers, "RenewSession")  # header checks before the body
+    msg = await _message(request, "renewSession", ("sessionUuid", "duration"), required=False)
+    duration = msg.get("duration")
+    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int)):
+        raise MalformedRequestError("field[duration] of renewSession must be an integer")
+    uuid = request.path_params["uuid"]
+
+    def renew() -> dict[str, Any]:
+        if duration is not None and not _RENEW_RANGE[0] <= duration <= _RENEW_RANGE[1]:
+            raise InvalidArgumentError(
+                f"field[duration] of message[APIRenewSessionMsg] must be in range of "
+                f"[{_RENEW_RANGE[0]}, {_RENEW_RANGE[1]}], but {duration} got"
+            )
+        target = state.auth.validate(uuid)
+        if target.account_uuid != caller.account_uuid:
+            raise InvalidSessionError("Session expired")
+        return {"inventory": state.auth.renew(uuid, duration).to_inventory()}
+
+    async def work() -> tuple[int, dict[str, Any]]:
+        status, body = await _call(renew, "RenewSession")
+        # The session renewed is the API's argument, not the caller's credential: an expired
+        # one fails the API (503), as Session.renewSession's errorOnTimeout does in ZStack.
+        return (503 if status != 200 else 200), body
+
+    return await answer(request, caller, "RenewSession", work)
 
 
 # -- export -----------------------------------------------------------------------------------
 
 
 def export_request_from_body(body: Mapping[str, Any]) -> ExportVmOvaPackageRequest:
-    """Check the body's keys and JSON types (400 on any fault), then build the request."""
-    check_keys(body, ("params", *_EXPORT_FIELDS, *_COMMON), "the request body")
+    """Check the body's known keys' JSON types (400 on a fault), then build the request;
+    unknown keys end up in ``extra``."""
     _check_common(body, "the request body")
     params = sub_object(body, "params", required=False)
-    check_keys(params, (*_EXPORT_FIELDS, *_COMMON), "params")
     _check_common(params, "params")
     try:
         return ExportVmOvaPackageRequest.from_json(body)
@@ -201,15 +374,6 @@ def export_request_from_body(body: Mapping[str, Any]) -> ExportVmOvaPackageReque
 def reply_answer(reply: Reply) -> tuple[int, dict[str, Any]]:
     """ZStack's answer for a finished call: 200 with the inventory, 503 with the error."""
     return (200 if reply.success else 503), reply.to_json()
-
-
-def _async_mode(request: Request) -> bool:
-    value = request.headers.get(JOB_MODE_HEADER)
-    if value is None or value.strip().lower() == "sync":
-        return False
-    if value.strip().lower() == "async":
-        return True
-    raise MalformedRequestError(f"{JOB_MODE_HEADER} must be 'sync' or 'async', not {value!r}")
 
 
 async def _run_export(state: _State, req: ExportVmOvaPackageRequest) -> tuple[int, dict[str, Any]]:
@@ -233,224 +397,150 @@ async def _run_export(state: _State, req: ExportVmOvaPackageRequest) -> tuple[in
 
 async def export_package(request: Request) -> Response:
     state = _state(request)
-    session = await require_session(request)
-    asynchronous = _async_mode(request)
+    caller = await require_session(request)
+    job_form(request.headers, "ExportVmOvaPackage")  # header checks before the body
     body = parse_json_object(await read_body(request, state.config.body_limit))
     req = export_request_from_body(body)
-    if not asynchronous:
-        status, answer = await _run_export(state, req)
-        return JSONResponse(answer, status_code=status)
-    job = state.jobs.create(session.account_uuid)
-    request.app.state.ovfkit_tasks.start_soon(_job_runner(state, job, req))
-    location = str(request.url_for("api_job", uuid=job.uuid))
-    return JSONResponse({"location": location}, status_code=202)
-
-
-def _job_runner(
-    state: _State, job: Job, req: ExportVmOvaPackageRequest
-) -> Callable[[], Awaitable[None]]:
-    async def run() -> None:
-        status, answer = await _run_export(state, req)
-        state.jobs.finish(job, status, answer)
-
-    return run
-
-
-async def api_job(request: Request) -> Response:
-    state = _state(request)
-    session = await require_session(request)
-    uuid = request.path_params["uuid"]
-    job = state.jobs.get(uuid)
-    if job is None or job.owner != session.account_uuid:
-        raise JobNotFoundError(f"no api job[uuid:{uuid}] found (finished jobs are kept "
-                               f"{state.config.job_keep:.0f} s, and not across restarts)")
-    if job.status is None or job.body is None:
-        return JSONResponse({}, status_code=202)
-    return JSONResponse(job.body, status_code=job.status)
-
-
-# -- image packages ---------------------------------------------------------------------------
-
-
-def _bool_param(value: str, name: str) -> bool:
-    low = value.lower()
-    if low in ("true", "1"):
-        return True
-    if low in ("false", "0"):
-        return False
-    raise MalformedRequestError(f"query parameter {name} must be true or false, not {value!r}")
-
-
-def _int_param(value: str, name: str) -> int:
-    if not value.isdigit() or len(value) > 18:
-        raise MalformedRequestError(f"query parameter {name} must be a non-negative integer")
-    return int(value)
-
-
-@dataclass(frozen=True)
-class QuerySpec:
-    conditions: tuple[str, ...]
-    limit: int | None = None
-    start: int = 0
-    sort_by: str | None = None
-    descending: bool = False
-    with_count: bool = False
-    count_only: bool = False
-    fields: tuple[str, ...] = ()
-
-
-_SORTABLE = {
-    "uuid", "name", "description", "vmUuid", "backupStorageUuid", "state", "exportUrl",
-    "md5Sum", "format", "size", "createDate", "lastOpDate",
-}
-
-
-def _sort(values: Mapping[str, str]) -> tuple[str | None, bool]:
-    """(field, descending) from ZStack's ``sort=[+|-]field`` (what its SDK sends) or from
-    ``sortBy`` + ``sortDirection``. A ``+`` left unencoded in a URL arrives as a space."""
-    field_name: str | None
-    if "sort" in values:
-        if "sortBy" in values or "sortDirection" in values:
-            raise MalformedRequestError("give either sort or sortBy/sortDirection, not both")
-        text = values["sort"]
-        descending = text.startswith("-")
-        field_name = text[1:] if text[:1] in ("+", "-", " ") else text
-    else:
-        field_name = values.get("sortBy")
-        direction = values.get("sortDirection", "asc")
-        if direction not in ("asc", "desc"):
-            raise MalformedRequestError("sortDirection must be asc or desc")
-        descending = direction == "desc"
-    if field_name is not None and field_name not in _SORTABLE:
-        raise MalformedRequestError(
-            f"cannot sort by {field_name!r}; fields: {', '.join(sorted(_SORTABLE))}"
-        )
-    return field_name, descending
-
-
-def query_spec(items: list[tuple[str, str]]) -> QuerySpec:
-    """ZStack's query string (pure): repeated ``q``, limit/start paging, ``sort=[+|-]field`` or
-    sortBy/sortDirection, replyWithCount (adds ``total``), count (only ``total``), fields (a
-    comma-separated list of the inventory fields to return)."""
-    conditions: list[str] = []
-    values: dict[str, str] = {}
-    for key, value in items:
-        if key in _UNSUPPORTED_QUERY:
-            raise MalformedRequestError(f"query parameter {key} is not supported by this service")
-        if key not in _QUERY_PARAMS:
-            raise MalformedRequestError(
-                f"unknown query parameter {key!r}; known: {', '.join(_QUERY_PARAMS)}"
-            )
-        if key == "q":
-            try:
-                parse_condition(value)
-            except InvalidArgumentError as exc:
-                raise MalformedRequestError(exc.details) from None
-            conditions.append(value)
-        elif key in values:
-            raise MalformedRequestError(f"query parameter {key} given more than once")
-        else:
-            values[key] = value
-    sort_by, descending = _sort(values)
-    fields: tuple[str, ...] = ()
-    if "fields" in values:
-        fields = tuple(f.strip() for f in values["fields"].split(",") if f.strip())
-        unknown = [f for f in fields if f not in _SORTABLE]
-        if unknown or not fields:
-            raise MalformedRequestError(
-                f"invalid fields {values['fields']!r}; fields: {', '.join(sorted(_SORTABLE))}"
-            )
-    return QuerySpec(
-        conditions=tuple(conditions),
-        limit=_int_param(values["limit"], "limit") if "limit" in values else None,
-        start=_int_param(values["start"], "start") if "start" in values else 0,
-        sort_by=sort_by,
-        descending=descending,
-        with_count=_bool_param(values.get("replyWithCount", "false"), "replyWithCount"),
-        count_only=_bool_param(values.get("count", "false"), "count"),
-        fields=fields,
+    _log_ignored(request, sorted(set(req.extra) - set(_COMMON)), "body field(s)")
+    return await answer(
+        request, caller, "ExportVmOvaPackage", lambda: _run_export(state, req)
     )
+
+
+# -- image packages and their tags ------------------------------------------------------------
+
+_PACKAGE_FIELDS = tuple(QUERY_FIELDS)
+
+
+def _query_answer(
+    spec: QuerySpec, rows: list[dict[str, Any]] | None, total: int | None
+) -> dict[str, Any]:
+    """A query reply: ``inventories`` (only ``fields`` of each, when given) and ``total``."""
+    out: dict[str, Any] = {}
+    if rows is not None:
+        out["inventories"] = (
+            [{k: v for k, v in r.items() if k in spec.fields} for r in rows]
+            if spec.fields else rows
+        )
+    if total is not None:
+        out["total"] = total
+    return out
 
 
 async def query_packages(request: Request) -> Response:
     state = _state(request)
     await require_session(request)
-    spec = query_spec(list(request.query_params.multi_items()))
+    spec = query_spec(
+        list(request.query_params.multi_items()), _PACKAGE_FIELDS,
+        condition_fields=(*_PACKAGE_FIELDS, *TAG_FIELDS),
+    )
+    _log_ignored(request, spec.ignored, "query parameter(s)")
     conditions = list(spec.conditions)
     uuid = request.path_params.get("uuid")
     if uuid is not None:
         conditions.insert(0, f"uuid={uuid}")
     backend = state.backend
-    if spec.count_only:
-        found = await run_in_threadpool(backend.query, conditions)
-        return JSONResponse({"total": len(found)})
-    rows = await run_in_threadpool(
-        lambda: backend.query(
-            conditions,
-            limit=spec.limit,
-            start=spec.start,
-            sort_by=spec.sort_by,
-            sort_direction="desc" if spec.descending else "asc",
+
+    def run() -> dict[str, Any]:
+        total = (
+            backend.count(conditions, group_by=spec.group_by)
+            if spec.count_only or spec.with_count else None
         )
-    )
-    inventories = [inv.to_json() for inv in rows]
-    if spec.fields:
-        inventories = [{k: v for k, v in inv.items() if k in spec.fields} for inv in inventories]
-    out: dict[str, Any] = {"inventories": inventories}
-    if spec.with_count:
-        out["total"] = len(await run_in_threadpool(backend.query, conditions))
-    return JSONResponse(out)
+        if spec.count_only:
+            return _query_answer(spec, None, total)
+        rows = backend.query(
+            conditions, limit=spec.limit, start=spec.start, sort_by=spec.sort_by,
+            sort_direction="desc" if spec.descending else "asc", group_by=spec.group_by,
+        )
+        return _query_answer(spec, [inv.to_json() for inv in rows], total)
+
+    return JSONResponse(await run_in_threadpool(run))
 
 
-async def _message(request: Request, name: str, fields: tuple[str, ...]) -> Mapping[str, Any]:
-    """The API message object ``name`` of a ZStack body ``{name: {...}, systemTags, userTags}``,
-    its keys and JSON types checked (400 on any fault). ZStack's SDK puts the tags inside the
-    message object, ZStack's docs beside it: both are accepted."""
-    body = parse_json_object(await read_body(request, _state(request).config.body_limit))
-    check_keys(body, (name, *_TAGS), "the request body")
-    for key in _TAGS:
-        string_list(body, key, "the request body")
-    msg = sub_object(body, name)
-    check_keys(msg, (*fields, *_COMMON), name)
-    _check_common(msg, name)
-    return msg
+def _tag_query(kind: str) -> Callable[[Request], Awaitable[Response]]:
+    """QueryUserTag (``GET /user-tags``) / QuerySystemTag (``GET /system-tags``), e.g.
+    ``q=resourceUuid=<package uuid>``."""
+
+    async def handler(request: Request) -> Response:
+        state = _state(request)
+        await require_session(request)
+        spec = query_spec(
+            list(request.query_params.multi_items()), tuple(TAG_QUERY_FIELDS), what="TagInventory"
+        )
+        _log_ignored(request, spec.ignored, "query parameter(s)")
+        if spec.group_by is not None:
+            raise MalformedRequestError("groupBy is not supported for tags")
+        backend = state.backend
+
+        def run() -> dict[str, Any]:
+            total = (
+                backend.count_tags(kind, spec.conditions)
+                if spec.count_only or spec.with_count else None
+            )
+            if spec.count_only:
+                return _query_answer(spec, None, total)
+            rows = backend.query_tags(
+                kind, spec.conditions, limit=spec.limit, start=spec.start,
+                sort_by=spec.sort_by, sort_direction="desc" if spec.descending else "asc",
+            )
+            return _query_answer(spec, [t.to_json() for t in rows], total)
+
+        return JSONResponse(await run_in_threadpool(run))
+
+    return handler
 
 
 async def update_package(request: Request) -> Response:
     state = _state(request)
-    await require_session(request)
-    msg = await _message(request, "updateImagePackage", ("name", "description"))
+    caller = await require_session(request)
+    job_form(request.headers, "UpdateImagePackage")
+    msg = await _message(request, "updateImagePackage", ("uuid", "name", "description"))
     name = optional_str(msg, "name", "updateImagePackage")
     description = optional_str(msg, "description", "updateImagePackage")
     uuid = request.path_params["uuid"]
-    inventory = await run_in_threadpool(
-        state.backend.update, uuid, name=name, description=description
+
+    def update() -> dict[str, Any]:
+        inventory = state.backend.update(uuid, name=name, description=description)
+        return {"inventory": inventory.to_json()}
+
+    return await answer(
+        request, caller, "UpdateImagePackage", lambda: _call(update, "UpdateImagePackage")
     )
-    return JSONResponse({"inventory": inventory.to_json()})
 
 
 async def delete_package(request: Request) -> Response:
     state = _state(request)
-    await require_session(request)
+    caller = await require_session(request)
+    job_form(request.headers, "DeleteImagePackage")
+    # ZStack's SDK sends a DELETE's parameters in the query string (deleteMode, uuid,
+    # sessionId, systemTags, ...); RestServer ignores those it does not know.
+    ignored = []
     for key, value in request.query_params.multi_items():
-        if key in _COMMON:
-            continue  # ZStack's SDK sends a DELETE's parameters in the query string
-        if key != "deleteMode":
-            raise MalformedRequestError(
-                f"unknown query parameter {key!r}; known: deleteMode, {', '.join(_COMMON)}"
-            )
-        if value not in ("Permissive", "Enforcing"):
-            raise MalformedRequestError("deleteMode must be Permissive or Enforcing")
-    await run_in_threadpool(state.backend.delete, request.path_params["uuid"])
-    return JSONResponse({})
+        if key == "deleteMode":
+            if value not in ("Permissive", "Enforcing"):
+                raise MalformedRequestError("deleteMode must be Permissive or Enforcing")
+        elif key not in ("uuid", *_COMMON):
+            ignored.append(key)
+    _log_ignored(request, sorted(set(ignored)), "query parameter(s)")
+    uuid = request.path_params["uuid"]
+
+    def delete() -> dict[str, Any]:
+        state.backend.delete(uuid)
+        return {}
+
+    return await answer(
+        request, caller, "DeleteImagePackage", lambda: _call(delete, "DeleteImagePackage")
+    )
 
 
 # -- ParseOvf ---------------------------------------------------------------------------------
 
 
 async def parse_ovf(request: Request) -> Response:
+    """ParseOvf: ``{"ovfInfo": OvfInfo}`` (see :mod:`.ovfinfo`)."""
     state = _state(request)
     await require_session(request)
+    job_uuid_header(request.headers)
     params = await _message(request, "params", ("xmlBase64",))
     text = optional_str(params, "xmlBase64", "params")
     if text is None:
@@ -461,8 +551,8 @@ async def parse_ovf(request: Request) -> Response:
         xml = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
         raise MalformedRequestError("field[xmlBase64] is not valid base64") from None
-    vm = await run_in_threadpool(state.backend.parse_ovf, xml)
-    return JSONResponse({"ovfInfo": vm_to_json(vm)})
+    parsed = await run_in_threadpool(state.backend.parse_ovf, xml)
+    return JSONResponse({"ovfInfo": ovf_info(parsed)})
 
 
 # -- downloads --------------------------------------------------------------------------------
@@ -584,6 +674,8 @@ def create_app(
     routes = [
         Route(f"{V1}/accounts/login", login, methods=["PUT"]),
         Route(f"{V1}/accounts/sessions/{{uuid}}", logout, methods=["DELETE"]),
+        Route(f"{V1}/accounts/sessions/{{uuid}}/valid", validate_session, methods=["GET"]),
+        Route(f"{V1}/accounts/sessions/{{uuid}}/renew", renew_session, methods=["PUT"]),
         Route(f"{V1}/ovf/ova-packages", export_package, methods=["POST"]),
         Route(f"{V1}/api-jobs/{{uuid}}", api_job, methods=["GET"], name="api_job"),
         Route(f"{V1}/image-packages", query_packages, methods=["GET"]),
@@ -593,6 +685,8 @@ def create_app(
             methods=["GET", "PUT", "DELETE"],
         ),
         Route(f"{V1}/ovf/parse", parse_ovf, methods=["POST"]),
+        Route(f"{V1}/user-tags", _tag_query(USER), methods=["GET"]),
+        Route(f"{V1}/system-tags", _tag_query(SYSTEM), methods=["GET"]),
         Route("/ova-packages/{uuid}.ova", download_package, methods=["GET"]),
         Route(f"{V1}/openapi.json", openapi, methods=["GET"]),
     ]
@@ -619,6 +713,7 @@ def create_app(
     app.state.ovfkit = _State(
         backend=backend,
         auth=auth,
+        access_keys=AccessKeyStore(auth.path.parent),
         config=cfg,
         jobs=JobRegistry(keep=cfg.job_keep),
         limiter=anyio.CapacityLimiter(cfg.export_workers),

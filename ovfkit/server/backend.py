@@ -6,13 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import NotFoundError
-from ..model import VirtualMachine
 from ..progress import CancelToken
 from ..zstack import api
 from ..zstack.context import ExportContext
 from ..zstack.inventory import ExportVmOvaPackageRequest, ImagePackageInventory, Reply
+from ..zstack.tags import TagRecord
+
+if TYPE_CHECKING:
+    from ..ovf.reader import ParsedDescriptor
 
 __all__ = ["Backend"]
 
@@ -34,6 +38,7 @@ class Backend:
         start: int = 0,
         sort_by: str | None = None,
         sort_direction: str = "asc",
+        group_by: str | None = None,
     ) -> list[ImagePackageInventory]:
         return api.query_image_packages(
             self.context,
@@ -42,7 +47,29 @@ class Backend:
             start=start,
             sort_by=sort_by,
             sort_direction=sort_direction,
+            group_by=group_by,
         )
+
+    def count(self, conditions: Sequence[str], *, group_by: str | None = None) -> int:
+        return api.count_image_packages(self.context, conditions, group_by=group_by)
+
+    def query_tags(
+        self,
+        kind: str,
+        conditions: Sequence[str],
+        *,
+        limit: int | None = None,
+        start: int = 0,
+        sort_by: str | None = None,
+        sort_direction: str = "asc",
+    ) -> list[TagRecord]:
+        return api.query_tags(
+            self.context, kind, conditions, limit=limit, start=start, sort_by=sort_by,
+            sort_direction=sort_direction,
+        )
+
+    def count_tags(self, kind: str, conditions: Sequence[str]) -> int:
+        return api.count_tags(self.context, kind, conditions)
 
     def update(
         self, uuid: str, *, name: str | None, description: str | None
@@ -52,10 +79,10 @@ class Backend:
     def delete(self, uuid: str) -> None:
         api.delete_image_package(self.context, uuid)
 
-    def parse_ovf(self, xml: bytes) -> VirtualMachine:
-        from ..ovf.reader import parse_descriptor
+    def parse_ovf(self, xml: bytes) -> ParsedDescriptor:
+        from ..ovf.reader import parse_package_descriptor
 
-        return parse_descriptor(xml)
+        return parse_package_descriptor(xml)
 
     def package_file(self, uuid: str) -> tuple[Path, str, int]:
         """(path, download file name, size) of an Exported package on a local backup storage;

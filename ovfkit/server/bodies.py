@@ -1,5 +1,11 @@
-"""Reading request bodies: size limit, strict JSON, and the key checks ZStack's message shapes
-need. The parsing and checking functions are pure; only :func:`read_body` touches the request."""
+"""Reading request bodies: size limit, strict JSON, and the checks ZStack's message shapes need.
+The parsing and checking functions are pure; only :func:`read_body` touches the request.
+
+Unknown keys are ignored, as ZStack's RestServer ignores them (it rehashes the parameter object
+into the API message class with Gson, which drops what the class has no field for): the SDKs
+send more than an API reads (``sessionId``, ``requestIp``, the path's ``uuid``, newer fields
+of a newer ZStack). The caller logs the names :func:`unknown_keys` gives. Known keys keep their
+checks: a wrong JSON type is a 400."""
 
 from __future__ import annotations
 
@@ -13,11 +19,11 @@ from .errors import MalformedRequestError
 
 __all__ = [
     "DEFAULT_BODY_LIMIT",
-    "check_keys",
     "optional_str",
     "parse_json_object",
     "read_body",
     "sub_object",
+    "unknown_keys",
 ]
 
 DEFAULT_BODY_LIMIT = 1024 * 1024
@@ -95,15 +101,10 @@ def _json_type(value: object) -> str:
     return "object"
 
 
-def check_keys(data: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
-    """400 naming the first key of ``data`` not in ``allowed``."""
+def unknown_keys(data: Mapping[str, Any], allowed: Iterable[str]) -> list[str]:
+    """The keys of ``data`` not in ``allowed``, sorted (to be ignored and logged)."""
     allowed_set = set(allowed)
-    unknown = sorted(k for k in data if k not in allowed_set)
-    if unknown:
-        known = ", ".join(sorted(allowed_set))
-        raise MalformedRequestError(
-            f"unknown field[{unknown[0]}] in {where}; known fields: {known}"
-        )
+    return sorted(k for k in data if k not in allowed_set)
 
 
 def sub_object(data: Mapping[str, Any], key: str, *, required: bool = True) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """The OpenAPI 3.0 document of the service, written by hand so it says exactly what the handlers
-do (served at ``GET /zstack/v1/openapi.json`` and used by the fuzz test)."""
+do (served at ``GET /zstack/v1/openapi.json`` and used by the fuzz test).
+
+Request bodies list the fields each API reads; other fields are ignored (and logged), as ZStack
+ignores them, so the schemas allow additional properties."""
 
 from __future__ import annotations
 
@@ -106,14 +109,12 @@ _SCHEMAS: dict[str, Any] = {
     },
     "ExportVmOvaPackageParams": {
         "type": "object",
-        "additionalProperties": False,
         "properties": {**_EXPORT_FIELDS, **_COMMON},
     },
     "ExportVmOvaPackageRequest": {
         "description": "ZStack's form ({params, systemTags, userTags}) or the flat form of the "
         "reference page's curl example (fields at the top level); both may be mixed, params win.",
         "type": "object",
-        "additionalProperties": False,
         "properties": {
             "params": _ref("ExportVmOvaPackageParams"),
             **_EXPORT_FIELDS,
@@ -122,13 +123,11 @@ _SCHEMAS: dict[str, Any] = {
     },
     "LogInByAccountRequest": {
         "type": "object",
-        "additionalProperties": False,
         "required": ["logInByAccount"],
         "properties": {
             "logInByAccount": {
                 "type": "object",
-                "additionalProperties": False,
-                "required": ["accountName", "password"],
+                        "required": ["accountName", "password"],
                 "properties": {
                     "accountName": {"type": "string"},
                     "password": {
@@ -165,13 +164,11 @@ _SCHEMAS: dict[str, Any] = {
     },
     "UpdateImagePackageRequest": {
         "type": "object",
-        "additionalProperties": False,
         "required": ["updateImagePackage"],
         "properties": {
             "updateImagePackage": {
                 "type": "object",
-                "additionalProperties": False,
-                "properties": {
+                        "properties": {
                     "name": {"type": "string", "maxLength": 255},
                     "description": {"type": "string", "maxLength": 2048},
                     **_COMMON,
@@ -183,13 +180,11 @@ _SCHEMAS: dict[str, Any] = {
     },
     "ParseOvfRequest": {
         "type": "object",
-        "additionalProperties": False,
         "required": ["params"],
         "properties": {
             "params": {
                 "type": "object",
-                "additionalProperties": False,
-                "required": ["xmlBase64"],
+                        "required": ["xmlBase64"],
                 "properties": {
                     "xmlBase64": {"type": "string", "format": "byte"},
                     **_COMMON,
@@ -199,39 +194,173 @@ _SCHEMAS: dict[str, Any] = {
             "userTags": _STR_LIST,
         },
     },
+    "OvfInfo": {
+        "type": "object",
+        "description": "ZStack's OvfInfo (sdk OvfInfo and its parts); sizes in bytes",
+        "required": ["vmName", "cpu", "memory", "disks", "networks", "nics", "cdDrivers",
+                     "volumes", "os", "systemInfo"],
+        "properties": {
+            "vmName": {"type": "string"},
+            "cpu": {
+                "type": "object",
+                "properties": {
+                    "instanceId": {"type": "string"},
+                    "quantity": {"type": "integer"},
+                    "coresPerSocket": {"type": "integer"},
+                },
+            },
+            "memory": {
+                "type": "object",
+                "properties": {
+                    "instanceId": {"type": "string"}, "quantity": {"type": "integer"},
+                },
+            },
+            "os": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"},
+                    "version": {"type": "string"},
+                    "osType": {"type": "string"},
+                    "description": {"type": "string"},
+                },
+            },
+            "systemInfo": {
+                "type": "object",
+                "properties": {
+                    "virtualSystemType": {"type": "string"},
+                    "firmwareType": {"type": "string"},
+                },
+            },
+            "disks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "diskId"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "diskId": {"type": "string"},
+                        "fileRef": {"type": "string"},
+                        "fileName": {"type": "string"},
+                        "format": {"type": "string"},
+                        "populatedSize": {"type": "integer"},
+                        "capacity": {"type": "integer"},
+                    },
+                },
+            },
+            "networks": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"name": {"type": "string"}}},
+            },
+            "nics": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "networkName": {"type": "string"},
+                        "nicModel": {"type": "string"},
+                        "nicName": {"type": "string"},
+                        "autoAllocation": {"type": "boolean"},
+                    },
+                },
+            },
+            "cdDrivers": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "autoAllocation": {"type": "boolean"},
+                        "driverType": {"type": "string"},
+                        "subType": {"type": "string"},
+                        "name": {"type": "string"},
+                    },
+                },
+            },
+            "volumes": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string"},
+                        "diskId": {"type": "string"},
+                        "driverType": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
     "ParseOvfReply": {
         "type": "object",
         "required": ["ovfInfo"],
+        "properties": {"ovfInfo": _ref("OvfInfo")},
+    },
+    "TagInventory": {
+        "type": "object",
+        "required": ["uuid", "resourceUuid", "resourceType", "tag", "type"],
         "properties": {
-            "ovfInfo": {
+            "uuid": {"type": "string"},
+            "resourceUuid": {"type": "string"},
+            "resourceType": {"type": "string", "example": "ImagePackageVO"},
+            "tag": {"type": "string"},
+            "type": {"type": "string", "enum": ["System", "Simple"]},
+            "inherent": {"type": "boolean", "description": "system tags only"},
+            "createDate": {"type": "string"},
+            "lastOpDate": {"type": "string"},
+        },
+    },
+    "TagQueryReply": {
+        "type": "object",
+        "properties": {
+            "inventories": {"type": "array", "items": _ref("TagInventory")},
+            "total": {"type": "integer", "minimum": 0},
+        },
+    },
+    "ValidateSessionReply": {
+        "type": "object",
+        "required": ["valid"],
+        "properties": {"valid": {"type": "boolean"}},
+    },
+    "RenewSessionRequest": {
+        "type": "object",
+        "properties": {
+            "renewSession": {
                 "type": "object",
-                "description": "The VM read from the descriptor (ovfkit.model.VirtualMachine "
-                "fields, snake_case)",
-                "required": ["name", "vcpus", "memory_mib", "disks", "nics"],
                 "properties": {
-                    "name": {"type": "string"},
-                    "vcpus": {"type": "integer"},
-                    "memory_mib": {"type": "integer"},
-                    "disks": {"type": "array", "items": {"type": "object"}},
-                    "nics": {"type": "array", "items": {"type": "object"}},
+                    "duration": {
+                        "type": "integer",
+                        "description": "seconds, 60 to 31536000 (default: the session lifetime)",
+                    },
+                    **_COMMON,
                 },
-            }
+            },
+            "systemTags": _STR_LIST,
+            "userTags": _STR_LIST,
         },
     },
     "JobLocation": {
         "type": "object",
-        "required": ["location"],
-        "properties": {"location": {"type": "string", "format": "uri"}},
+        "required": ["location", "apiTimeout"],
+        "properties": {
+            "location": {"type": "string", "format": "uri"},
+            "apiTimeout": {"type": "integer", "description": "milliseconds"},
+        },
+    },
+    "JobResult": {
+        "description": "What the call would have answered synchronously",
+        "anyOf": [_ref("ImagePackageReply"), _ref("LogInReply"), _ref("Empty")],
     },
     "Empty": {"type": "object", "maxProperties": 0},
 }
 
 _RESPONSES: dict[str, Any] = {
-    "BadRequest": _json(
-        _ref("ErrorReply"),
-        "Malformed request: not JSON, not an object, unknown field, wrong type, too large "
-        "(SYS.1007)",
-    ),
+    "BadRequest": {
+        "description": "Malformed request: not JSON, not an object, wrong type, too large, bad "
+        "header (SYS.1007); RestServer's refusals before any API runs in plain text (missing "
+        "Authorization header, other authorization type, AccessKey Date checks)",
+        "content": {
+            "application/json": {"schema": _ref("ErrorReply")},
+            "text/plain": {"schema": {"type": "string"}},
+        },
+    },
     "Unauthorized": {
         **_json(_ref("ErrorReply"), "No valid session (ID.1001) or wrong password (ID.1000)"),
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
@@ -254,8 +383,9 @@ _Q_PARAMS: list[dict[str, Any]] = [
         "schema": {"type": "array", "items": {"type": "string"}},
         "style": "form",
         "explode": True,
-        "description": "ZStack query condition field<op>value; op one of = != > < >= <= ~= !~= "
-        "?= !?= (repeatable, all must hold)",
+        "description": "ZStack query condition field<op>value (op one of = != > < >= <= ~= !~= "
+        "?= !?=) or 'field is null' / 'field not null'; the fields __userTag__ and "
+        "__systemTag__ match the packages' tags (repeatable, all must hold)",
     },
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
     {"name": "start", "in": "query", "schema": {"type": "integer", "minimum": 0}},
@@ -279,7 +409,51 @@ _Q_PARAMS: list[dict[str, Any]] = [
         "schema": {"type": "string"},
         "description": "comma-separated inventory fields to return",
     },
+    {
+        "name": "groupBy",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "one inventory per distinct value of this field (total: the groups)",
+    },
+    {
+        "name": "filterName",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "a named ZQL filter; none is defined for image packages or tags",
+    },
 ]
+
+# Query strings of the tag queries: the same parameters (no groupBy).
+_TAG_Q_PARAMS = [p for p in _Q_PARAMS if p["name"] != "groupBy"]
+
+_JOB_HEADERS: list[dict[str, Any]] = [
+    {
+        "name": "X-Job-UUID",
+        "in": "header",
+        "schema": {"type": "string"},
+        "description": "the job form with this uuid (32 letters/digits), as ZStack's SDKs send",
+    },
+    {
+        "name": "X-Web-Hook",
+        "in": "header",
+        "schema": {"type": "string"},
+        "description": "the job form, its final reply POSTed to this URL (allowed hosts only)",
+    },
+    {
+        "name": "X-API-Timeout",
+        "in": "header",
+        "schema": {"type": "string"},
+        "description": "apiTimeout reported in the 202, in seconds",
+    },
+    {
+        "name": "X-Job-Mode",
+        "in": "header",
+        "schema": {"type": "string", "enum": ["sync", "async"]},
+        "description": "async: the job form; sync: the synchronous answer whatever else is sent",
+    },
+]
+
+_JOB_STARTED = _json(_ref("JobLocation"), "Job started; poll location")
 
 _SECURED: list[dict[str, list[str]]] = [{"OAuth": []}]
 
@@ -317,22 +491,61 @@ def _paths() -> dict[str, Any]:
                               **_ERRORS},
             },
         },
+        "/zstack/v1/accounts/sessions/{uuid}/valid": {
+            "parameters": [_UUID_PARAM],
+            "get": {
+                "operationId": "ValidateSession",
+                "security": [],
+                "responses": {
+                    "200": _json(_ref("ValidateSessionReply"), "Whether the session is live"),
+                    **_ERRORS,
+                },
+            },
+        },
+        "/zstack/v1/accounts/sessions/{uuid}/renew": {
+            "parameters": [_UUID_PARAM],
+            "put": {
+                "operationId": "RenewSession",
+                "security": _SECURED,
+                "parameters": _JOB_HEADERS,
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("RenewSessionRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("LogInReply"), "The session with its new expiredDate"),
+                    "202": _JOB_STARTED,
+                    **_ERRORS,
+                },
+            },
+        },
+        "/zstack/v1/user-tags": {
+            "get": {
+                "operationId": "QueryUserTag",
+                "security": _SECURED,
+                "parameters": _TAG_Q_PARAMS,
+                "responses": {"200": _json(_ref("TagQueryReply"), "Matching user tags"),
+                              **_ERRORS},
+            }
+        },
+        "/zstack/v1/system-tags": {
+            "get": {
+                "operationId": "QuerySystemTag",
+                "security": _SECURED,
+                "parameters": _TAG_Q_PARAMS,
+                "responses": {"200": _json(_ref("TagQueryReply"), "Matching system tags"),
+                              **_ERRORS},
+            }
+        },
         "/zstack/v1/ovf/ova-packages": {
             "post": {
                 "operationId": "ExportVmOvaPackage",
                 "security": _SECURED,
-                "parameters": [
-                    {
-                        "name": "X-Job-Mode",
-                        "in": "header",
-                        "schema": {"type": "string", "enum": ["sync", "async"]},
-                        "description": "async: answer 202 with a job location at once",
-                    }
-                ],
+                "parameters": _JOB_HEADERS,
                 "requestBody": export_body,
                 "responses": {
                     "200": _json(_ref("ImagePackageReply"), "The package is Exported"),
-                    "202": _json(_ref("JobLocation"), "Job started (X-Job-Mode: async)"),
+                    "202": _JOB_STARTED,
                     **_ERRORS,
                 },
             }
@@ -343,7 +556,7 @@ def _paths() -> dict[str, Any]:
                 "operationId": "GetApiJob",
                 "security": _SECURED,
                 "responses": {
-                    "200": _json(_ref("ImagePackageReply"), "The job's result"),
+                    "200": _json(_ref("JobResult"), "The job's result"),
                     "202": _json(_ref("Empty"), "Still running"),
                     "404": {"$ref": "#/components/responses/NotFound"},
                     **_ERRORS,
@@ -373,6 +586,7 @@ def _paths() -> dict[str, Any]:
             "put": {
                 "operationId": "UpdateImagePackage",
                 "security": _SECURED,
+                "parameters": _JOB_HEADERS,
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -380,7 +594,7 @@ def _paths() -> dict[str, Any]:
                     },
                 },
                 "responses": {"200": _json(_ref("ImagePackageReply"), "Updated record"),
-                              **_ERRORS},
+                              "202": _JOB_STARTED, **_ERRORS},
             },
             "delete": {
                 "operationId": "DeleteImagePackage",
@@ -394,8 +608,10 @@ def _paths() -> dict[str, Any]:
                     {"name": "systemTags", "in": "query", "schema": _STR_LIST},
                     {"name": "userTags", "in": "query", "schema": _STR_LIST},
                     {"name": "requestIp", "in": "query", "schema": {"type": "string"}},
+                    *_JOB_HEADERS,
                 ],
-                "responses": {"200": _json(_ref("Empty"), "Deleted"), **_ERRORS},
+                "responses": {"200": _json(_ref("Empty"), "Deleted"), "202": _JOB_STARTED,
+                              **_ERRORS},
             },
         },
         "/zstack/v1/ovf/parse": {
@@ -481,7 +697,9 @@ def openapi_document(server_url: str | None = None) -> dict[str, Any]:
                     "type": "apiKey",
                     "in": "header",
                     "name": "Authorization",
-                    "description": "`OAuth <session uuid>` from PUT /zstack/v1/accounts/login",
+                    "description": "`OAuth <session uuid>` from PUT /zstack/v1/accounts/login, "
+                    "or `ZStack <AccessKeyId>:<signature>` with a Date header (zssdk's "
+                    "calculateAccessKey)",
                 }
             },
         },

@@ -46,9 +46,11 @@ from .inventory import (
     conditions_from_query,
     is_zstack_uuid,
     new_zstack_uuid,
+    parse_condition,
 )
 from .records import DuplicateVmError, ExportLock, already_exported_message
 from .storage import BackupStorage
+from .tags import TAG_QUERY_FIELDS, TagRecord, check_system_tags, check_user_tags
 
 if TYPE_CHECKING:
     from ..ova.writer import OvaOptions
@@ -56,12 +58,14 @@ if TYPE_CHECKING:
 __all__ = [
     "PACKAGE_OVERHEAD",
     "count_image_packages",
+    "count_tags",
     "delete_image_package",
     "estimate_package_size",
     "export_vm_ova_package",
     "get_image_package",
     "package_file",
     "query_image_packages",
+    "query_tags",
     "update_image_package",
 ]
 
@@ -96,7 +100,10 @@ def _check_length(
         )
 
 
-def _validate_request(req: ExportVmOvaPackageRequest) -> tuple[str, str]:
+def _validate_request(
+    req: ExportVmOvaPackageRequest,
+) -> tuple[str, str, tuple[str, ...], tuple[str, ...]]:
+    """(vmUuid, backupStorageUuid, system tags, user tags) of a request ZStack would accept."""
     if req.vm_uuid is None:
         raise _mandatory("vmUuid")
     if req.backup_storage_uuid is None:
@@ -109,7 +116,8 @@ def _validate_request(req: ExportVmOvaPackageRequest) -> tuple[str, str]:
         _check_uuid(f"tagUuids[{i}]", tag)
     _check_length("name", req.name, NAME_MAX)
     _check_length("description", req.description, DESCRIPTION_MAX)
-    return req.vm_uuid, req.backup_storage_uuid
+    system_tags = check_system_tags(req.system_tags)
+    return req.vm_uuid, req.backup_storage_uuid, system_tags, check_user_tags(req.user_tags)
 
 
 def estimate_package_size(vm: VirtualMachine, *, include_iso: bool = True) -> int:
@@ -200,7 +208,7 @@ def _export(
     progress: ProgressCallback | None,
     cancel: CancelToken | None,
 ) -> ImagePackageInventory:
-    vm_uuid, bs_uuid = _validate_request(req)
+    vm_uuid, bs_uuid, system_tags, user_tags = _validate_request(req)
     inventory = context.resolve_vm(vm_uuid)
     if inventory is None:
         raise NotFoundError(
@@ -255,7 +263,7 @@ def _export(
                 )
             return _export_reserved(
                 context, storage, vm, package_uuid, name, description, vm_uuid, bs_uuid, spool,
-                options, progress, cancel,
+                options, progress, cancel, (system_tags, user_tags),
             )
     finally:
         storage.close()
@@ -282,8 +290,10 @@ def _export_reserved(
     options: OvaOptions | None,
     progress: ProgressCallback | None,
     cancel: CancelToken | None,
+    tags: tuple[Sequence[str], Sequence[str]] = ((), ()),
 ) -> ImagePackageInventory:
-    """From the record on: create it Exporting, write, mark Exported, or roll everything back."""
+    """From the record on: create it Exporting (with its system and user tags), write, mark
+    Exported, or roll everything back."""
     install_path = f"{package_uuid}.ova"
     lock = ExportLock.try_acquire(context.records.lock_path(package_uuid))
     if lock is None:
@@ -299,7 +309,9 @@ def _export_reserved(
             backup_storage_uuid=bs_uuid,
             state=ImagePackageState.EXPORTING,
         )
-        context.records.create_exporting(record, install_path)
+        context.records.create_exporting(
+            record, install_path, system_tags=tags[0], user_tags=tags[1]
+        )
         try:
             md5, size = _write(
                 vm, storage, install_path, spool, options, progress, cancel
@@ -365,20 +377,59 @@ def query_image_packages(
     start: int = 0,
     sort_by: str | None = None,
     sort_direction: str = "asc",
+    group_by: str | None = None,
 ) -> list[ImagePackageInventory]:
     """QueryImagePackage: records matching every ``q=`` condition (``name=x``, ``size>5``,
-    ``name~=web%``, ``state!=Exporting``, ``uuid?=a,b``, ``description=null``); SYS.1007 for a
+    ``name~=web%``, ``state!=Exporting``, ``uuid?=a,b``, ``description is null``,
+    ``__userTag__=blue``); one per distinct ``group_by`` value when given; SYS.1007 for a
     malformed condition or unknown field."""
     conds = conditions_from_query(conditions)
     records = context.records.query(
-        conds, limit=limit, start=start, sort_by=sort_by, sort_direction=sort_direction
+        conds, limit=limit, start=start, sort_by=sort_by, sort_direction=sort_direction,
+        group_by=group_by,
     )
     return [r.inventory for r in records]
 
 
-def count_image_packages(context: ExportContext, conditions: Sequence[str | Condition] = ()) -> int:
-    """QueryImagePackage with ``count=true``: how many records match every condition."""
-    return context.records.count(conditions_from_query(conditions))
+def count_image_packages(
+    context: ExportContext,
+    conditions: Sequence[str | Condition] = (),
+    *,
+    group_by: str | None = None,
+) -> int:
+    """QueryImagePackage with ``count=true``: how many records (or groups) match."""
+    return context.records.count(conditions_from_query(conditions), group_by=group_by)
+
+
+def query_tags(
+    context: ExportContext,
+    kind: str,
+    conditions: Sequence[str | Condition] = (),
+    *,
+    limit: int | None = None,
+    start: int = 0,
+    sort_by: str | None = None,
+    sort_direction: str = "asc",
+) -> list[TagRecord]:
+    """QueryUserTag (``kind`` tags.USER) / QuerySystemTag (tags.SYSTEM) over the packages'
+    tags, e.g. ``resourceUuid=<package uuid>``."""
+    return context.records.query_tags(
+        kind, _tag_conditions(conditions), limit=limit, start=start, sort_by=sort_by,
+        sort_direction=sort_direction,
+    )
+
+
+def count_tags(
+    context: ExportContext, kind: str, conditions: Sequence[str | Condition] = ()
+) -> int:
+    return context.records.count_tags(kind, _tag_conditions(conditions))
+
+
+def _tag_conditions(conditions: Sequence[str | Condition]) -> list[Condition]:
+    return [
+        c if isinstance(c, Condition) else parse_condition(c, TAG_QUERY_FIELDS, "TagInventory")
+        for c in conditions
+    ]
 
 
 def get_image_package(context: ExportContext, uuid: str) -> ImagePackageInventory:

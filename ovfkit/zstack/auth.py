@@ -17,6 +17,7 @@ session.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import math
@@ -317,12 +318,24 @@ class AuthStore:
                 "WHERE uuid = ?",
                 (session_uuid,),
             ).fetchone()
+        # ZStack's Session.checkSessionExpired answers both cases alike: "Session expired".
         if row is None:
-            raise InvalidSessionError(f"session[uuid:{session_uuid}] is not found or logged out")
+            raise InvalidSessionError("Session expired")
         session = Session(uuid=row[0], account_uuid=row[1], create_date=row[2], expired_date=row[3])
         if session.expired_date <= self._clock():
-            raise InvalidSessionError(f"session[uuid:{session_uuid}] expired")
+            raise InvalidSessionError("Session expired")
         return session
+
+    def renew(self, session_uuid: str, duration: float | None = None) -> Session:
+        """RenewSession (identity Session.renewSession): a live session expires ``duration``
+        seconds from now (default: the session lifetime); ID.1001 if it is not live."""
+        session = self.validate(session_uuid)
+        expired = self._clock() + (self.session_ttl if duration is None else duration)
+        with self._db() as db:
+            db.execute(
+                "UPDATE sessions SET expired_date = ? WHERE uuid = ?", (expired, session.uuid)
+            )
+        return dataclasses.replace(session, expired_date=expired)
 
     def logout(self, session_uuid: str) -> None:
         """End a session; ending an unknown or already ended one is not an error (as ZStack)."""

@@ -22,8 +22,12 @@ companions) 0600, fixed when an older folder is opened (private.py).
         "<uuid>": {"type": "sftp", "name": "bs-sftp", "hostname": "10.0.0.2", "port": 22,
                    "username": "root", "path": "/zstack_bs", "keyFile": "/root/.ssh/id_ed25519",
                    "knownHostsFile": "/root/.ssh/known_hosts"}
-      }
+      },
+      "webHooks": {"allowedHosts": ["localhost", "127.0.0.0/8", "::1", "hooks.example.com"]}
     }
+
+``webHooks.allowedHosts`` lists where ``ovfkit serve`` may POST job results (``X-Web-Hook``): host
+names and IP networks; the default is the loopback only (see :mod:`ovfkit.server.webhook`).
 
 Relative paths in the file are relative to the data folder. Volume and ISO paths of a VM must lie
 under one of ``storageRoots`` (checked after resolving symlinks) or the export is refused.
@@ -35,7 +39,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +61,7 @@ __all__ = [
 ]
 
 CONFIG_NAME = "config.json"
+DEFAULT_WEBHOOK_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.0/8", "::1")
 DATA_DIR_ENV = "OVFKIT_DATA_DIR"
 
 
@@ -121,6 +126,7 @@ class Config:
     storage_roots: tuple[str, ...] = ()
     backup_storages: Mapping[str, BackupStorageConfig] = field(default_factory=dict)
     base_url: str | None = None
+    webhook_hosts: tuple[str, ...] = DEFAULT_WEBHOOK_HOSTS
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -129,16 +135,16 @@ class Config:
         }
         if self.base_url is not None:
             out["baseUrl"] = self.base_url
+        if self.webhook_hosts != DEFAULT_WEBHOOK_HOSTS:
+            out["webHooks"] = {"allowedHosts": list(self.webhook_hosts)}
         return out
 
     def with_backup_storage(self, storage: BackupStorageConfig) -> Config:
-        return Config(
-            self.storage_roots, {**self.backup_storages, storage.uuid: storage}, self.base_url
-        )
+        return replace(self, backup_storages={**self.backup_storages, storage.uuid: storage})
 
     def with_storage_root(self, root: str) -> Config:
         roots = self.storage_roots if root in self.storage_roots else (*self.storage_roots, root)
-        return Config(roots, self.backup_storages, self.base_url)
+        return replace(self, storage_roots=roots)
 
 
 def _abs(data_dir: Path, value: str) -> str:
@@ -201,10 +207,20 @@ def parse_config(data: Mapping[str, Any], data_dir: Path) -> Config:
         else:
             raise InvalidArgumentError(f"{here}: type must be 'local' or 'sftp', not {kind!r}")
     base_url = _opt_str(data, "baseUrl", where)
+    hooks = data.get("webHooks", {})
+    hosts = hooks.get("allowedHosts", list(DEFAULT_WEBHOOK_HOSTS)) if isinstance(
+        hooks, Mapping
+    ) else None
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
+        raise InvalidArgumentError(
+            f"{where}: webHooks must be an object whose allowedHosts is a list of host names "
+            "or IP networks"
+        )
     return Config(
         tuple(_abs(data_dir, r) for r in roots),
         storages,
         None if base_url is None else base_url.rstrip("/"),
+        tuple(hosts),
     )
 
 
