@@ -10,7 +10,8 @@ package (the wheel leaves it out); the tests import its helpers from here.
 4. The package checked with ``ovfkit.ova.verify_package``, and the reply JSON printed.
 
 Running it again works: the previous package of the demo VM is deleted first (DeleteImagePackage)
-and the disks are made afresh.
+and the disks are made afresh. ``--no-export`` stops after step 2: the data folder is then ready
+for the HTTP service's export (README, "HTTP service").
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ def setup_data_dir(data_dir: str | os.PathLike[str]) -> Path:
     return volumes
 
 
-def run(data_dir: Path, out: Any = sys.stdout) -> Mapping[str, Any]:
+def run(data_dir: Path, out: Any = sys.stdout, *, export: bool = True) -> Mapping[str, Any]:
     from ovfkit.ova.reader import verify_package
     from ovfkit.zstack import api
     from ovfkit.zstack.context import open_context
@@ -148,6 +149,8 @@ def run(data_dir: Path, out: Any = sys.stdout) -> Mapping[str, Any]:
         inventory = make_demo_vm(volumes)
         ctx.catalog.add(inventory)
         print(f"demo VM {DEMO_VM_UUID} registered in {ctx.catalog.folder}", file=sys.stderr)
+        if not export:
+            return inventory
         body = {
             "params": {"vmUuid": DEMO_VM_UUID, "backupStorageUuid": DEMO_BS_UUID},
             "systemTags": [],
@@ -174,9 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="scripts/demo", description="Export a demo VM to an OVA, end to end."
     )
     parser.add_argument("--data-dir", type=Path, default=Path("demo-data"))
+    parser.add_argument(
+        "--no-export", action="store_true",
+        help="only make and register the demo VM (its storage root and backup storage too)",
+    )
     args = parser.parse_args(argv)
     try:
-        run(args.data_dir)
+        run(args.data_dir, export=not args.no_export)
     except OvfkitError as exc:
         print(f"ERROR {exc.code}: {exc.details}", file=sys.stderr)
         return 2
