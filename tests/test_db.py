@@ -124,6 +124,10 @@ def test_records_life_cycle_and_queries(url: str) -> None:
         assert [r.inventory.name for r in store.query([parse_condition("name?=a,c")],
                                                       sort_by="name")] == ["a", "c"]
         assert store.count([parse_condition("description=null")]) == 3
+        assert store.count([parse_condition("description is null")]) == 3
+        assert store.count([parse_condition("exportUrl not null")]) == 3
+        with pytest.raises(InvalidArgumentError, match="__userTag__"):
+            store.query([parse_condition("__userTag__=x")])
         assert len(store.query(limit=1, start=1)) == 1
         with pytest.raises(InvalidArgumentError):
             store.query(sort_by="nope")

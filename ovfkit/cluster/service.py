@@ -73,7 +73,9 @@ class ClusterService:
         """Queue an export; OvfkitError for a request that cannot be queued."""
         from ..zstack.api import _validate_request
 
-        vm_uuid, bs_uuid = _validate_request(request)
+        # The tags are checked as the embedded API checks them; the database records keep none
+        # yet (only the embedded records have a tags table).
+        vm_uuid, bs_uuid, _system_tags, _user_tags = _validate_request(request)
         found = self.resolver(vm_uuid)
         if found is None:
             raise NotFoundError(

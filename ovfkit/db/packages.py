@@ -338,8 +338,15 @@ def _query_value(field: str, text: str) -> Any:
 
 
 def _condition(cond: Condition) -> ColumnElement[bool]:
+    if cond.field not in QUERY_FIELDS:
+        # __userTag__ / __systemTag__: the tags table is only in the embedded records so far.
+        raise InvalidArgumentError(
+            f"condition name[{cond.field}] is not supported by the database records"
+        )
     col = T.c[QUERY_FIELDS[cond.field]]
     op = cond.op
+    if op in ("is null", "not null"):
+        return col.is_not(None) if op == "not null" else col.is_(None)
     if op in ("=", "!=") and cond.value == "null":
         return col.is_not(None) if op == "!=" else col.is_(None)
     if op in ("?=", "!?="):
