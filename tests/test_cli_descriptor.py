@@ -122,12 +122,24 @@ def test_bad_field_is_named_and_existing_output_kept(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["inv.json", "out.ovf"]
 
 
-def test_bad_vm_name(tmp_path: Path) -> None:
+def test_any_zstack_vm_name_is_kept(tmp_path: Path) -> None:
+    """A name ZStack accepts ('/', '..', markup characters) goes into the descriptor as is."""
     doc = json.loads(EXAMPLE.read_text())
-    doc["inventories"][0]["name"] = "../../etc/passwd"
+    doc["inventories"][0]["name"] = "../../etc/passwd <&\"'>"
     path = tmp_path / "inv.json"
     path.write_text(json.dumps(doc))
-    assert_error(ovfkit(str(path)), "SYS.1007", "name must not contain")
+    result = ovfkit(str(path))
+    assert result.returncode == 0, result.stderr
+    assert parse_descriptor(result.stdout).name == "../../etc/passwd <&\"'>"
+    validate_descriptor(result.stdout)
+
+
+def test_vm_name_too_long(tmp_path: Path) -> None:
+    doc = json.loads(EXAMPLE.read_text())
+    doc["inventories"][0]["name"] = "x" * 256
+    path = tmp_path / "inv.json"
+    path.write_text(json.dumps(doc))
+    assert_error(ovfkit(str(path)), "SYS.1007", "name is longer than 255")
 
 
 def test_output_in_missing_directory(tmp_path: Path) -> None:
