@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from ..errors import InvalidArgumentError, IoError, NotFoundError, OvfkitError
+from ..errors import InvalidArgumentError, NotFoundError, OvfkitError, OvfkitIOError
 from .auth import AUTH_DB_NAME, AuthenticationError
 
 __all__ = [
@@ -125,7 +125,7 @@ class AccessKeyStore:
             with self._db() as db:
                 db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
-            raise IoError(f"cannot open the account database {self.path}: {exc}") from None
+            raise OvfkitIOError(f"cannot open the account database {self.path}: {exc}") from None
 
     def _db(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
