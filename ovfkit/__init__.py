@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         RawXml,
         VirtualMachine,
     )
+    from .model_json import vm_from_json, vm_json_schema, vm_to_json
     from .ova.reader import Member, Package, Report, extract_package, open_package, verify_package
     from .ova.signing import Signer, load_signer
     from .ova.stream import write_ova_stream
@@ -96,6 +97,7 @@ _EXPORTS: dict[str, str] = {
         "CdDrive", "Controller", "ControllerType", "Disk", "DiskSource", "Firmware", "GuestOs",
         "Network", "Nic", "NicType", "Product", "Property", "RawXml", "VirtualMachine",
     ),
+    **_names("ovfkit.model_json", "vm_from_json", "vm_json_schema", "vm_to_json"),
     **_names(
         "ovfkit.ova.reader",
         "Member", "Package", "Report", "extract_package", "open_package", "verify_package",
@@ -196,7 +198,10 @@ __all__ = [
     "update_image_package",
     "validate_descriptor",
     "verify_package",
+    "vm_from_json",
     "vm_from_zstack",
+    "vm_json_schema",
+    "vm_to_json",
     "write_ova",
     "write_ova_stream",
     "write_vmdk",

@@ -84,7 +84,7 @@ def test_unreadable_file_is_an_io_error() -> None:
     # which chmod cannot give when the tests run as root.
     if not Path("/proc/self/mem").exists():
         pytest.skip("no /proc")
-    assert_error(ovfkit("/proc/self/mem"), "SYS.1016", "cannot read inventory")
+    assert_error(ovfkit("/proc/self/mem"), "SYS.1016", "cannot read input")
 
 
 def test_oversized_input_is_refused(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ import asyncio
 import builtins
 import io
 import os
+import subprocess
+import sys
 import threading
 from concurrent import futures
 from pathlib import Path
@@ -108,3 +110,19 @@ def test_error_names_and_their_aliases() -> None:
         from ovfkit.progress import check_cancel
 
         check_cancel(cancel, "export")
+
+
+def test_readme_library_example_runs(tmp_path: Path) -> None:
+    """The README's "Use as a library" example, run as written on a real qcow2 image."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Use as a library\n", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "ovfkit.VirtualMachine(" in code  # the neutral model first
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(tmp_path / "root.qcow2"),
+                    "8M"], check=True, timeout=60)
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 1M 64k", "-f", "qcow2",
+                    str(tmp_path / "root.qcow2")], check=True, capture_output=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == str(8 * MiB)

@@ -14,11 +14,20 @@ from ..errors import MissingExtraError, OvfkitError
 __all__ = ["main"]
 
 # Subcommand modules, in the order `ovfkit --help` lists them.
-_COMMANDS = ("descriptor", "export", "verify", "inspect", "vm", "serve", "worker", "account")
+_COMMANDS = (
+    "export", "descriptor", "inventory", "verify", "inspect", "vm", "serve", "worker", "account",
+)
+
+_DESCRIPTION = (
+    "Turn a virtual machine into an OVA package, and check packages. A VM is read from "
+    "ovfkit's neutral VM JSON (format ovfkit.vm/1: ovfkit inventory --schema), from an OVF "
+    "descriptor beside its files (a re-pack), or from a ZStack VM inventory; the input's "
+    "content says which."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ovfkit", description="Turn a VM into an OVA package.")
+    parser = argparse.ArgumentParser(prog="ovfkit", description=_DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _COMMANDS:
         try:

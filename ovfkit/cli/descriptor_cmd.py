@@ -1,36 +1,33 @@
-"""``ovfkit descriptor INVENTORY.json [-o OUT.ovf] [--ovf-version 1.0|2.0]``: the OVF descriptor of
-a ZStack VM inventory, printed or written atomically (a finished file or none, never half)."""
+"""``ovfkit descriptor INPUT [-o OUT.ovf] [--ovf-version 1.0|2.0]``: the OVF descriptor of a VM
+(neutral VM JSON, an .ovf or a ZStack inventory), printed or written atomically (a finished file
+or none, never half)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
-import os
 import sys
-import tempfile
 from typing import Any
 
-from ..errors import InvalidArgumentError, NotFoundError, OvfkitError, OvfkitIOError
+from ._files import MAX_INVENTORY_BYTES, read_input, write_atomic
+from ._input import add_input_arguments, add_zstack_arguments, load_vm
 from ._texts import OVF_VERSION_HELP
 
-__all__ = ["read_input", "register", "run", "write_atomic"]
-
-# A VmInstanceInventory is a few KiB; even one with hundreds of volumes stays far below this.
-MAX_INVENTORY_BYTES = 64 << 20
+# read_input and write_atomic live in ._files; other commands import them from here too.
+__all__ = ["MAX_INVENTORY_BYTES", "read_input", "register", "run", "write_atomic"]
 
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "descriptor",
-        help="print the OVF descriptor of a ZStack VM inventory",
+        help="print the OVF descriptor of a VM (neutral JSON, .ovf or ZStack inventory)",
         description=(
-            "Build the OVF descriptor of a VM from its ZStack VmInstanceInventory (a "
-            "QueryVmInstance reply or a bare inventory, JSON). Disk files are named but their "
-            "sizes are left out: only a package knows them."
+            "Build the OVF descriptor of a VM: ovfkit's neutral VM JSON (every disk's "
+            "capacity given), an OVF descriptor, or a ZStack VmInstanceInventory (a "
+            "QueryVmInstance reply or a bare inventory). Disk files are named but their sizes "
+            "are left out: only a package knows them."
         ),
     )
-    parser.add_argument("inventory", metavar="INVENTORY.json", help="inventory file, - for stdin")
+    add_input_arguments(parser)
     parser.add_argument("-o", "--output", metavar="OUT.ovf", help="write here instead of stdout")
     parser.add_argument(
         "--ovf-version",
@@ -38,75 +35,14 @@ def register(sub: Any) -> None:
         default="1.0",
         help=OVF_VERSION_HELP,
     )
-    parser.add_argument(
-        "--system-tag",
-        action="append",
-        default=[],
-        metavar="TAG",
-        help="a ZStack system tag of the VM, e.g. bootMode::UEFI (repeatable)",
-    )
+    add_zstack_arguments(parser)
     parser.set_defaults(func=run)
-
-
-def _io_error(what: str, path: str, exc: OSError) -> OvfkitError:
-    reason = exc.strerror or str(exc)
-    if isinstance(exc, FileNotFoundError):
-        return NotFoundError(f"{what} {path!r} not found")
-    if isinstance(exc, IsADirectoryError) or exc.errno == errno.EISDIR:
-        return InvalidArgumentError(f"{what} {path!r} is a directory")
-    return OvfkitIOError(f"cannot read {what} {path!r}: {reason}")
-
-
-def read_input(path: str, *, limit: int = MAX_INVENTORY_BYTES, what: str = "inventory") -> bytes:
-    """The bytes of ``path`` (``-``: stdin), refusing more than ``limit`` bytes; errors call the
-    file ``what``."""
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read(limit + 1)
-        else:
-            with open(path, "rb") as f:
-                data = f.read(limit + 1)
-    except OSError as exc:
-        raise _io_error(what, path, exc) from None
-    if len(data) > limit:
-        raise InvalidArgumentError(f"{what} {path!r} is larger than {limit} bytes")
-    return data
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory, fsync'd and
-    renamed over ``path``; on any failure the temporary file is removed and ``path`` untouched."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise InvalidArgumentError(f"output {path!r} is a directory")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".ovfkit-", suffix=".tmp", dir=directory)
-    except FileNotFoundError:
-        raise NotFoundError(f"output directory {directory!r} not found") from None
-    except OSError as exc:
-        raise OvfkitIOError(f"cannot write output {path!r}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise OvfkitIOError(f"cannot write output {path!r}: {exc.strerror or exc}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def run(args: argparse.Namespace) -> int:
     from ..ovf import DescriptorOptions, build_descriptor
-    from ..zstack import vm_from_zstack
 
-    vm = vm_from_zstack(read_input(args.inventory), system_tags=args.system_tag)
+    vm = load_vm(args.input, args.input_kind, system_tags=tuple(args.system_tag)).vm
     xml = build_descriptor(vm, DescriptorOptions(ovf_version=args.ovf_version))
     if args.output:
         write_atomic(args.output, xml)

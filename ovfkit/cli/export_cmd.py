@@ -1,7 +1,9 @@
-"""``ovfkit export INVENTORY.json -o OUT.ova [...]``: write a VM's OVA package and print the ZStack
-ImagePackageInventory of the result (what ExportVmOvaPackage answers) as JSON on stdout.
-With ``-o -`` the package streams to stdout (write_ova's streaming layout: chunked disks, manifest
-last) and the JSON goes to stderr.
+"""``ovfkit export INPUT -o OUT.ova [...]``: write a VM's OVA package and print what was written
+as JSON on stdout. INPUT is ovfkit's neutral VM JSON, an OVF descriptor beside its files (a
+re-pack) or a ZStack VM inventory, told apart by content (:mod:`._input`). For a ZStack
+inventory the JSON is the ImagePackageInventory of the result (what ExportVmOvaPackage answers);
+otherwise the package's path, size, digests and files. With ``-o -`` the package streams to
+stdout (write_ova's streaming layout: chunked disks, manifest last) and the JSON goes to stderr.
 
 A progress bar goes to stderr when stderr is a terminal; nothing but the JSON is printed when it
 is not. Ctrl-C removes the partial package (write_ova never leaves one at the target path).
@@ -16,25 +18,32 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import InvalidArgumentError
 from ..progress import Progress
+from ._input import add_input_arguments, add_zstack_arguments, load_vm
 from ._texts import OVF_VERSION_HELP
 
-__all__ = ["ProgressBar", "inventory_json", "register", "run"]
+if TYPE_CHECKING:
+    from ..ova import PackageResult
+
+__all__ = ["ProgressBar", "inventory_json", "package_json", "register", "run"]
 
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "export",
-        help="write the OVA package of a ZStack VM inventory",
+        help="write the OVA package of a VM (neutral JSON, .ovf or ZStack inventory)",
         description=(
-            "Export a VM (a ZStack VmInstanceInventory, JSON, whose volume paths are local "
-            "files) as an OVA package and print its ImagePackageInventory JSON."
+            "Export a VM as an OVA package and print what was written as JSON. The input is "
+            "ovfkit's neutral VM JSON (schema: ovfkit inventory --schema), an OVF descriptor "
+            "whose files sit beside it (re-packed, its ISO images included), or a ZStack "
+            "VmInstanceInventory (then the JSON is its ImagePackageInventory); disk and ISO "
+            "paths are local files."
         ),
     )
-    parser.add_argument("inventory", metavar="INVENTORY.json", help="inventory file, - for stdin")
+    add_input_arguments(parser)
     parser.add_argument("-o", "--output", required=True, metavar="OUT.ova",
                         help="package path, or - to stream the package to stdout (chunked "
                         "disks, manifest last; JSON then goes to stderr)")
@@ -55,14 +64,13 @@ def register(sub: Any) -> None:
                         help="add an OVF environment ISO with these property values (JSON object)")
     parser.add_argument("--force-shared", action="store_true",
                         help="read disks a running VM holds locked (crash-consistent at best)")
-    parser.add_argument("--system-tag", action="append", default=[], metavar="TAG",
-                        help="a ZStack system tag of the VM, e.g. bootMode::UEFI (repeatable)")
-    parser.add_argument("--name", help="package name (default exported-vm-<vm name>)")
-    parser.add_argument("--description", help="package description")
-    parser.add_argument("--resource-uuid", help="package uuid (default: a new one)")
-    parser.add_argument("--backup-storage-uuid", help="backup storage uuid for the inventory")
     parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                         help="progress bar on stderr (auto: only on a terminal)")
+    zstack = add_zstack_arguments(parser)
+    zstack.add_argument("--name", help="package name (default exported-vm-<vm name>)")
+    zstack.add_argument("--description", help="package description")
+    zstack.add_argument("--resource-uuid", help="package uuid (default: a new one)")
+    zstack.add_argument("--backup-storage-uuid", help="backup storage uuid for the inventory")
     parser.set_defaults(func=run)
 
 
@@ -142,7 +150,7 @@ def inventory_json(
 
 
 def _read_json(path: str, what: str) -> Any:
-    from .descriptor_cmd import read_input
+    from ._files import read_input
 
     try:
         return json.loads(read_input(path, what=what))
@@ -171,21 +179,38 @@ def _signer(key: str | None, cert: str | None) -> Any:
     if key is None or cert is None:
         raise InvalidArgumentError("--sign KEY and --cert CERT go together")
     from ..ova.signing import load_signer
-    from .descriptor_cmd import read_input
+    from ._files import read_input
 
     return load_signer(read_input(key, what="--sign key"), read_input(cert, what="--cert file"))
 
 
+def package_json(path: str | None, result: PackageResult) -> dict[str, Any]:
+    """What a neutral (non-ZStack) export prints: the package and each of its files."""
+    return {
+        "path": os.path.abspath(path) if path is not None else None,
+        "size": result.size,
+        "md5": result.md5,
+        "xxh128": result.xxh128,
+        "files": [
+            {"name": f.name, "size": f.size, "digests": dict(f.digests)} for f in result.files
+        ],
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from ..ova import OvaOptions, write_ova
-    from ..zstack import vm_from_zstack
-    from ..zstack.catalog import unwrap_vm_inventory
     from ..zstack.inventory import is_zstack_uuid, new_zstack_uuid
 
     created = datetime.now(UTC)
-    doc = _read_json(args.inventory, "inventory")
-    vm_uuid = str(unwrap_vm_inventory(doc)["uuid"])
-    vm = vm_from_zstack(doc, system_tags=args.system_tag)
+    loaded = load_vm(args.input, args.input_kind, system_tags=tuple(args.system_tag))
+    vm = loaded.vm
+    zstack_only = {"--name": args.name, "--description": args.description,
+                   "--resource-uuid": args.resource_uuid,
+                   "--backup-storage-uuid": args.backup_storage_uuid}
+    if loaded.zstack is None:
+        given = [flag for flag, value in zstack_only.items() if value is not None]
+        if given:
+            raise InvalidArgumentError(f"{given[0]} applies to a ZStack inventory only")
     uuid = args.resource_uuid or new_zstack_uuid()
     for field, value in (("--resource-uuid", uuid), ("--backup-storage-uuid",
                                                     args.backup_storage_uuid)):
@@ -199,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine,
         threads=args.threads,
         signer=_signer(args.sign, args.cert),
-        include_iso=args.include_iso,
+        include_iso=args.include_iso or loaded.kind == "ovf",  # a re-pack keeps its ISOs
         ovf_env=_env_values(args.ovf_env) if args.ovf_env else None,
         force_shared=args.force_shared,
     )
@@ -215,20 +240,25 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    inventory = inventory_json(
-        uuid=uuid,
-        # ZStack's default, cut to ImagePackageVO.name's 255 characters as the API does.
-        name=args.name or f"exported-vm-{vm.name}"[:255],
-        description=args.description or f"source vm uuid: {vm_uuid}",
-        vm_uuid=vm_uuid,
-        backup_storage_uuid=args.backup_storage_uuid,
-        path=None if to_stdout else result.path,
-        md5=result.md5,
-        size=result.size,
-        created=created,
-        finished=datetime.now(UTC),
-    )
+    path = None if to_stdout else str(args.output)
+    if loaded.zstack is None:
+        doc = package_json(path, result)
+    else:
+        vm_uuid = str(loaded.zstack["uuid"])
+        doc = inventory_json(
+            uuid=uuid,
+            # ZStack's default, cut to ImagePackageVO.name's 255 characters as the API does.
+            name=args.name or f"exported-vm-{vm.name}"[:255],
+            description=args.description or f"source vm uuid: {vm_uuid}",
+            vm_uuid=vm_uuid,
+            backup_storage_uuid=args.backup_storage_uuid,
+            path=path,
+            md5=result.md5,
+            size=result.size,
+            created=created,
+            finished=datetime.now(UTC),
+        )
     out = sys.stderr if to_stdout else sys.stdout
-    json.dump(inventory, out, indent=2)
+    json.dump(doc, out, indent=2)
     out.write("\n")
     return 0
