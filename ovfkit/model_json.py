@@ -1,8 +1,8 @@
 """The neutral VM as JSON: ovfkit's own input format, its JSON Schema, encoder and decoder (pure).
 
 A document is one JSON object: ``"format": "ovfkit.vm/1"`` plus the fields of
-:class:`ovfkit.model.VirtualMachine`, named as in the dataclasses (``class_`` is ``class``),
-nested objects for the nested dataclasses, arrays for tuples, enum values as strings, ``null``
+:class:`ovfkit.model.VirtualMachine`, named exactly as in the dataclasses (snake_case), nested
+objects for the nested dataclasses, arrays for tuples, enum values as strings, ``null``
 for None. Only ``format`` and ``name`` are required; every other field has the model's default.
 ``ovfkit inventory --schema`` prints the JSON Schema (2020-12); ``ovfkit inventory INPUT``
 prints the document of any input ``ovfkit export`` reads (a ZStack inventory, an .ovf).
@@ -23,14 +23,10 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from .errors import InvalidArgumentError
 from .model import VirtualMachine
 
-__all__ = ["FORMAT", "vm_from_json", "vm_json_schema", "vm_to_json"]
+__all__ = ["FORMAT", "encode_vm", "vm_from_json", "vm_json_schema", "vm_to_json"]
 
 FORMAT = "ovfkit.vm/1"
 _SCHEMA_ID = "https://ovfkit.invalid/schemas/vm-1.json"  # a name, not a download location
-
-
-def _key(field_name: str) -> str:
-    return field_name.removesuffix("_")
 
 
 def _fields(cls: type) -> list[tuple[dataclasses.Field[Any], Any]]:
@@ -87,8 +83,8 @@ def _object_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
             prop = {**prop, "default": _encode(f.default)}
         elif f.default_factory is not dataclasses.MISSING:
             prop = {**prop, "default": _encode(f.default_factory())}
-        properties[_key(f.name)] = prop
-    required = [_key(f.name) for f, _ in _fields(cls) if not _has_default(f)]
+        properties[f.name] = prop
+    required = [f.name for f, _ in _fields(cls) if not _has_default(f)]
     out: dict[str, Any] = {
         "type": "object",
         "description": (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " "),
@@ -121,7 +117,7 @@ def vm_json_schema() -> dict[str, Any]:
 
 def _encode(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {_key(f.name): _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, tuple):
@@ -129,9 +125,16 @@ def _encode(value: Any) -> Any:
     return value
 
 
+def encode_vm(vm: VirtualMachine) -> dict[str, Any]:
+    """The fields of ``vm`` as JSON values (every field written, defaults included): the
+    neutral document without its ``format``, as ParseOvf's ``ovfInfo`` answers it too."""
+    out: dict[str, Any] = _encode(vm)
+    return out
+
+
 def vm_to_json(vm: VirtualMachine) -> dict[str, Any]:
-    """The neutral document of ``vm`` (every field written, defaults included)."""
-    return {"format": FORMAT, **_encode(vm)}
+    """The neutral document of ``vm``."""
+    return {"format": FORMAT, **encode_vm(vm)}
 
 
 # Decoding
@@ -169,7 +172,7 @@ def _decode_object(cls: type, value: Any, where: str, skip: tuple[str, ...] = ()
     if not isinstance(value, Mapping):
         raise InvalidArgumentError(f"{where} must be an object")
     fields = _fields(cls)
-    known = {_key(f.name) for f, _ in fields}
+    known = {f.name for f, _ in fields}
     unknown = sorted(set(value) - known - set(skip))
     if unknown:
         raise InvalidArgumentError(
@@ -177,7 +180,7 @@ def _decode_object(cls: type, value: Any, where: str, skip: tuple[str, ...] = ()
         )
     kwargs: dict[str, Any] = {}
     for f, tp in fields:
-        key = _key(f.name)
+        key = f.name
         if key in value:
             kwargs[f.name] = _decode(tp, value[key], f"{where}.{key}")
         elif not _has_default(f):

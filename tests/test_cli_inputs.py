@@ -55,7 +55,7 @@ def test_schema_is_the_model() -> None:
     disk = SCHEMA["$defs"]["Disk"]
     assert disk["required"] == ["id", "capacity", "controller", "unit"]
     assert disk["properties"]["capacity"] == {"anyOf": [{"type": "integer"}, {"type": "null"}]}
-    assert SCHEMA["$defs"]["Product"]["properties"]["class"]["type"] == "string"
+    assert SCHEMA["$defs"]["Product"]["properties"]["class_"]["type"] == "string"
     # The schema refuses what the decoder refuses, and the other way round.
     minimal = {"format": FORMAT, "name": "x"}
     assert VALIDATOR.is_valid(minimal) and vm_from_json(minimal) == VirtualMachine("x")
