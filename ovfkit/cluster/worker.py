@@ -295,7 +295,8 @@ class WorkerRuntime:
         self.store.packages.cleanup_done(bs_uuid, install_path)
 
     def _export(self, run: _Running) -> tuple[str, int, str]:
-        from ..zstack.api import _vm_model, _write, estimate_package_size, remove_spooled
+        from ..zstack.api import _vm_model, _write, estimate_package_size
+        from ..zstack.context import remove_spooled
 
         job = run.job
         config = self.config

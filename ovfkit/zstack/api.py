@@ -15,7 +15,6 @@ any failure rolls back (partial files removed, record deleted) before the error 
 from __future__ import annotations
 
 import contextlib
-import glob
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,7 @@ from ..errors import (
 from ..model import VirtualMachine
 from ..progress import CancelToken, ProgressCallback, check_cancel
 from .catalog import confine_images, confine_paths
-from .context import ExportContext
+from .context import ExportContext, remove_spooled
 from .inventory import (
     API_MESSAGE,
     DESCRIPTION_MAX,
@@ -192,13 +191,6 @@ def _write(
     finally:
         remove_spooled(spool, install_path)
     return result.md5, result.size
-
-
-def remove_spooled(spool: Path, install_path: str) -> None:
-    """Remove ``spool/<name>`` and the OVA writer's temporaries of it (``.<name>.*.part``)."""
-    for p in [spool / install_path, *spool.glob(f".{glob.escape(install_path)}.*.part")]:
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
 
 
 def _export(

@@ -13,6 +13,7 @@ A data folder without any backup storage in its config gets the embedded default
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import threading
@@ -28,7 +29,7 @@ from .private import private_file, private_folder
 from .records import PackageRecords
 from .storage import BackupStorage, open_backup_storage
 
-__all__ = ["ExportContext", "RecoveryReport", "open_context"]
+__all__ = ["ExportContext", "RecoveryReport", "open_context", "remove_spooled"]
 
 _log = logging.getLogger(__name__)
 
@@ -152,8 +153,6 @@ class ExportContext:
             try:
                 deleted = self.records.delete(record.inventory.uuid, only_exporting=True)
                 if deleted is not None:
-                    from .api import remove_spooled
-
                     remove_spooled(self.spool_dir, deleted.install_path)
                     report.rolled_back.append(record.inventory.uuid)
                     _log.warning(
@@ -217,3 +216,10 @@ def open_context(
             ctx.close()
             raise
     return ctx
+
+
+def remove_spooled(spool: Path, install_path: str) -> None:
+    """Remove ``spool/<name>`` and the OVA writer's temporaries of it (``.<name>.*.part``)."""
+    for p in [spool / install_path, *spool.glob(f".{glob.escape(install_path)}.*.part")]:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
