@@ -88,13 +88,17 @@ def _check_file_type(path: str) -> None:
 
 
 @contextlib.contextmanager
-def open_source(disk: DiskSource, *, force_shared: bool = False) -> Iterator[ImageSource]:
+def open_source(
+    disk: DiskSource, *, force_shared: bool = False, nbd_spares: int = 0
+) -> Iterator[ImageSource]:
     """An ImageSource for ``disk``, closed (qemu-nbd ended, its socket removed) on exit.
 
     ``qemu-img info`` checks the image and its whole backing chain first: a missing file gives
     NotFoundError, a broken image OperationFailedError, and an image open read-write elsewhere
     (a running VM holds qemu's write lock) ImageInUseError, unless ``force_shared`` asks to read
     it anyway (qemu's force-share; the data may be inconsistent while the VM writes).
+    ``nbd_spares``: where the image is served by qemu-nbd, that many more connections are
+    negotiated for other processes to read through (``NbdSource.take_spare``).
     """
     info = check_image(disk, force_shared=force_shared)
     source: ImageSource
@@ -116,7 +120,9 @@ def open_source(disk: DiskSource, *, force_shared: bool = False) -> Iterator[Ima
                 raise
         source = raw
     else:
-        nbd = NbdSource.open(disk.path, info.format, force_share=force_shared)
+        nbd = NbdSource.open(
+            disk.path, info.format, force_share=force_shared, spares=nbd_spares
+        )
         if eligible(info):
             try:
                 source = MappedSource(info, nbd, force_share=force_shared)

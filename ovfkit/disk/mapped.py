@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from ..errors import OvfkitIOError
 from ..qemu import img
 from .nbd import NbdSource
-from .source import Extent
+from .source import PIECE_FILE, PIECE_FILE_SHORT, PIECE_NBD, PIECE_ZERO, Extent, Piece
 
 __all__ = ["MappedSource", "eligible"]
 
@@ -61,9 +61,18 @@ class MappedSource:
         except OSError as exc:
             self.close()
             raise OvfkitIOError(f"opening {exc.filename}: {exc.strerror}") from None
+        # The window in use and the one before it: the writer plans a batch's reads just
+        # behind where it walks the extents, which may have entered the next window.
+        self._windows: list[tuple[int, list[img.MapExtent], list[int]]] = []
         self._window_start = -1
         self._window: list[img.MapExtent] = []
         self._starts: list[int] = []
+        # A layer's file may legitimately end before the disk only for a raw layer (qemu
+        # reads zeros past it); a qcow2 layer ending before a cluster it maps was truncated.
+        self._piece_kinds = [
+            PIECE_FILE_SHORT if layer.format == "raw" else PIECE_FILE
+            for layer in (info, *info.backing_chain)
+        ]
 
     @property
     def capacity(self) -> int:
@@ -78,6 +87,10 @@ class MappedSource:
         start = offset - offset % WINDOW
         if start == self._window_start:
             return
+        for w_start, w_extents, w_starts in self._windows:
+            if w_start == start:
+                self._window_start, self._window, self._starts = w_start, w_extents, w_starts
+                return
         length = min(WINDOW, self.capacity - start)
         extents = img.map(
             self._info.filename,
@@ -89,6 +102,7 @@ class MappedSource:
         self._window = [e for e in extents if e.length > 0]
         self._starts = [e.start for e in self._window]
         self._window_start = start
+        self._windows = [*self._windows[-1:], (start, self._window, self._starts)]
 
     def _map_at(self, offset: int) -> img.MapExtent:
         self._load(offset)
@@ -130,6 +144,26 @@ class MappedSource:
                 self._fallback.readinto(pos, part)
             done += n
         return done
+
+    def direct_files(self) -> list[int]:
+        """The layers' files, top first (a piece's ``file`` is the map's depth)."""
+        return list(self._fds)
+
+    def direct_pieces(self, start: int, length: int) -> Iterator[Piece]:
+        """Where ``qemu-img map`` places the bytes (see ovfkit.disk.source.Piece); what it does
+        not place goes through qemu-nbd."""
+        end = min(start + length, self.capacity)
+        pos = start
+        while pos < end:
+            m = self._map_at(pos)
+            n = min(end - pos, m.start + m.length - pos)
+            if m.zero:
+                yield (pos, n, PIECE_ZERO, 0, 0)
+            elif m.data and m.offset is not None and 0 <= m.depth < len(self._fds):
+                yield (pos, n, self._piece_kinds[m.depth], m.depth, m.offset + (pos - m.start))
+            else:
+                yield (pos, n, PIECE_NBD, 0, pos)
+            pos += n
 
     def _pread(self, fd: int, at: int, part: memoryview) -> None:
         got = 0

@@ -1,346 +1,50 @@
 """Images qemu can read (qcow2 with its backing chain, compressed clusters, vmdk, ...), served by
-``qemu-nbd`` on a private unix socket and read with a small NBD client.
-
-Protocol: the NBD protocol specification (NetworkBlockDevice/nbd, ``doc/proto.md``), fixed
-newstyle handshake with ``NBD_OPT_STRUCTURED_REPLY``, ``NBD_OPT_SET_META_CONTEXT``
-(``base:allocation``) and ``NBD_OPT_GO``; transmission with ``NBD_CMD_READ`` and
-``NBD_CMD_BLOCK_STATUS``. A read is sent as several requests at once and their replies are
-taken as they come, so qemu-nbd reads the image while this side copies from the socket.
-
-Why not ovirt-imageio's client: it is GPLv2+ and ovfkit is Apache-2.0; libnbd's Python binding
-is not on PyPI. The client below covers only what a reader of qemu-nbd needs.
+``qemu-nbd`` on a private unix socket and read with the small NBD client of :mod:`.nbd_client`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
 import stat
-import struct
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..errors import (
-    OperationFailedError,
-    OperationTimeoutError,
-    OvfkitError,
-    OvfkitIOError,
-    ToolMissingError,
-)
+from ..errors import OperationTimeoutError, OvfkitError, ToolMissingError
 from ..qemu.img import classify_failure, path_arg
-from .source import Extent
+from .nbd_client import (
+    MAX_IN_FLIGHT,
+    MAX_STATUS,
+    READ_REQUEST,
+    STATE_HOLE,
+    STATE_ZERO,
+    NbdClient,
+    NbdError,
+)
+from .source import PIECE_NBD, Extent, Piece
 
-__all__ = ["NbdClient", "NbdError", "NbdSource", "QemuNbd"]
+__all__ = ["READ_REQUEST", "NbdClient", "NbdError", "NbdSource", "QemuNbd"]
 
 QEMU_NBD = "qemu-nbd"
 
-# Handshake (proto.md "Fixed newstyle negotiation").
-NBDMAGIC = 0x4E42444D41474943  # "NBDMAGIC"
-IHAVEOPT = 0x49484156454F5054  # "IHAVEOPT"
-OPT_REPLY_MAGIC = 0x3E889045565A9
-FLAG_FIXED_NEWSTYLE = 1 << 0
-FLAG_NO_ZEROES = 1 << 1
-OPT_ABORT = 2
-OPT_GO = 7
-OPT_STRUCTURED_REPLY = 8
-OPT_SET_META_CONTEXT = 10
-REP_ACK = 1
-REP_INFO = 3
-REP_META_CONTEXT = 4
-REP_FLAG_ERROR = 1 << 31
-INFO_EXPORT = 0
-INFO_BLOCK_SIZE = 3
-
-# Transmission (proto.md "Transmission phase").
-REQUEST_MAGIC = 0x25609513
-SIMPLE_REPLY_MAGIC = 0x67446698
-STRUCTURED_REPLY_MAGIC = 0x668E33EF
-CMD_READ = 0
-CMD_DISC = 2
-CMD_BLOCK_STATUS = 7
-REPLY_FLAG_DONE = 1 << 0
-REPLY_TYPE_NONE = 0
-REPLY_TYPE_OFFSET_DATA = 1
-REPLY_TYPE_OFFSET_HOLE = 2
-REPLY_TYPE_BLOCK_STATUS = 5
-REPLY_TYPE_ERROR_BIT = 1 << 15
-STATE_HOLE = 1 << 0  # base:allocation: unallocated in the whole chain
-STATE_ZERO = 1 << 1  # base:allocation: reads as zeros
-BASE_ALLOCATION = b"base:allocation"
-
-_REQUEST = struct.Struct(">IHHQQI")
-_SIMPLE_REPLY_REST = struct.Struct(">IQ")  # after the magic: error, cookie
-_STRUCTURED_REST = struct.Struct(">HHQI")  # after the magic: flags, type, cookie, length
-_OPT = struct.Struct(">QII")
-_OPT_REPLY = struct.Struct(">QIII")
-
-# A read is cut into requests of 1 MiB, up to 8 in flight (qemu-nbd works on them in parallel
-# coroutines, so it reads ahead while this side copies); block status asks for at most 2 GiB at
-# a time (a u32 length).
-READ_REQUEST = 1024 * 1024
-MAX_IN_FLIGHT = 8
-MAX_STATUS = 2 * 1024 * 1024 * 1024
-_MAX_OPTION_REPLY = 1024 * 1024  # strings in the handshake are at most 4 KiB (proto.md)
-_MAX_METADATA_CHUNK = 64 * 1024 * 1024  # 8 M block status descriptors
 _START_TIMEOUT = 30.0
 _STOP_GRACE = 5.0
-
-_ERRNO_NAMES = {1: "EPERM", 5: "EIO", 12: "ENOMEM", 22: "EINVAL", 28: "ENOSPC", 75: "EOVERFLOW"}
-
-
-class NbdError(OperationFailedError):
-    """The NBD server refused a request or broke the protocol."""
-
-
-def _nbd_failure(what: str, error: int, message: str = "") -> OvfkitError:
-    name = _ERRNO_NAMES.get(error, f"error {error}")
-    details = f"NBD {what}: {name}" + (f": {message}" if message else "")
-    return OvfkitIOError(details) if error == 5 else NbdError(details)
-
-
-class NbdClient:
-    """A blocking NBD client for one export over a unix socket (newstyle, structured replies).
-
-    Not thread safe: one caller at a time, as the ImageSource protocol is used.
-    """
-
-    def __init__(self, sock: socket.socket, export_name: str = "") -> None:
-        self._sock = sock
-        self._cookie = 0
-        self._broken = False
-        self._context_id: int | None = None
-        self.export_size = 0
-        self.transmission_flags = 0
-        self.max_block = 32 * 1024 * 1024
-        self._handshake(export_name.encode())
-
-    @classmethod
-    def connect_unix(cls, path: str, export_name: str = "") -> NbdClient:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(path)
-            return cls(sock, export_name)
-        except BaseException:
-            sock.close()
-            raise
-
-    # -- low-level I/O ---------------------------------------------------------------------------
-
-    def _recv_into(self, buf: memoryview) -> None:
-        got = 0
-        while got < len(buf):
-            n = self._sock.recv_into(buf[got:])
-            if n == 0:
-                raise NbdError("NBD server closed the connection")
-            got += n
-
-    def _recv(self, n: int) -> bytes:
-        buf = bytearray(n)
-        self._recv_into(memoryview(buf))
-        return bytes(buf)
-
-    # -- handshake ---------------------------------------------------------------------------
-
-    def _handshake(self, name: bytes) -> None:
-        magic, opt_magic, flags = struct.unpack(">QQH", self._recv(18))
-        if magic != NBDMAGIC or opt_magic != IHAVEOPT:
-            raise NbdError(f"not a newstyle NBD server (magic {magic:#x}, {opt_magic:#x})")
-        if not flags & FLAG_FIXED_NEWSTYLE:
-            raise NbdError("NBD server does not support fixed newstyle negotiation")
-        client_flags = FLAG_FIXED_NEWSTYLE | (flags & FLAG_NO_ZEROES)
-        self._sock.sendall(struct.pack(">I", client_flags))
-
-        self._send_option(OPT_STRUCTURED_REPLY, b"")
-        self._expect_ack(OPT_STRUCTURED_REPLY, "structured replies")
-
-        query = struct.pack(">I", len(BASE_ALLOCATION)) + BASE_ALLOCATION
-        payload = struct.pack(">I", len(name)) + name + struct.pack(">I", 1) + query
-        self._send_option(OPT_SET_META_CONTEXT, payload)
-        while True:
-            rtype, data = self._option_reply(OPT_SET_META_CONTEXT)
-            if rtype == REP_ACK:
-                break
-            if rtype == REP_META_CONTEXT and data[4:] == BASE_ALLOCATION:
-                self._context_id = struct.unpack_from(">I", data)[0]
-        if self._context_id is None:
-            raise NbdError("NBD server does not offer the base:allocation meta context")
-
-        payload = struct.pack(">I", len(name)) + name + struct.pack(">HH", 1, INFO_BLOCK_SIZE)
-        self._send_option(OPT_GO, payload)
-        while True:
-            rtype, data = self._option_reply(OPT_GO)
-            if rtype == REP_ACK:
-                break
-            if rtype == REP_INFO:
-                (info,) = struct.unpack_from(">H", data)
-                if info == INFO_EXPORT:
-                    self.export_size, self.transmission_flags = struct.unpack_from(">QH", data, 2)
-                elif info == INFO_BLOCK_SIZE:
-                    _min, _preferred, self.max_block = struct.unpack_from(">III", data, 2)
-
-    def _send_option(self, option: int, data: bytes) -> None:
-        self._sock.sendall(_OPT.pack(IHAVEOPT, option, len(data)) + data)
-
-    def _option_reply(self, option: int) -> tuple[int, bytes]:
-        magic, opt, rtype, length = _OPT_REPLY.unpack(self._recv(_OPT_REPLY.size))
-        if magic != OPT_REPLY_MAGIC or opt != option:
-            raise NbdError(f"bad option reply (magic {magic:#x}, option {opt})")
-        if length > _MAX_OPTION_REPLY:
-            raise NbdError(f"NBD option reply of {length} bytes")
-        data = self._recv(length)
-        if rtype & REP_FLAG_ERROR:
-            message = data.decode("utf-8", "replace")
-            raise NbdError(f"NBD option {option} refused (reply {rtype:#x}) {message}".strip())
-        return rtype, data
-
-    def _expect_ack(self, option: int, what: str) -> None:
-        rtype, _ = self._option_reply(option)
-        if rtype != REP_ACK:
-            raise NbdError(f"NBD server did not accept {what} (reply {rtype})")
-
-    # -- transmission ------------------------------------------------------------------------
-
-    def _request(self, cmd: int, offset: int, length: int, flags: int = 0) -> int:
-        if self._broken:
-            raise NbdError("the NBD connection failed earlier and cannot be used again")
-        self._cookie += 1
-        self._sock.sendall(_REQUEST.pack(REQUEST_MAGIC, flags, cmd, self._cookie, offset, length))
-        return self._cookie
-
-    def _metadata(self, length: int) -> bytes:
-        """A non-data chunk's payload (block status, error, skipped types), bounded."""
-        if length > _MAX_METADATA_CHUNK:
-            raise NbdError(f"NBD reply chunk of {length} bytes")
-        return self._recv(length)
-
-    def _any_reply_header(self) -> tuple[bool, int, int, int, int]:
-        """(structured, flags, type, length, cookie) of the next reply; a simple reply with an
-        error is raised at once (it ends its request, and a failed read fails the call)."""
-        (magic,) = struct.unpack(">I", self._recv(4))
-        if magic == STRUCTURED_REPLY_MAGIC:
-            flags, rtype, cookie, length = _STRUCTURED_REST.unpack(
-                self._recv(_STRUCTURED_REST.size)
-            )
-            return True, flags, rtype, length, cookie
-        if magic == SIMPLE_REPLY_MAGIC:
-            error, cookie = _SIMPLE_REPLY_REST.unpack(self._recv(_SIMPLE_REPLY_REST.size))
-            if error:
-                raise _nbd_failure("request", error)
-            return False, REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0, cookie
-        raise NbdError(f"bad NBD reply magic {magic:#x}")
-
-    def _reply_header(self, cookie: int) -> tuple[bool, int, int, int]:
-        structured, flags, rtype, length, got = self._any_reply_header()
-        if got != cookie:
-            raise NbdError(f"NBD reply for request {got}, expected {cookie}")
-        return structured, flags, rtype, length
-
-    def _raise_chunk_error(self, what: str, length: int) -> None:
-        data = self._metadata(length)
-        if len(data) < 6:
-            raise NbdError(f"NBD error chunk of {length} bytes")
-        error, msg_len = struct.unpack_from(">IH", data)
-        raise _nbd_failure(what, error, data[6 : 6 + msg_len].decode("utf-8", "replace"))
-
-    def readinto(self, offset: int, buf: memoryview) -> None:
-        """Fill ``buf`` (at most ``max_block`` bytes) with the export's bytes at ``offset``."""
-        self.read_many([(offset, buf)])
-
-    def read_many(self, requests: list[tuple[int, memoryview]]) -> None:
-        """Send every read request, then take the replies as they come: qemu-nbd serves them
-        concurrently and may interleave their chunks, told apart by cookie. Keeping several
-        requests in flight lets qemu read the image while this side copies from the socket."""
-        try:
-            self._read_many(requests)
-        except BaseException:
-            # Replies of the other requests may still be on the wire: the stream is out of
-            # step, so nothing more is read from it.
-            self._broken = True
-            raise
-
-    def _read_many(self, requests: list[tuple[int, memoryview]]) -> None:
-        pending: dict[int, tuple[int, memoryview]] = {}
-        for offset, buf in requests:
-            pending[self._request(CMD_READ, offset, len(buf))] = (offset, buf)
-        while pending:
-            structured, flags, rtype, chunk_len, cookie = self._any_reply_header()
-            if cookie not in pending:
-                raise NbdError(f"NBD reply for unknown request {cookie}")
-            offset, buf = pending[cookie]
-            length = len(buf)
-            if not structured:
-                self._recv_into(buf)
-                del pending[cookie]
-                continue
-            if rtype == REPLY_TYPE_OFFSET_DATA:
-                if chunk_len < 8:
-                    raise NbdError(f"NBD data chunk of {chunk_len} bytes")
-                (at,) = struct.unpack(">Q", self._recv(8))
-                start = at - offset
-                size = chunk_len - 8
-                if start < 0 or start + size > length:
-                    raise NbdError(f"NBD read chunk {at}+{size} outside request {offset}+{length}")
-                self._recv_into(buf[start : start + size])
-            elif rtype == REPLY_TYPE_OFFSET_HOLE:
-                if chunk_len != 12:
-                    raise NbdError(f"NBD hole chunk of {chunk_len} bytes")
-                at, size = struct.unpack(">QI", self._recv(12))
-                start = at - offset
-                if start < 0 or start + size > length:
-                    raise NbdError(f"NBD hole chunk {at}+{size} outside request {offset}+{length}")
-                buf[start : start + size] = bytes(size)
-            elif rtype & REPLY_TYPE_ERROR_BIT:
-                self._raise_chunk_error(f"read at {offset}", chunk_len)
-            else:
-                self._metadata(chunk_len)  # NONE, or a chunk type a reader may skip
-            if flags & REPLY_FLAG_DONE:
-                del pending[cookie]
-
-    def block_status(self, offset: int, length: int) -> list[tuple[int, int]]:
-        """(length, flags) descriptors of base:allocation from ``offset``, covering at least
-        one byte and at most ``length`` bytes."""
-        cookie = self._request(CMD_BLOCK_STATUS, offset, length)
-        result: list[tuple[int, int]] = []
-        while True:
-            _structured, flags, rtype, chunk_len = self._reply_header(cookie)
-            if rtype == REPLY_TYPE_BLOCK_STATUS:
-                data = self._metadata(chunk_len)
-                if chunk_len < 12 or (chunk_len - 4) % 8:
-                    raise NbdError(f"NBD block status chunk of {chunk_len} bytes")
-                (context,) = struct.unpack_from(">I", data)
-                if context == self._context_id and not result:
-                    result = [
-                        struct.unpack_from(">II", data, pos) for pos in range(4, chunk_len, 8)
-                    ]
-            elif rtype & REPLY_TYPE_ERROR_BIT:
-                self._raise_chunk_error(f"block status at {offset}", chunk_len)
-            else:
-                self._metadata(chunk_len)
-            if flags & REPLY_FLAG_DONE:
-                break
-        if not result:
-            raise NbdError(f"NBD block status at {offset} returned no extents")
-        return result
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._request(CMD_DISC, 0, 0)
-        self._sock.close()
 
 
 class QemuNbd:
     """A ``qemu-nbd --read-only`` child serving one image on a unix socket in a private temporary
     directory. :meth:`stop` always ends the child and removes the directory."""
 
-    def __init__(self, path: str, fmt: str, *, force_share: bool = False) -> None:
+    def __init__(
+        self, path: str, fmt: str, *, force_share: bool = False, clients: int = 1
+    ) -> None:
         self.path = path
         self.format = fmt
         self.force_share = force_share
+        self.clients = clients
         self._dir = tempfile.mkdtemp(prefix="ovfkit-nbd-")
         self.socket_path = os.path.join(self._dir, "sock")
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
@@ -352,9 +56,11 @@ class QemuNbd:
             raise
 
     def _command(self, force_share: bool) -> list[str]:
-        # No --persistent: qemu-nbd then exits when its one client goes, so even a parent
+        # No --persistent: qemu-nbd then exits when its last client goes, so even a parent
         # killed with SIGKILL leaves no server behind (stop() ends it in every other case).
         cmd = [QEMU_NBD, "--read-only", f"--socket={self.socket_path}"]
+        if self.clients > 1:  # several clients at once: the writer's worker processes
+            cmd.append(f"--shared={self.clients}")
         if not force_share:
             return [*cmd, f"--format={self.format}", path_arg(self.path)]
         # qemu-nbd has no -U: the generic block option force-share=on (read-only only) does it.
@@ -381,9 +87,11 @@ class QemuNbd:
             ) from None
         return proc
 
-    def connect(self) -> NbdClient:
+    def connect(self, spares: int = 0) -> tuple[NbdClient, list[NbdClient]]:
         """Wait for the server to listen, then connect; a child that exits early is reported
-        with its stderr mapped like qemu-img's (missing file, locked image, ...)."""
+        with its stderr mapped like qemu-img's (missing file, locked image, ...). ``spares``
+        more clients (at most ``clients`` - 1) are connected and negotiated at once, before
+        the socket is removed: the writer hands them to its worker processes."""
         assert self._proc is not None
         deadline = time.monotonic() + _START_TIMEOUT
         delay = 0.002
@@ -404,11 +112,19 @@ class QemuNbd:
                         raise
                     raise self._failure() from None
                 else:
-                    # The one client is connected: the path is no longer needed, and without it
+                    others: list[NbdClient] = []
+                    try:
+                        for _ in range(spares):
+                            others.append(NbdClient.connect_unix(self.socket_path))
+                    except BaseException:
+                        for c in (client, *others):
+                            c.close()
+                        raise
+                    # Every client is connected: the path is no longer needed, and without it
                     # nothing is left on disk even if this process is killed outright (qemu-nbd
-                    # then exits as its client goes, see _command).
+                    # then exits as its last client goes, see _command).
                     shutil.rmtree(self._dir, ignore_errors=True)
-                    return client
+                    return client, others
             if time.monotonic() > deadline:
                 raise OperationTimeoutError(
                     f"qemu-nbd did not start serving {self.path} within {_START_TIMEOUT:.0f} s"
@@ -442,19 +158,40 @@ class QemuNbd:
 @dataclass
 class NbdSource:
     """An ImageSource over qemu-nbd: extents from block status (a hole or a zero-flagged range
-    reads as zeros and is never read), data read in 1 MiB requests, several in flight."""
+    reads as zeros and is never read), data read in 1 MiB requests, several in flight.
+
+    ``spares``: further connections to the same server, negotiated when it was opened, for
+    the VMDK writer's worker processes to read through (``take_spare``); closed with the
+    source if nobody took them."""
 
     client: NbdClient
     server: QemuNbd | None = None
+    spares: list[NbdClient] = field(default_factory=list)
 
     @classmethod
-    def open(cls, path: str, fmt: str, *, force_share: bool = False) -> NbdSource:
-        server = QemuNbd(path, fmt, force_share=force_share)
+    def open(
+        cls, path: str, fmt: str, *, force_share: bool = False, spares: int = 0
+    ) -> NbdSource:
+        server = QemuNbd(path, fmt, force_share=force_share, clients=1 + spares)
         try:
-            return cls(server.connect(), server)
+            client, others = server.connect(spares)
+            return cls(client, server, others)
         except BaseException:
             server.stop()
             raise
+
+    def take_spare(self) -> NbdClient | None:
+        """A spare connection, now the caller's to close; None when none is left."""
+        return self.spares.pop() if self.spares else None
+
+    def direct_files(self) -> list[int]:
+        return []
+
+    def direct_pieces(self, start: int, length: int) -> Iterator[Piece]:
+        """Every byte through NBD (see ovfkit.disk.source.Piece)."""
+        length = min(length, self.capacity - start)
+        if length > 0:
+            yield (start, length, PIECE_NBD, 0, start)
 
     @property
     def capacity(self) -> int:
@@ -498,6 +235,9 @@ class NbdSource:
 
     def close(self) -> None:
         try:
+            for spare in self.spares:
+                spare.close()
+            self.spares.clear()
             self.client.close()
         finally:
             if self.server is not None:

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterator
 
 from ..errors import NotFoundError, OperationFailedError, OvfkitIOError
-from .source import Extent
+from .source import PIECE_FILE, Extent, Piece
 
 __all__ = ["RawSource"]
 
@@ -100,6 +100,16 @@ class RawSource:
                 break  # the file shrank under us: short read, as at the end
             done += n
         return done
+
+    def direct_files(self) -> list[int]:
+        return [self._fd]
+
+    def direct_pieces(self, start: int, length: int) -> Iterator[Piece]:
+        """The file itself (see ovfkit.disk.source.Piece): a file that ends before capacity
+        was truncated during the export."""
+        length = min(length, self._capacity - start)
+        if length > 0:
+            yield (start, length, PIECE_FILE, 0, start)
 
     def write_locked(self) -> bool:
         """True when another process (a running VM's qemu) holds qemu's write permission lock."""

@@ -7,11 +7,20 @@ Implementations live beside this file (raw files, images served by qemu-nbd, mem
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Extent", "ImageSource"]
+__all__ = [
+    "PIECE_FILE",
+    "PIECE_FILE_SHORT",
+    "PIECE_NBD",
+    "PIECE_ZERO",
+    "DirectSource",
+    "Extent",
+    "ImageSource",
+    "Piece",
+]
 
 
 @dataclass(frozen=True)
@@ -39,3 +48,23 @@ class ImageSource(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# Where another process reads a source's bytes itself (the VMDK writer's workers): a Piece is
+# (disk offset, length, kind, file, at) for bytes [offset, offset + length) of the disk.
+Piece = tuple[int, int, int, int, int]
+PIECE_ZERO = 0  # the bytes are zeros; nothing to read
+PIECE_FILE = 1  # pread from direct_files()[file] at ``at``; the file ending first is an error
+PIECE_FILE_SHORT = 2  # as PIECE_FILE, but zeros past the file's end (a raw layer shorter than
+# the disk: qemu reads zeros there)
+PIECE_NBD = 3  # an NBD read at disk offset ``at`` through a spare connection of the source
+
+
+class DirectSource(ImageSource, Protocol):
+    """An ImageSource that can tell another process how to read it: the files to hand over
+    (descriptors, valid while the source is open) and the pieces of any byte range below
+    capacity, ascending and without gaps."""
+
+    def direct_files(self) -> Sequence[int]: ...
+
+    def direct_pieces(self, start: int, length: int) -> Iterator[Piece]: ...
