@@ -52,10 +52,10 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import Report, run_forked, run_process
-from benchmarks.source import BATCH, GRAIN, ZERO, batch, data_bytes, warm
+from benchmarks.source import BATCH, GRAIN, batch, data_bytes, warm
 from ovfkit.disk import RawSource
+from ovfkit.vmdk.grains import GrainMaker
 from ovfkit.vmdk.hashing import DigestTee
-from ovfkit.vmdk.writer import compressor, grain_streams
 
 LEVEL = 2  # the native writer's default isal level
 VM_UUID = "6efab7159c6942429c6b0e7e0b64b660"
@@ -92,18 +92,16 @@ def _floor(path: str, out: str, threads: int) -> dict[str, float]:
     """Read the non-zero grains, compress them on ``threads`` threads, SHA-256 + MD5 the output
     on the way (each digest in its own thread, as ovfkit's DigestTee runs them) and write it
     once (fsync at the end); nothing else."""
-    compress = compressor(LEVEL)
+    maker = GrainMaker(LEVEL)
     total = 0
 
-    zero = compress(memoryview(ZERO))  # zero grains found as the writer finds them
-
     def work(buf: bytearray | mmap.mmap) -> bytes:
-        # The writer's grain streams: deflate, zero grains dropped, runs of incompressible
-        # grains stored without a match search (the same bytes isal would give, for less work).
+        # The writer's grain streams: deflate, zero grains dropped, incompressible grains
+        # stored without a match search (the same bytes isal would give, for less work).
         with memoryview(buf) as view:
             out = b"".join(
                 piece
-                for _, pieces, _ in grain_streams(view, len(buf) // GRAIN, compress, zero)
+                for _, pieces, _ in maker.streams(view, len(buf) // GRAIN)
                 for piece in pieces
             )
         if isinstance(buf, mmap.mmap):

@@ -40,7 +40,7 @@ from benchmarks.harness import Report, run_forked, run_process
 from benchmarks.source import BATCH, GRAIN, ZERO, batch, data_bytes, warm
 from ovfkit.disk import RawSource
 from ovfkit.vmdk import VmdkOptions, write_vmdk
-from ovfkit.vmdk.writer import compressor
+from ovfkit.vmdk.grains import compressor
 
 
 def _children_cpu() -> float:

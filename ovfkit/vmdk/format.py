@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import InvalidArgumentError, VmdkFormatError
+from .grains import GRAIN_SECTORS, GRAIN_SIZE, MARKER_HEADER_SIZE, SECTOR, zlib_stored
+from .grains import grain_marker_frame as _grain_marker_frame
 
 __all__ = [
     "ADAPTER_TYPES",
@@ -65,7 +67,6 @@ __all__ = [
     "zlib_stored",
 ]
 
-SECTOR = 512
 MAGIC = b"KDMV"  # SPARSE_MAGICNUMBER 0x564d444b, little endian
 VERSION = 3  # streamOptimized must be version 3: ESXi rejects older (COT#65)
 
@@ -75,8 +76,6 @@ FLAG_REDUNDANT_GT = 1 << 1  # bit 1: a redundant grain directory exists (qemu se
 FLAG_COMPRESSED = 1 << 16  # bit 16: grains are compressed
 FLAG_MARKERS = 1 << 17  # bit 17: there are markers
 
-GRAIN_SECTORS = 128  # 64 KiB grains, what VMware and qemu write
-GRAIN_SIZE = GRAIN_SECTORS * SECTOR
 GTES_PER_GT = 512  # numGTEsPerGT: fixed at 512 by the technote
 GT_SECTORS = GTES_PER_GT * 4 // SECTOR
 GT_COVERAGE = GTES_PER_GT * GRAIN_SIZE  # bytes of virtual disk one grain table maps (32 MiB)
@@ -90,17 +89,14 @@ MARKER_EOS = 0
 MARKER_GT = 1
 MARKER_GD = 2
 MARKER_FOOTER = 3
-MARKER_HEADER_SIZE = 12  # u64 val + u32 size; a metadata marker adds u32 type and padding
 
 # ddb.adapterType values VMware and qemu know (technote, "The Disk Database").
 ADAPTER_TYPES = ("ide", "buslogic", "lsilogic", "legacyESX")
 
 # SparseExtentHeader, packed, little endian; 512 bytes with its pad.
 _HEADER = struct.Struct("<4sIIQQQQIQQQB4sH433x")
-_MARKER = struct.Struct("<QII")
-_GRAIN_MARKER = struct.Struct("<QI")
+_MARKER = struct.Struct("<QII")  # a grain marker's u64 val + u32 size, then u32 type
 _NEWLINE_CHECK = b"\n \r\n"
-_PADS = tuple(bytes(n) for n in range(SECTOR))
 
 assert _HEADER.size == SECTOR
 
@@ -226,39 +222,10 @@ def grain_marker_sectors(compressed_size: int) -> int:
 
 def grain_marker_frame(lba: int, size: int) -> tuple[bytes, bytes]:
     """The bytes before and after ``size`` bytes of compressed grain: (lba u64 + size u32, zero
-    padding to the sector). A writer joins head + data + pad with its other grains in one copy."""
+    padding to the sector); ``ovfkit.vmdk.grains`` holds the grain-level encoders."""
     if size <= 0:
         raise InvalidArgumentError("a grain marker needs at least one byte of data")
-    return _GRAIN_MARKER.pack(lba, size), _PADS[(-(MARKER_HEADER_SIZE + size)) % SECTOR]
-
-
-# RFC 1950: CM 8 (deflate), 32 KiB window, FLEVEL 0, FCHECK so that (CMF * 256 + FLG) % 31 == 0
-_ZLIB_STORED_HEAD = b"\x78\x01"
-_STORED_MAX = 0xFFFF  # RFC 1951 3.2.4: LEN is 16 bits
-
-
-def zlib_stored(data: bytes | memoryview, adler32: int) -> list[bytes | memoryview]:
-    """``data`` as an RFC 1950 zlib stream of RFC 1951 *stored* blocks (BTYPE 00: LEN, NLEN, the
-    bytes as they are), in pieces to be joined; ``adler32`` is the data's Adler-32, computed by
-    the caller. What a deflater emits for incompressible input, without searching it for matches
-    first: zlib's uncompress() (qemu, VMware) reads it like any other grain."""
-    parts: list[bytes | memoryview] = [_ZLIB_STORED_HEAD]
-    n = len(data)
-    start = 0
-    while True:
-        size = min(n - start, _STORED_MAX)
-        final = start + size >= n
-        parts.append(_STORED_BLOCK.pack(1 if final else 0, size, size ^ 0xFFFF))
-        parts.append(data[start : start + size])
-        start += size
-        if final:
-            break
-    parts.append(_ADLER.pack(adler32 & 0xFFFFFFFF))
-    return parts
-
-
-_STORED_BLOCK = struct.Struct("<BHH")  # BFINAL + BTYPE 00 in the low bits, then LEN, NLEN
-_ADLER = struct.Struct(">I")
+    return _grain_marker_frame(lba, size)
 
 
 def encode_grain_marker(lba: int, data: bytes | memoryview) -> bytes:
@@ -448,12 +415,13 @@ class TableBuilder:
     and its directory entry stays 0, as VMware's and VirtualBox's writers do), then the grain
     directory, footer and end-of-stream marker (VMware Virtual Disk Format 5.0, "Stream-
     Optimized Compressed Sparse Extents"). The caller writes the bytes and says at which sector
-    it stands; both engines share it, so their layouts cannot drift apart."""
+    it stands; both engines share it (through ovfkit.vmdk.output), so their layouts cannot
+    drift apart."""
 
     def __init__(self, capacity_sectors: int) -> None:
         self.capacity_sectors = capacity_sectors
         self._gd: dict[int, int] = {}
-        self._gt = [0] * GTES_PER_GT
+        self._gt = bytearray(_GT_BYTES)
         self._group = -1
 
     def enter(self, grain_index: int, at_sector: int) -> bytes:
@@ -468,7 +436,18 @@ class TableBuilder:
 
     def place(self, grain_index: int, sector: int) -> None:
         """Grain ``grain_index`` (inside the table last entered) starts at ``sector``."""
-        self._gt[grain_index % GTES_PER_GT] = sector
+        try:
+            _U32.pack_into(self._gt, 4 * (grain_index % GTES_PER_GT), sector)
+        except struct.error as e:
+            raise InvalidArgumentError(f"grain table entry {sector} out of range (u32)") from e
+
+    def place_many(self, first_index: int, entries: bytes) -> None:
+        """Entries (u32 little endian, 0 for a grain not stored) of grains from
+        ``first_index`` on, all inside the table last entered."""
+        at = 4 * (first_index % GTES_PER_GT)
+        if at + len(entries) > _GT_BYTES:
+            raise InvalidArgumentError("grain table entries run past their table")
+        self._gt[at : at + len(entries)] = entries
 
     def finish(self, at_sector: int) -> bytes:
         """Everything after the last grain: its table, GD marker + GD, footer marker + footer
@@ -492,10 +471,15 @@ class TableBuilder:
         )
 
     def _flush(self, at_sector: int) -> bytes:
-        if self._group < 0 or not any(self._gt):
-            self._gt = [0] * GTES_PER_GT
+        if self._group < 0 or self._gt == _EMPTY_GT:
+            self._gt[:] = _EMPTY_GT
             return b""
         self._gd[self._group] = at_sector + 1
-        out = encode_metadata_marker(MARKER_GT, GT_SECTORS) + encode_table(self._gt)
-        self._gt = [0] * GTES_PER_GT
+        out = encode_metadata_marker(MARKER_GT, GT_SECTORS) + bytes(self._gt)
+        self._gt[:] = _EMPTY_GT
         return out
+
+
+_U32 = struct.Struct("<I")
+_GT_BYTES = GTES_PER_GT * 4  # 2048: four whole sectors, no padding
+_EMPTY_GT = bytes(_GT_BYTES)

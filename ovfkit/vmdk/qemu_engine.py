@@ -19,9 +19,11 @@ over the whole file. The copy is rewritten on the way so both engines hand out t
   (``format.encode_descriptor``, same adapter type, hardware version and geometry rule).
 
 Grains are copied byte for byte (qemu's zlib streams are valid RFC 1950 grains), only their sector
-offsets move, so nothing is re-compressed. Digests are computed on the bytes as they go to the
-sink. qemu-img runs on a thread of its own; progress callbacks and cancellation stay on the
-caller's thread.
+offsets move, so nothing is re-compressed. Everything around them (header, descriptor, grain
+tables, footer, the output with its offsets and digests) is the native writer's own
+(``ovfkit.vmdk.output``): the engines differ only in how grains are made. Digests are computed
+on the bytes as they go to the sink, in the caller's thread (qemu-img has the cores). qemu-img
+runs on a thread of its own; progress callbacks and cancellation stay on the caller's thread.
 
 qemu-img deflates on one thread, so a disk with enough data is cut into windows
 (``ovfkit.vmdk.parts``), each converted by a qemu-img of its own (qemu's raw driver with offset and
@@ -36,10 +38,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import secrets
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO, Protocol
 
 import xxhash
@@ -48,15 +49,17 @@ from ..disk import check_image
 from ..disk.mapped import MappedSource
 from ..disk.nbd import NbdSource
 from ..disk.raw import RawSource
+from ..disk.source import ImageSource
 from ..errors import OperationCancelledError, OvfkitIOError, VmdkFormatError
 from ..model import DiskSource
 from ..progress import CancelToken, Progress, ProgressCallback, check_cancel
 from ..qemu import img
 from . import format as fmt
-from .hashing import DigestTee
+from .hashing import Updatable
 from .options import VmdkOptions, VmdkResult
+from .output import VmdkOutput
 from .parts import plan_parts
-from .sink import write_all
+from .sink import Sink
 
 __all__ = [
     "FinishedFile",
@@ -66,7 +69,6 @@ __all__ = [
     "qemu_convert_options",
     "verify_early_grains",
     "walk_grains",
-    "write_vmdk",
     "write_vmdk_qemu",
 ]
 
@@ -77,27 +79,6 @@ MIN_PART = 128 * 1024 * 1024
 _COPY_CHUNK = 4 * 1024 * 1024
 # qemu-img's -o toolsversion: the value VMware writes for "tools unmanaged" (open-vm-tools#151).
 TOOLS_VERSION = 2147483647
-
-
-class _Sink(Protocol):
-    def write(self, data: bytes, /) -> int | None: ...
-
-
-class _Extent(Protocol):
-    @property
-    def start(self) -> int: ...
-    @property
-    def length(self) -> int: ...
-    @property
-    def zero(self) -> bool: ...
-
-
-class _ImageSource(Protocol):
-    @property
-    def capacity(self) -> int: ...
-    def extents(self) -> Iterator[_Extent]: ...
-    def readinto(self, offset: int, buf: memoryview) -> int: ...
-    def close(self) -> None: ...
 
 
 def qemu_convert_options(options: VmdkOptions) -> dict[str, object]:
@@ -389,38 +370,6 @@ class _Tail:
 _POLL = 0.25  # seconds between looks at qemu-img's growing file
 
 
-class _Out:
-    """The sink, its byte count and the digests of everything written."""
-
-    def __init__(self, sink: _Sink | BinaryIO, tee: DigestTee) -> None:
-        self.sink = sink
-        self.tee = tee
-        self.size = 0
-        self._pending: list[bytes | memoryview] = []
-        self._pending_size = 0
-
-    @property
-    def sector(self) -> int:
-        return (self.size + self._pending_size) // fmt.SECTOR
-
-    def write(self, data: bytes | memoryview) -> None:
-        # Small pieces (one grain each) are gathered so the digests and the sink see MiB writes.
-        self._pending.append(data)
-        self._pending_size += len(data)
-        if self._pending_size >= _COPY_CHUNK:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        data = b"".join(self._pending)
-        self._pending.clear()
-        self._pending_size = 0
-        self.tee.update(data)
-        self.size += len(data)
-        write_all(self.sink, data)
-
-
 def _check_header(header: fmt.SparseHeader) -> None:
     if not header.compressed or not header.has_markers or header.grain_size != fmt.GRAIN_SECTORS:
         raise VmdkFormatError(
@@ -432,28 +381,10 @@ def _check_header(header: fmt.SparseHeader) -> None:
 
 
 def _copy_repaired(
-    grains: Iterable[QemuGrain],
-    capacity_sectors: int,
-    out: _Out,
-    options: VmdkOptions,
-    on_group: Callable[[int], None],
+    grains: Iterable[QemuGrain], out: VmdkOutput, on_group: Callable[[int], None]
 ) -> int:
-    """Copy the grains (disk order, LBAs of the whole disk) to ``out`` in the native layout;
-    returns their number. ``on_group(lba)`` runs before each 512-grain group (progress,
-    cancellation)."""
-    descriptor = fmt.encode_descriptor(
-        capacity_sectors,
-        options.filename,
-        adapter_type=options.adapter_type,
-        hw_version=options.hw_version,
-        long_content_id=options.long_content_id or secrets.token_hex(16),
-        uuid=options.uuid if options.uuid is not None else secrets.token_bytes(16),
-    )
-    out.write(fmt.encode_header(fmt.stream_optimized_header(capacity_sectors)))
-    out.write(descriptor)
-    out.write(bytes((fmt.OVERHEAD_SECTORS - out.sector) * fmt.SECTOR))
-
-    tables = fmt.TableBuilder(capacity_sectors)
+    """Copy the grains (disk order, LBAs of the whole disk) to ``out``; returns their number.
+    ``on_group(lba)`` runs before each 512-grain group (progress, cancellation)."""
     group = -1
     count = 0
     for grain in grains:
@@ -461,15 +392,10 @@ def _copy_repaired(
         if index // fmt.GTES_PER_GT != group:
             group = index // fmt.GTES_PER_GT
             on_group(grain.lba)
-        out.write(tables.enter(index, out.sector))
-        tables.place(index, out.sector)
         # The marker's LBA is the whole disk's (a part's qemu-img wrote its own window's).
-        out.write(grain.lba.to_bytes(8, "little"))
-        out.write(memoryview(grain.data)[8:])
-        out.write(grain.pad)
+        pieces = (grain.lba.to_bytes(8, "little"), memoryview(grain.data)[8:], grain.pad)
+        out.put_grain(index, pieces, len(grain.data) + len(grain.pad))
         count += 1
-    out.write(tables.finish(out.sector))
-    out.flush()
     return count
 
 
@@ -514,7 +440,7 @@ def _temp_dir(sink: object, tmpdir: str | None) -> str:
     return tempfile.gettempdir()
 
 
-def _spill(source: _ImageSource, where: str, cancel: CancelToken | None) -> str:
+def _spill(source: ImageSource, where: str, cancel: CancelToken | None) -> str:
     """A sparse raw copy of an ImageSource qemu cannot open itself (e.g. MemorySource)."""
     fd, path = tempfile.mkstemp(prefix=".ovfkit-src-", suffix=".raw", dir=where)
     try:
@@ -540,12 +466,13 @@ def _spill(source: _ImageSource, where: str, cancel: CancelToken | None) -> str:
 
 
 def write_vmdk_qemu(
-    source: DiskSource | _ImageSource,
-    sink: _Sink | BinaryIO,
+    source: DiskSource | ImageSource,
+    sink: Sink | BinaryIO,
     options: VmdkOptions = VmdkOptions(engine="qemu-img"),  # noqa: B008 - frozen
     *,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    extra_hashes: Sequence[Updatable] = (),
     tmpdir: str | None = None,
     min_part: int = MIN_PART,
 ) -> VmdkResult:
@@ -674,22 +601,20 @@ def write_vmdk_qemu(
                 os.ftruncate(fd, 0)  # done with it: free the space before the next part ends
 
         try:
-            with DigestTee(options.digests, threaded=False) as tee:
-                out = _Out(sink, tee)
-                count = _copy_repaired(grains(), capacity_sectors, out, options, on_group)
-                digests = tee.hexdigests()
+            out = VmdkOutput(
+                sink, options, capacity_sectors, extra_hashes=extra_hashes, threaded=False
+            )
+            try:
+                count = _copy_repaired(grains(), out, on_group)
+                digests = out.finish()
+            finally:
+                out.close()
         except BaseException as e:
             err = pool.error()
             pool.end()
             if err is not None and err is not e and not isinstance(err, OperationCancelledError):
                 raise err from None  # qemu-img's failure is the cause of the copy's
             raise
-    flush = getattr(sink, "flush", None)
-    if flush is not None:
-        try:
-            flush()
-        except OSError as e:
-            raise OvfkitIOError(f"writing the VMDK failed: {e}") from e
     if progress is not None:
         progress(Progress(stage, capacity, capacity))
     return VmdkResult(
@@ -700,9 +625,6 @@ def write_vmdk_qemu(
         digests=digests,
     )
 
-
-# The name ovfkit.vmdk.writer dispatches to for engine="qemu-img".
-write_vmdk = write_vmdk_qemu
 
 
 def _nbd_of(source: object) -> NbdSource | None:

@@ -1,86 +1,51 @@
-"""Native streamOptimized VMDK writer: one pass, parallel deflate, digests on the way out.
+"""Native streamOptimized VMDK writer: worker processes make the grains, one coordinating thread
+puts them in order, a writer thread and digest threads take them out.
 
-Layout (VMware "Virtual Disk Format 5.0", "Stream-Optimized Compressed Sparse Extents", and the
-importer rules in docs/interop-rules.md):
+- The coordinating thread (the caller's) walks the source's data extents, cuts them into batches
+  of grains that stay inside one grain table, and sends each batch to a worker process together
+  with where to read it (``ovfkit.disk.source.Piece``: offsets in a raw file, or in the qcow2
+  layers ``qemu-img map`` places, and a spare qemu-nbd connection for the rest). Per batch it does
+  a fixed amount of Python work, whatever the number of grains: a message out, a message in, the
+  batch's grain table entries placed at once (``VmdkOutput.put_batch``).
+- Each worker (``ovfkit.vmdk.worker``) reads its batch with pread, deflates it
+  (``ovfkit.vmdk.grains``: zero grains dropped, incompressible grains stored), frames the grain
+  markers into a slot of memory shared with the parent and answers with their offsets in it.
+- The coordinating thread takes the answers in disk order and hands each slot to the output
+  (``ovfkit.vmdk.output``, the layout both engines share), whose writer thread calls the sink (one
+  ``writev`` of the slot) and whose digest threads hash it; the slot goes back to its worker once
+  both are done, so memory is bounded by the slots: a few MiB per worker, whatever the disk size.
 
-    header (gdOffset = GD_AT_END) | descriptor (sectors 1..20) | zero pad to sector 128
-    grain markers, ascending LBA; after the last grain of each 512-grain group: GT marker + GT
-    GD marker + GD | footer marker + footer (header copy, real gdOffset) | EOS marker
-
-so the last three sectors are footer marker, footer, end-of-stream (qemu reads the footer at
-end - 1536), and a grain table is written as soon as its group is complete: memory does not grow
-with the disk. Only data extents are read; all-zero grains are skipped. Grains are compressed in
-batches on a thread pool (isal and zlib release the GIL) and written back in order; the file
-offsets of grains are assigned only when a batch is written, so the sink needs only ``write()``;
-a sink that also has ``writev(pieces)`` gets each batch's markers and grains unjoined.
+A worker that dies (a crash, SIGKILL, SIGBUS) or fails to read ends the write with an ovfkit error
+(SYS.1016 for the source's I/O); the parent never maps the source, so a source truncated during
+the export cannot take the process down. Why processes and not threads: ARCHITECTURE.md.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
-import secrets
-import zlib
+import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from types import ModuleType
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
+from .. import errors
 from .._args import require, require_hooks
-from ..disk.source import ImageSource
+from ..disk.source import PIECE_NBD, ImageSource
 from ..errors import InvalidArgumentError, OperationFailedError, OvfkitIOError
 from ..model import DiskSource
 from ..progress import CancelToken, Progress, ProgressCallback, check_cancel
 from . import format as fmt
-from .hashing import DigestTee
+from .grains import GRAIN_SIZE
+from .hashing import Updatable
 from .options import VmdkOptions, VmdkResult
-from .sink import Sink, write_all
+from .output import VmdkOutput
+from .sink import Sink
+from .worker import DONE, MAX_PIECES, PIECE, PIECE_INPUT, READY
+from .workers import Crew, Member
 
-_isal: ModuleType | None
-try:  # isal: the same RFC 1950 streams as zlib, several times faster (issue 3 measurements)
-    from isal import isal_zlib as _isal
-except ImportError:  # pragma: no cover - isal is a dependency; stdlib zlib is the fallback
-    _isal = None
+__all__ = ["Sink", "VmdkOptions", "VmdkResult", "batch_grains", "write_vmdk"]
 
-__all__ = [
-    "BATCH_GRAINS",
-    "Sink",
-    "VmdkOptions",
-    "VmdkResult",
-    "compressor",
-    "grain_streams",
-    "write_vmdk",
-]
-
-G = fmt.GRAIN_SIZE
-BATCH_GRAINS = 64  # 4 MiB per task; divides GTES_PER_GT so a batch never spans two grain tables
-_ZERO_GRAIN = bytes(G)
-_MAX_SECTOR = 2**32 - 1  # grain table and directory entries are u32 sector offsets
-_ZLIB_LEVEL = {0: 1, 1: 1, 2: 6, 3: 9}  # isal level -> nearest stdlib zlib level (fallback)
-
-
-Compress = Callable[[memoryview], bytes]
-
-
-def compressor(level: int) -> Compress:
-    """A function compressing one grain into a zlib (RFC 1950) stream: isal at ``level`` (0-3),
-    else stdlib zlib at the nearest level. qemu and VMware inflate with zlib's uncompress()."""
-    if _isal is not None:
-        isal = _isal
-
-        def compress_isal(data: memoryview) -> bytes:
-            out: bytes = isal.compress(data, level)
-            return out
-
-        return compress_isal
-
-    zlevel = _ZLIB_LEVEL[level]
-
-    def compress_zlib(data: memoryview) -> bytes:
-        return zlib.compress(data, zlevel)
-
-    return compress_zlib
+G = GRAIN_SIZE
 
 
 def write_vmdk(
@@ -90,14 +55,18 @@ def write_vmdk(
     *,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    extra_hashes: Sequence[Updatable] = (),
 ) -> VmdkResult:
     """Write ``source`` (a model DiskSource, opened with ovfkit.disk.open_source, or an open
-    ImageSource) as a streamOptimized VMDK to ``sink``, which needs only ``write()``.
+    ImageSource) as a streamOptimized VMDK to ``sink``, which needs only ``write()`` (an
+    optional ``writev(pieces)`` is used when present; see ovfkit.vmdk.sink for both, called
+    from one writer thread). ``extra_hashes``: running hash objects (anything with
+    ``update``) fed every byte of the VMDK too, in order, in the digest threads.
 
-    Raises InvalidArgumentError for bad options, OvfkitIOError when the source or sink fails,
-    OperationCancelledError when ``cancel`` is set (the sink then holds a partial file: the
-    caller removes it), OperationFailedError if the disk needs more than the format's 2 TiB of
-    sector offsets.
+    Raises InvalidArgumentError for bad arguments or options, OvfkitIOError when the source or
+    sink fails, OperationCancelledError when ``cancel`` is set (the sink then holds a partial
+    file: the caller removes it), OperationFailedError if the disk needs more than the format's
+    2 TiB of sector offsets or a worker process fails.
     """
     if not isinstance(source, DiskSource) and not callable(getattr(source, "readinto", None)):
         raise InvalidArgumentError(
@@ -110,19 +79,51 @@ def write_vmdk(
     if options.engine == "qemu-img":
         from .qemu_engine import write_vmdk_qemu  # lazy: the qemu-img subprocess edge
 
-        return write_vmdk_qemu(source, sink, options, progress=progress, cancel=cancel)
+        return write_vmdk_qemu(
+            source, sink, options, progress=progress, cancel=cancel, extra_hashes=extra_hashes
+        )
+    workers = options.threads or _cores()
     if isinstance(source, DiskSource):
         from ..disk import open_source  # lazy: qemu-img and qemu-nbd edges
 
-        with open_source(source, force_shared=options.force_shared) as opened:
-            return _write_native(opened, sink, options, progress, cancel)
-    return _write_native(source, sink, options, progress, cancel)
+        with open_source(
+            source, force_shared=options.force_shared, nbd_spares=workers
+        ) as opened:
+            return _write_native(opened, sink, options, workers, progress, cancel, extra_hashes)
+    return _write_native(source, sink, options, workers, progress, cancel, extra_hashes)
 
 
-def _grain_runs(source: ImageSource, capacity: int) -> Iterator[tuple[int, int]]:
-    """Ranges [g0, g1) of grains touched by data extents, merged, cut into batches that stay
-    inside one grain table (BATCH_GRAINS divides GTES_PER_GT)."""
-    run: list[int] | None = None
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - Linux has it
+        return os.cpu_count() or 1
+
+
+def batch_grains(workers: int) -> int:
+    """Grains per batch for ``workers`` workers: 64 (4 MiB of disk) up to 4 workers, 32 up to
+    8, 16 beyond, so the shared memory each worker fills stays ~2 MiB once there are many
+    (peak RSS summed over the processes, ARCHITECTURE.md). Each size divides a grain table's
+    512 grains, so no batch spans two tables; the output is the same for any (grains.py)."""
+    return 64 if workers <= 4 else 32 if workers <= 8 else 16
+
+
+def _slots(workers: int) -> int:
+    """Slots per worker: one it fills while the others wait to be written in disk order."""
+    return 3 if workers <= 4 else 2
+
+
+Window = tuple[int, int, list[tuple[int, int]]]
+
+
+def _windows(source: ImageSource, capacity: int, batch: int) -> Iterator[Window]:
+    """(first grain, grains, data byte ranges) of each window of ``batch`` grains, aligned on
+    ``batch``, that the source's data extents touch: one batch each, whatever the number of
+    extents in it. ``batch`` divides GTES_PER_GT, so no window spans two grain tables."""
+    span = batch * G
+    total = -(-capacity // G)
+    current = -1
+    ranges: list[tuple[int, int]] = []
     prev_end = 0
     for ext in source.extents():
         if ext.start < prev_end:  # grains must go out in ascending LBA order
@@ -132,377 +133,223 @@ def _grain_runs(source: ImageSource, capacity: int) -> Iterator[tuple[int, int]]
         prev_end = ext.start + max(ext.length, 0)
         if ext.zero or ext.length <= 0:
             continue
-        end = min(ext.start + ext.length, capacity)
-        if end <= ext.start:
-            continue
-        g0, g1 = ext.start // G, -(-end // G)
-        if run is not None and g0 <= run[1]:
-            run[1] = max(run[1], g1)
-            continue
-        if run is not None:
-            yield from _cut(run[0], run[1])
-        run = [g0, g1]
-    if run is not None:
-        yield from _cut(run[0], run[1])
-
-
-def _cut(g0: int, g1: int) -> Iterator[tuple[int, int]]:
-    while g0 < g1:
-        stop = min(g1, (g0 // BATCH_GRAINS + 1) * BATCH_GRAINS)
-        yield g0, stop
-        g0 = stop
-
-
-Pieces = list[bytes | memoryview]
-
-
-def grain_streams(
-    view: memoryview, count: int, compress: Compress, zero: bytes
-) -> Iterator[tuple[int, Pieces, int]]:
-    """(index, zlib stream in pieces, its length) of each non-zero grain of the first ``count``
-    grains of ``view``, in order; ``zero`` is ``compress`` of a zero grain.
-
-    A grain is all zeros exactly when it compresses to ``zero`` (deflate is lossless and
-    deterministic). Testing the bytes in Python instead would touch a mapped batch's pages while
-    holding the GIL, taking its page faults there (py-spy: the busiest GIL holder); in the
-    compressor they are taken without it, on all cores. A zero grain compresses in ~11 us.
-
-    Incompressible data (media, archives, encrypted volumes) comes in runs: after a grain that
-    did not shrink, the next is probed (``_looks_incompressible``) and, if it looks the same,
-    stored without searching it for matches (``fmt.zlib_stored``): ~20 us instead of ~100 us of
-    isal for 64 KiB of random bytes, and the same size (isal stores such data too). A stored
-    grain's pieces include views of ``view``."""
-    incompressible = False
-    for k in range(count):
-        o = k * G
-        grain = view[o : o + G]
-        if incompressible and _looks_incompressible(grain):
-            yield k, fmt.zlib_stored(grain, _adler32(grain)), G + _STORED_OVERHEAD
-            continue
-        compressed = compress(grain)
-        if compressed == zero:
-            incompressible = False
-            continue
-        size = len(compressed)
-        incompressible = _PROBE_LEVEL is not None and size >= G
-        yield k, [compressed], size
-
-
-def _compress_batch(
-    buf: bytearray | memoryview, first: int, count: int, compress: Compress, zero: bytes
-) -> tuple[Pieces, list[tuple[int, int]], int]:
-    """Grain markers for the non-zero grains of ``buf`` (``grain_streams``) as pieces to be
-    written in order; the (grain, sector offset in the batch's output) of each, and the output's
-    length. Runs on a pool thread. The pieces are not joined here: a sink with ``writev`` takes
-    them as they are (the join was a 1.3 GB copy holding the GIL, 0.7 s of the reference
-    export, py-spy --gil); a stored grain's piece is a view of ``buf``."""
-    parts: Pieces = []
-    where: list[tuple[int, int]] = []
-    rel = 0
-    with memoryview(buf) as view:  # released before the caller unmaps ``buf``
-        for k, data, size in grain_streams(view, count, compress, zero):
-            head, pad = fmt.grain_marker_frame((first + k) * fmt.GRAIN_SECTORS, size)
-            parts.append(head)
-            parts += data
-            parts.append(pad)
-            where.append((first + k, rel))
-            rel += (len(head) + size + len(pad)) // fmt.SECTOR
-    return parts, where, rel * fmt.SECTOR
-
-
-_STORED_OVERHEAD = 16  # zlib head 2 + two stored-block heads 2 x 5 + Adler-32 4, for 64 KiB
-_PROBE = 1024
-_PROBES = (0, G // 2 - _PROBE // 2, G - _PROBE)
-# isal level 0 (static Huffman codes, no table building: ~4 us per KiB) turns 1 KiB of random
-# bytes into 1.32-1.36 KiB, and text or code into far less than 1 KiB.
-_RANDOM_LIKE = _PROBE * 5 // 4
-_PROBE_LEVEL: int | None = 0 if _isal is not None else None
-
-
-def _looks_incompressible(grain: memoryview) -> bool:
-    """Three 1 KiB probes (start, middle, end) all deflate to more than they hold."""
-    if _isal is None:  # pragma: no cover - isal is a dependency
-        return False
-    return all(len(_isal.compress(grain[o : o + _PROBE], 0)) >= _RANDOM_LIKE for o in _PROBES)
-
-
-def _adler32(data: memoryview) -> int:
-    return _isal.adler32(data) if _isal is not None else zlib.adler32(data)
-
-
-_MAP_WINDOW = 32 << 20  # 8 batches; a multiple of mmap.ALLOCATIONGRANULARITY and of a batch
-
-
-class _SourceMap:
-    """A raw file's bytes, mapped ``_MAP_WINDOW`` bytes at a time: compressing straight from the
-    page cache saves copying every byte into a buffer first (preadv's copy was ~14% of the
-    writer's CPU time). A window is unmapped once its last batch is written, so RSS does not
-    grow with the disk (mapped page-cache pages count in RSS). Windows rather than one map per
-    batch: every munmap stops the other cores for a TLB shootdown, and per 4 MiB batch the
-    mmap/munmap pair took ~2.3 ms of the feeding thread on the 2-core test VM (py-spy).
-
-    ``view`` returns None (read instead) when the range is not wholly inside the file: touching
-    a mapped page past the end of the file raises SIGBUS, so the size is checked just before
-    mapping (a raw image truncated during an export, between that check and the read, is the
-    one case left; an exported volume is locked against qemu writers, see
-    ovfkit.disk.open_source). A block device's st_size is 0: it is always read."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._current: mmap.mmap | None = None
-        self._current_start = -1
-        self._users: dict[int, int] = {}  # id(window) -> batches not yet written
-        self._closing: list[mmap.mmap] = []  # unmapped as soon as no view of them is left
-
-    def view(self, start: int, length: int) -> tuple[mmap.mmap, memoryview] | None:
-        base = start - start % _MAP_WINDOW
-        if self._current is None or self._current_start != base:
-            self._retire()
-            try:
-                size = os.fstat(self.fd).st_size
-                if size < start + length:
-                    return None
-                window = mmap.mmap(
-                    self.fd, min(_MAP_WINDOW, size - base), prot=mmap.PROT_READ, offset=base
-                )
-            except (OSError, ValueError):
-                return None
-            self._current, self._current_start = window, base
-            self._users[id(window)] = 0
-        window = self._current
-        if start + length > base + len(window):  # pragma: no cover - a batch is inside
-            return None
-        self._users[id(window)] += 1
-        return window, memoryview(window)[start - base : start - base + length]
-
-    def done(self, window: mmap.mmap, view: memoryview) -> None:
-        """A batch of ``window`` is written: drop its view, unmap a window nobody uses."""
-        view.release()
-        self._users[id(window)] -= 1
-        if window is not self._current and not self._users[id(window)]:
-            del self._users[id(window)]
-            self._unmap(window)
-        self._reap()
-
-    def _retire(self) -> None:
-        window, self._current = self._current, None
-        if window is not None and not self._users[id(window)]:
-            del self._users[id(window)]
-            self._unmap(window)
-
-    def _unmap(self, window: mmap.mmap) -> None:
-        self._closing.append(window)
-        self._reap()
-
-    def _reap(self) -> None:
-        """Unmap the windows nothing holds a view of any more: stored grains written through
-        ``writev`` are views that the digest threads may still be reading."""
-        still: list[mmap.mmap] = []
-        for window in self._closing:
-            try:
-                window.close()
-            except BufferError:
-                still.append(window)
-        self._closing = still
-
-    def close(self, windows: Iterable[mmap.mmap] = ()) -> None:
-        """Unmap the current window and ``windows`` (those of batches not written, their views
-        released). A window something still holds a view of (a digest thread, a failed batch's
-        traceback) stays listed for the next call, else for the garbage collector."""
-        if self._current is not None:
-            self._closing.append(self._current)
-            self._current = None
-        self._closing += [w for w in windows if w not in self._closing]
-        self._reap()
-        self._users.clear()
-
-
-class _Out:
-    """The sink with its offset, digests and the 2 TiB check."""
-
-    def __init__(self, sink: Sink | BinaryIO, tee: DigestTee) -> None:
-        self.sink = sink
-        self.tee = tee
-        self.size = 0
-
-    @property
-    def sector(self) -> int:
-        return self.size // fmt.SECTOR
-
-    def write(self, data: bytes) -> None:
-        if not data:
-            return
-        if (self.size + len(data)) // fmt.SECTOR > _MAX_SECTOR:
-            raise OperationFailedError(
-                "streamOptimized VMDK output would exceed 2 TiB (u32 sector offsets)"
-            )
-        self.tee.update(data)
-        self.size += len(data)
-        write_all(self.sink, data)
-
-    def write_pieces(self, pieces: Pieces, nbytes: int) -> None:
-        """``pieces`` (``nbytes`` in all) in order: gathered by the sink's ``writev`` where it
-        has one (the kernel copies them without the GIL), else joined and written."""
-        if (self.size + nbytes) // fmt.SECTOR > _MAX_SECTOR:
-            raise OperationFailedError(
-                "streamOptimized VMDK output would exceed 2 TiB (u32 sector offsets)"
-            )
-        writev = getattr(self.sink, "writev", None)
-        if writev is None:
-            self.write(b"".join(pieces))
-            return
-        self.tee.update_many(pieces)
-        self.size += nbytes
-        try:
-            writev(pieces)
-        except OSError as e:
-            raise OvfkitIOError(f"writing the VMDK failed: {e}") from e
+        start, end = ext.start, min(ext.start + ext.length, capacity)
+        while start < end:
+            w = start // span
+            stop = min(end, (w + 1) * span)
+            if w != current:
+                if ranges:
+                    yield current * batch, min(batch, total - current * batch), ranges
+                current, ranges = w, []
+            if ranges and ranges[-1][1] == start:
+                ranges[-1] = (ranges[-1][0], stop)
+            else:
+                ranges.append((start, stop))
+            start = stop
+    if ranges:
+        yield current * batch, min(batch, total - current * batch), ranges
 
 
 def _write_native(
     source: ImageSource,
     sink: Sink | BinaryIO,
     options: VmdkOptions,
+    workers: int,
     progress: ProgressCallback | None,
     cancel: CancelToken | None,
+    extra_hashes: Sequence[Updatable],
 ) -> VmdkResult:
     stage = f"disk {options.filename}"
-    capacity_sectors = fmt.sectors_for(source.capacity)
     capacity = source.capacity
-    long_content_id = options.long_content_id or secrets.token_hex(16)
-    disk_uuid = options.uuid if options.uuid is not None else secrets.token_bytes(16)
-    descriptor = fmt.encode_descriptor(
-        capacity_sectors,
-        options.filename,
-        adapter_type=options.adapter_type,
-        hw_version=options.hw_version,
-        long_content_id=long_content_id,
-        uuid=disk_uuid,
+    capacity_sectors = fmt.sectors_for(capacity)
+    grains = batch_grains(workers)
+    direct = callable(getattr(source, "direct_pieces", None))
+    crew = Crew(
+        workers,
+        level=options.compress_level,
+        batch_grains=grains,
+        slots=_slots(workers),
+        files=list(source.direct_files()) if direct else [],  # type: ignore[attr-defined]
+        nbd=source if hasattr(source, "take_spare") else getattr(source, "nbd", None),
     )
-    threads = options.threads or os.cpu_count() or 1
-    compress = compressor(options.compress_level)
-    zero = compress(memoryview(_ZERO_GRAIN))
-    tables = fmt.TableBuilder(capacity_sectors)
-    grains = 0
-
-    with (
-        DigestTee(options.digests) as tee,
-        ThreadPoolExecutor(threads, thread_name_prefix="ovfkit-deflate") as pool,
-    ):
-        out = _Out(sink, tee)
-        out.write(fmt.encode_header(fmt.stream_optimized_header(capacity_sectors)))
-        out.write(descriptor)
-        out.write(bytes((fmt.OVERHEAD_SECTORS - out.sector) * fmt.SECTOR))
-
-        def emit(
-            first: int, done: int, pieces: Pieces, nbytes: int, where: list[tuple[int, int]]
-        ) -> None:
-            nonlocal grains
-            out.write(tables.enter(first, out.sector))  # batches never cross a grain table
-            base = out.sector
-            out.write_pieces(pieces, nbytes)
-            for g, rel in where:
-                tables.place(g, base + rel)
-            grains += len(where)
-            if progress is not None:
-                progress(Progress(stage, min(done, capacity), capacity))
-
-        Batch = bytearray | memoryview
-        Job = tuple[
-            int, int, Batch, mmap.mmap | None, Future[tuple[Pieces, list[tuple[int, int]], int]]
-        ]
-        pending: deque[Job] = deque()
-        limit = 2 * threads + 1  # batches in flight: bounded memory (about 8 MiB each)
-        # Read buffers are recycled: fresh 4 MiB buffers cost a page fault per 4 KiB.
-        free: list[bytearray] = []
-        # A raw file is mapped rather than read (see _SourceMap).
-        raw_fd = _raw_fd(source)
-        mapped = _SourceMap(raw_fd) if raw_fd is not None else None
-
-        def finish(job: Job) -> None:
-            first, done, buf, window, fut = job
-            pieces, where, nbytes = fut.result()
-            if isinstance(buf, bytearray):
-                # Stored grains are views of ``buf``, which is read into again: copy them out.
-                pieces = [b"".join(pieces)]
-            emit(first, done, pieces, nbytes, where)
-            del pieces  # hold no view of the window it may unmap below
-            if isinstance(buf, bytearray):
-                free.append(buf)
-            elif mapped is not None and window is not None:
-                mapped.done(window, buf)
-
-        try:
-            for g0, g1 in _grain_runs(source, capacity):
-                check_cancel(cancel, stage)
-                start = g0 * G
-                want = min(g1 * G, capacity) - start
-                batch: Batch | None = None
-                window: mmap.mmap | None = None
-                if mapped is not None and want == (g1 - g0) * G:
-                    got = mapped.view(start, want)
-                    if got is not None:
-                        window, batch = got
-                if batch is None:
-                    buf = free.pop() if free else bytearray(BATCH_GRAINS * G)
-                    view = memoryview(buf)
-                    _read(source, start, view[:want])
-                    if want < (g1 - g0) * G:  # the disk ends inside the last grain: zero it
-                        view[want : (g1 - g0) * G] = bytes((g1 - g0) * G - want)
-                    del view
-                    batch = buf
-                fut = pool.submit(_compress_batch, batch, g0, g1 - g0, compress, zero)
-                pending.append((g0, g1 * G, batch, window, fut))
-                while len(pending) > limit:
-                    finish(pending.popleft())
-            while pending:
-                check_cancel(cancel, stage)
-                finish(pending.popleft())
-        except BaseException:
-            for job in pending:
-                job[4].cancel()
-            raise
-        finally:
-            if mapped is not None:
-                # After a failure: let running batches end before their windows are unmapped.
-                wait([job[4] for job in pending])
-                for job in pending:
-                    if isinstance(job[2], memoryview):
-                        job[2].release()
-                mapped.close(job[3] for job in pending if job[3] is not None)
-            if raw_fd is not None:
-                os.close(raw_fd)
-        out.write(tables.finish(out.sector))
-        digests = tee.hexdigests()
-        if mapped is not None:
-            mapped.close()  # the digests no longer hold views of the last windows
+    out = VmdkOutput(sink, options, capacity_sectors, extra_hashes=extra_hashes)
+    ok = False
     try:
-        flush = getattr(sink, "flush", None)
-        if flush is not None:
-            flush()
-    except OSError as e:
-        raise OvfkitIOError(f"writing the VMDK failed: {e}") from e
+        pump = _Pump(source, direct, out, crew, stage, progress, cancel)
+        pump.run(_windows(source, capacity, grains))
+        digests = out.finish()
+        ok = True
+    finally:
+        out.close()  # first: no thread may still read a slot when the crew unmaps them
+        crew.close(ok=ok)
     if progress is not None:
         progress(Progress(stage, capacity, capacity))
     return VmdkResult(
         size=out.size,
         capacity=capacity_sectors * fmt.SECTOR,
-        populated_size=grains * G,
-        grains=grains,
+        populated_size=out.grains * G,
+        grains=out.grains,
         digests=digests,
     )
 
 
-def _raw_fd(source: ImageSource) -> int | None:
-    """A descriptor of the file under a raw source, to map it; None for any other source."""
-    from ..disk.raw import RawSource  # lazy: the writer itself needs no disk edge
+_POLL = 0.25  # seconds between looks at cancel and the writer thread while waiting for a slot
+_PROGRESS_EVERY = 0.1
 
-    if type(source) is not RawSource:
-        return None
-    try:
-        return os.open(source.path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None  # read through the source as usual
+
+class _Pump:
+    """The coordinating thread's loop: batches out to the crew, answers back in disk order."""
+
+    def __init__(
+        self,
+        source: ImageSource,
+        direct: bool,
+        out: VmdkOutput,
+        crew: Crew,
+        stage: str,
+        progress: ProgressCallback | None,
+        cancel: CancelToken | None,
+    ) -> None:
+        self.source = source
+        self.direct = direct
+        self.out = out
+        self.crew = crew
+        self.stage = stage
+        self.progress = progress
+        self.cancel = cancel
+        self.capacity = source.capacity
+        # seq, first grain, count, the worker, its slot
+        self.inflight: deque[tuple[int, int, int, Member, int]] = deque()
+        self.seq = 0
+        self._shown = 0.0
+
+    def run(self, windows: Iterator[Window]) -> None:
+        for first, count, ranges in windows:
+            check_cancel(self.cancel, self.stage)
+            got = self.crew.pick()
+            while got is None:  # every slot in use: take the oldest answer, or wait for a slot
+                if self.inflight:
+                    self._collect()
+                else:
+                    self._wait_for_slot()
+                got = self.crew.pick()
+            member, slot = got
+            pieces = self._pieces(member, slot, first * G, ranges)
+            self.seq = (self.seq + 1) & 0xFFFFFFFF
+            try:
+                self.crew.send(member, slot, self.seq, first, count, pieces)
+            except OSError:  # its socket is closed: the worker died
+                raise _died(member, first, count) from None
+            self.inflight.append((self.seq, first, count, member, slot))
+        while self.inflight:
+            check_cancel(self.cancel, self.stage)
+            self._collect()
+
+    def _pieces(
+        self, member: Member, slot: int, start: int, ranges: list[tuple[int, int]]
+    ) -> bytes:
+        """The batch's PIECE records for its data ``ranges``; bytes the worker cannot read
+        itself are read here into the slot's input part (a source with no direct reads, NBD
+        without a spare connection, a batch in too many pieces)."""
+        if self.direct:
+            where = self.source.direct_pieces  # type: ignore[attr-defined]
+            pieces = [p for lo, hi in ranges for p in where(lo, hi - lo)]
+            if len(pieces) <= MAX_PIECES:
+                packed = bytearray()
+                for offset, length, kind, file, at in pieces:
+                    rel = offset - start
+                    if kind == PIECE_NBD and not member.nbd:
+                        self._read_input(member, slot, start, rel, length)
+                        kind, file, at = PIECE_INPUT, 0, 0
+                    packed += PIECE.pack(rel, length, kind, file, at)
+                return bytes(packed)
+        packed = bytearray()
+        for lo, hi in ranges:
+            self._read_input(member, slot, start, lo - start, hi - lo)
+            packed += PIECE.pack(lo - start, hi - lo, PIECE_INPUT, 0, 0)
+        return bytes(packed)
+
+    def _read_input(self, member: Member, slot: int, start: int, rel: int, length: int) -> None:
+        view = self.crew.input_view(member, slot)
+        try:
+            _read(self.source, start + rel, view[rel : rel + length])
+        finally:
+            view.release()
+
+    def _collect(self) -> None:
+        """Wait for the oldest batch's answer and hand its grains to the output."""
+        seq, first, count, member, slot = self.inflight[0]
+        msg = self._answer(member)
+        self.inflight.popleft()
+        member.outstanding -= 1
+        if not msg:
+            raise _died(member, first, count)
+        if msg[:1] != b"D":
+            raise _failed(msg)
+        _, got_seq, nbytes, grains = DONE.unpack_from(msg)
+        offsets = msg[DONE.size : DONE.size + 4 * count]
+        made = msg[DONE.size + 4 * count : DONE.size + 8 * count]
+        if got_seq != seq or nbytes > self.crew.out_size or len(made) != 4 * count:
+            raise errors.InternalError(f"disk worker {member.worker.pid} answered out of turn")
+        if grains:
+            self.out.put_batch(
+                first,
+                count,
+                self.crew.output_view(member, slot, nbytes),
+                offsets,
+                made,
+                grains,
+                member.release[slot],
+            )
+        else:
+            member.free.append(slot)
+        if self.progress is not None:
+            now = time.monotonic()
+            if now - self._shown >= _PROGRESS_EVERY:
+                self._shown = now
+                done = min((first + count) * G, self.capacity)
+                self.progress(Progress(self.stage, done, self.capacity))
+
+    def _answer(self, member: Member) -> bytes:
+        while True:
+            msg = member.worker.recv()
+            if msg == READY and not member.ready:
+                member.ready = True
+                continue
+            if msg is not None:
+                return msg
+            self._check()
+
+    def _wait_for_slot(self) -> None:
+        while not self.crew.take_released(_POLL):
+            self._check()
+
+    def _check(self) -> None:
+        check_cancel(self.cancel, self.stage)
+        if self.out.error is not None:
+            raise self.out.error
+
+
+def _died(member: Member, first: int, count: int) -> errors.OvfkitError:
+    how = member.worker.how_it_ended()
+    where = f"bytes {first * G}..{(first + count) * G} of the disk"
+    if "SIGBUS" in how:  # a fault reading a mapping: the source's storage failed or shrank
+        return OvfkitIOError(
+            f"the disk worker reading {where} {how}: the source failed or was truncated"
+            " while it was read"
+        )
+    return OperationFailedError(f"the disk worker reading {where} {how}")
+
+
+def _failed(msg: bytes) -> errors.OvfkitError:
+    kind, _, details = msg[_FAIL_TEXT:].decode("utf-8", "replace").partition("\0")
+    cls = getattr(errors, kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.OvfkitError)):
+        cls = OperationFailedError
+    return cls(details)
+
+
+_FAIL_TEXT = 5  # FAIL's tag and seq
 
 
 def _read(source: ImageSource, offset: int, view: memoryview) -> None:
