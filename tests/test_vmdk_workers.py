@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import io
+import itertools
 import os
 import signal
 import subprocess
@@ -18,10 +19,12 @@ from pathlib import Path
 
 import pytest
 from conftest import KiB, MakeImage, MiB, random_bytes, text_like
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_ova_writer import make_vm
 from test_vmdk_writer import LONG_ID, check_with_tools, fixed
 
-from ovfkit.disk import MappedSource, MemorySource, RawSource, open_source
+from ovfkit.disk import Extent, MappedSource, MemorySource, RawSource, open_source
 from ovfkit.errors import (
     OperationCancelledError,
     OperationFailedError,
@@ -92,13 +95,19 @@ def test_same_bytes_for_any_worker_count_and_batch_size(
 ) -> None:
     raw = mixed_disk(tmp_path / "disk.raw", 40 * MiB - 700)
     data = raw.read_bytes()
+    probe = RawSource(raw)
+    holes = [(e.start, e.length) for e in probe.extents() if e.zero]
+    probe.close()
+    assert len(holes) > 3
     outputs = []
     for threads, batch in [(1, None), (2, None), (3, None), (2, 16), (3, 32)]:
         if batch is not None:
             monkeypatch.setattr(writer_mod, "batch_grains", lambda _w, b=batch: b)
         for source in ("raw", "memory"):
             sink = io.BytesIO()
-            src = RawSource(raw) if source == "raw" else MemorySource(data)
+            # The memory source reports the raw file's holes: several ranges per batch, read
+            # by the parent for the workers.
+            src = RawSource(raw) if source == "raw" else MemorySource(data, holes)
             try:
                 result = write_vmdk(src, sink, fixed(threads=threads))
             finally:
@@ -112,6 +121,65 @@ def test_same_bytes_for_any_worker_count_and_batch_size(
     out = tmp_path / "disk.vmdk"
     out.write_bytes(outputs[0])
     check_with_tools(out, raw, -(-len(data) // 512) * 512)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    extents=st.lists(
+        st.tuples(st.integers(0, 3 * 512 * 64 * KiB), st.integers(1, 5 * MiB), st.booleans()),
+        max_size=12,
+    ),
+    batch=st.sampled_from([16, 32, 64]),
+    tail=st.integers(0, 70_000),
+)
+def test_batches_cover_the_data_within_grain_tables(
+    extents: list[tuple[int, int, bool]], batch: int, tail: int
+) -> None:
+    """Batches: ascending, each inside one grain table, at most ``batch`` grains touched,
+    their ranges exactly the data extents (clipped to capacity)."""
+    points = sorted({0, *(s for s, _, _ in extents), *(s + n for s, n, _ in extents)})
+    capacity = points[-1] + tail if points[-1] + tail > 0 else 1
+    kinds = {s: z for s, _, z in extents}
+    exts = [
+        Extent(a, b - a, kinds.get(a, True)) for a, b in itertools.pairwise([*points, capacity])
+        if b > a
+    ]
+
+    class Src(MemorySource):
+        def extents(self) -> Iterator[Extent]:
+            return iter(exts)
+
+        @property
+        def capacity(self) -> int:
+            return capacity
+
+    got = list(writer_mod._batches(Src(b""), capacity, batch))
+    g = 64 * KiB
+    covered: list[tuple[int, int]] = []
+    last = -1
+    for first, count, ranges in got:
+        assert first > last and 0 < count <= 512
+        assert first // 512 == (first + count - 1) // 512
+        touched = {k for lo, hi in ranges for k in range(lo // g, -(-hi // g))}
+        assert len(touched) <= batch and min(touched) == first
+        assert max(touched) == first + count - 1
+        last = max(touched)
+        covered += ranges
+    merged: list[tuple[int, int]] = []
+    for lo, hi in covered:
+        if merged and merged[-1][1] == lo:
+            merged[-1] = (merged[-1][0], hi)
+        else:
+            merged.append((lo, hi))
+    want: list[tuple[int, int]] = []
+    for e in exts:
+        if not e.zero and e.start < capacity:
+            lo, hi = e.start, min(e.start + e.length, capacity)
+            if want and want[-1][1] == lo:
+                want[-1] = (want[-1][0], hi)
+            else:
+                want.append((lo, hi))
+    assert merged == want
 
 
 def test_qcow2_through_workers_same_bytes_as_raw(

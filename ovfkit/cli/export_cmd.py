@@ -54,7 +54,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--engine", choices=("native", "qemu-img"), default="native",
                         help="VMDK engine (default native)")
     parser.add_argument("--threads", type=_positive, metavar="N",
-                        help="compression threads (native) or qemu-img processes at once "
+                        help="worker processes (native) or qemu-img processes at once "
                         "(qemu-img engine); default one per core")
     parser.add_argument("--sign", metavar="KEY", help="RSA private key (PEM) signing the manifest")
     parser.add_argument("--cert", metavar="CERT", help="X.509 certificate (PEM) of --sign's key")

@@ -24,7 +24,8 @@ class VmdkOptions:
     """``engine``: "native" (ovfkit's parallel writer) or "qemu-img". ``adapter_type`` and
     ``hw_version`` go to the descriptor (ddb.adapterType, ddb.virtualHWVersion). ``digests``:
     the algorithms computed over the bytes written (any of DIGEST_ALGORITHMS). ``threads``:
-    compression threads, None = all cores.
+    worker processes that read and compress the disk (native engine; ovfkit.vmdk.writer), or
+    qemu-img processes (qemu-img engine); None = one per core.
 
     Extensions to the ARCHITECTURE contract, all defaulted: ``filename`` is the extent file name
     the embedded descriptor names (the member name in the OVA); ``compress_level`` the isal level

@@ -12,9 +12,14 @@ __all__ = ["Sink", "write_all"]
 class Sink(Protocol):
     """Where the VMDK goes: anything with ``write()`` (a file, a pipe, a socket file, a tar
     member writer). A short write is continued; None (non-blocking, nothing taken) is retried.
-    The native writer also uses an optional ``writev(pieces)`` (write a list of bytes-like
-    pieces, all of them, in order; OSError on failure) to hand its grains over without joining
-    them first."""
+    An optional ``writev(pieces)`` (write a list of bytes-like pieces, all of them, in order;
+    OSError on failure) is used when present, to hand batches of grains over without joining
+    them first.
+
+    The native writer calls the sink from its writer thread (ovfkit.vmdk.output), one call at
+    a time, in order; ``write`` or ``writev`` returns before the writer returns. The bytes
+    handed over may be views of memory that is reused: they are valid until the call returns
+    (write or copy them before returning, never keep a view)."""
 
     def write(self, data: bytes, /) -> int | None: ...
 

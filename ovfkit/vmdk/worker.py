@@ -10,7 +10,8 @@ one message per send, descriptors passed with SCM_RIGHTS:
                              descriptors: the shared memory, an NBD connection, the files
                       BATCH  seq, slot, grains [first, first + count), the pieces to read them
                              from (ovfkit.disk.source.Piece, offsets relative to the batch):
-                             bytes no piece covers are zeros, a grain without data is skipped
+                             bytes no piece covers are zeros, a grain without data is skipped;
+                             at most ``in_size / 64 KiB`` grains have data
                       END    the job is over: close its descriptors and wait for the next
     worker -> parent  READY  the job is taken (the parent waits for it from a pooled worker)
                       DONE   seq, bytes made, grains made, then each grain's sector offset in
@@ -18,9 +19,10 @@ one message per send, descriptors passed with SCM_RIGHTS:
                       FAIL   seq, the ovfkit error class name and details
 
 A slot is ``out_size`` bytes of grain markers followed by ``in_size`` bytes the parent fills
-for pieces only it can read (PIECE_INPUT). The worker ends when its socket ends: the parent
-closed it, or died. The source is read with pread, never mapped: a file truncated under the
-export gives a short read, reported as a FAIL, where a mapping would raise SIGBUS.
+for pieces only it can read (PIECE_INPUT: ``at`` is where in that part). The worker ends when
+its socket ends: the parent closed it, or died. The source is read with pread, never mapped: a
+file truncated under the export gives a short read, reported as a FAIL, where a mapping would
+raise SIGBUS.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ __all__ = [
 
 # tag, isal level, has NBD, slots, out_size, in_size, stride, NBD export size, NBD max block
 JOB = struct.Struct("<cBBHIIIQI")
-# tag, seq, slot, count, first grain, pieces
+# tag, seq, slot, grains spanned (<= 512), first grain, pieces
 BATCH = struct.Struct("<cIHHQH")
 PIECE = struct.Struct("<IIBBQ")  # offset in the batch, length, kind, file, at
 END = b"E"
@@ -187,7 +189,7 @@ class _Job:
             elif kind == PIECE_NBD:
                 self._nbd_read(at, dst)
             elif kind == PIECE_INPUT:
-                dst[:] = inp[lo:hi]
+                dst[:] = inp[at : at + hi - lo]
             else:
                 raise Failure("InternalError", f"unknown piece kind {kind}")
             pos = hi

@@ -26,6 +26,7 @@ import mmap
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -44,6 +45,7 @@ IDLE_SECONDS = 10.0
 POLL = 0.25  # seconds a wait for a worker lasts before cancellation is looked at
 _MAX_IDLE = 64
 _GRACE = 5.0  # seconds a worker whose socket was closed gets to exit before it is killed
+_TIMEVAL = struct.Struct("@ll")  # struct timeval
 
 
 def _boot_code() -> str:
@@ -86,7 +88,9 @@ class Worker:
             ) from e
         finally:
             child.close()
-        parent.settimeout(POLL)
+        # A wait for an answer ends after POLL seconds (to look at cancellation): the kernel's
+        # receive timeout, one recv call, rather than Python's (a poll, then the recv).
+        parent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(0, int(POLL * 1e6)))
         self.sock = parent
 
     @property
@@ -107,7 +111,7 @@ class Worker:
         cancellation, then waits again); b"" once the worker is gone."""
         try:
             return self.sock.recv(MESSAGE_BYTES)
-        except TimeoutError:
+        except (BlockingIOError, TimeoutError):
             return None
         except ConnectionResetError:
             return b""
@@ -140,7 +144,7 @@ class Worker:
         return f"exited with status {code}"
 
 
-MESSAGE_BYTES = 8192  # DONE is at most 11 + 8 x 64 bytes, FAIL 4 KB of details
+MESSAGE_BYTES = 8192  # DONE is at most 11 + 8 x 512 bytes, FAIL 4 KB of details
 
 
 class _Pool:

@@ -35,6 +35,7 @@ from ..errors import InvalidArgumentError, OperationFailedError, OvfkitIOError
 from ..model import DiskSource
 from ..progress import CancelToken, Progress, ProgressCallback, check_cancel
 from . import format as fmt
+from .format import GTES_PER_GT
 from .grains import GRAIN_SIZE
 from .hashing import Updatable
 from .options import VmdkOptions, VmdkResult
@@ -101,11 +102,12 @@ def _cores() -> int:
 
 
 def batch_grains(workers: int) -> int:
-    """Grains per batch for ``workers`` workers: 64 (4 MiB of disk) up to 4 workers, 32 up to
-    8, 16 beyond, so the shared memory each worker fills stays ~2 MiB once there are many
-    (peak RSS summed over the processes, ARCHITECTURE.md). Each size divides a grain table's
-    512 grains, so no batch spans two tables; the output is the same for any (grains.py)."""
-    return 64 if workers <= 4 else 32 if workers <= 8 else 16
+    """Grains per batch for ``workers`` workers: 64 (4 MiB of disk) up to 8 workers, 32 up to
+    12, 16 beyond, so that the slots all workers fill stay within the memory budget (peak RSS
+    summed over the processes <= 256 MiB with 16 workers, ARCHITECTURE.md): fewer, larger
+    batches cost the coordinating thread less. Each size divides a grain table's 512 grains,
+    so no batch spans two tables; the output is the same for any (grains.py)."""
+    return 64 if workers <= 8 else 32 if workers <= 12 else 16
 
 
 def _slots(workers: int) -> int:
@@ -113,16 +115,14 @@ def _slots(workers: int) -> int:
     return 3 if workers <= 4 else 2
 
 
-Window = tuple[int, int, list[tuple[int, int]]]
+Batch = tuple[int, int, list[tuple[int, int]]]
 
 
-def _windows(source: ImageSource, capacity: int, batch: int) -> Iterator[Window]:
-    """(first grain, grains, data byte ranges) of each window of ``batch`` grains, aligned on
-    ``batch``, that the source's data extents touch: one batch each, whatever the number of
-    extents in it. ``batch`` divides GTES_PER_GT, so no window spans two grain tables."""
-    span = batch * G
-    total = -(-capacity // G)
-    current = -1
+def _batches(source: ImageSource, capacity: int, batch: int) -> Iterator[Batch]:
+    """(first grain, grains spanned, data byte ranges) of each batch: a span of grains inside
+    one grain table in which the source's data extents touch at most ``batch`` grains. One
+    message per batch whatever the number of extents in it; holes between them cost nothing."""
+    first = end = touched = 0
     ranges: list[tuple[int, int]] = []
     prev_end = 0
     for ext in source.extents():
@@ -133,21 +133,29 @@ def _windows(source: ImageSource, capacity: int, batch: int) -> Iterator[Window]
         prev_end = ext.start + max(ext.length, 0)
         if ext.zero or ext.length <= 0:
             continue
-        start, end = ext.start, min(ext.start + ext.length, capacity)
-        while start < end:
-            w = start // span
-            stop = min(end, (w + 1) * span)
-            if w != current:
-                if ranges:
-                    yield current * batch, min(batch, total - current * batch), ranges
-                current, ranges = w, []
+        start, stop = ext.start, min(ext.start + ext.length, capacity)
+        while start < stop:
+            g = start // G
+            if touched and (
+                g // GTES_PER_GT != first // GTES_PER_GT or (touched >= batch and g >= end)
+            ):
+                yield first, end - first, ranges
+                touched, ranges = 0, []
+            if not touched:
+                first = end = g
+            new = max(g, end)  # the first grain of this range not touched yet
+            limit = min(new + batch - touched, (first // GTES_PER_GT + 1) * GTES_PER_GT)
+            cut = min(stop, limit * G)
+            grains_end = -(-cut // G)
+            touched += max(0, grains_end - new)
+            end = max(end, grains_end)
             if ranges and ranges[-1][1] == start:
-                ranges[-1] = (ranges[-1][0], stop)
+                ranges[-1] = (ranges[-1][0], cut)
             else:
-                ranges.append((start, stop))
-            start = stop
-    if ranges:
-        yield current * batch, min(batch, total - current * batch), ranges
+                ranges.append((start, cut))
+            start = cut
+    if touched:
+        yield first, end - first, ranges
 
 
 def _write_native(
@@ -176,7 +184,7 @@ def _write_native(
     ok = False
     try:
         pump = _Pump(source, direct, out, crew, stage, progress, cancel)
-        pump.run(_windows(source, capacity, grains))
+        pump.run(_batches(source, capacity, grains))
         digests = out.finish()
         ok = True
     finally:
@@ -223,8 +231,8 @@ class _Pump:
         self.seq = 0
         self._shown = 0.0
 
-    def run(self, windows: Iterator[Window]) -> None:
-        for first, count, ranges in windows:
+    def run(self, batches: Iterator[Batch]) -> None:
+        for first, count, ranges in batches:
             check_cancel(self.cancel, self.stage)
             got = self.crew.pick()
             while got is None:  # every slot in use: take the oldest answer, or wait for a slot
@@ -256,23 +264,27 @@ class _Pump:
             pieces = [p for lo, hi in ranges for p in where(lo, hi - lo)]
             if len(pieces) <= MAX_PIECES:
                 packed = bytearray()
+                used = 0
                 for offset, length, kind, file, at in pieces:
-                    rel = offset - start
                     if kind == PIECE_NBD and not member.nbd:
-                        self._read_input(member, slot, start, rel, length)
-                        kind, file, at = PIECE_INPUT, 0, 0
-                    packed += PIECE.pack(rel, length, kind, file, at)
+                        self._read_input(member, slot, offset, used, length)
+                        kind, file, at = PIECE_INPUT, 0, used
+                        used += length
+                    packed += PIECE.pack(offset - start, length, kind, file, at)
                 return bytes(packed)
         packed = bytearray()
+        at = 0  # ranges are packed one after the other in the input part (<= batch grains)
         for lo, hi in ranges:
-            self._read_input(member, slot, start, lo - start, hi - lo)
-            packed += PIECE.pack(lo - start, hi - lo, PIECE_INPUT, 0, 0)
+            self._read_input(member, slot, lo, at, hi - lo)
+            packed += PIECE.pack(lo - start, hi - lo, PIECE_INPUT, 0, at)
+            at += hi - lo
         return bytes(packed)
 
-    def _read_input(self, member: Member, slot: int, start: int, rel: int, length: int) -> None:
+    def _read_input(self, member: Member, slot: int, offset: int, at: int, length: int) -> None:
+        """Read the disk's bytes [offset, offset + length) to ``at`` in the slot's input."""
         view = self.crew.input_view(member, slot)
         try:
-            _read(self.source, start + rel, view[rel : rel + length])
+            _read(self.source, offset, view[at : at + length])
         finally:
             view.release()
 
