@@ -264,6 +264,12 @@ def _recv(sock: _socket.socket, buf: bytearray) -> tuple[int, list[int]]:
 
 def main(fd: int) -> None:
     """Serve jobs on the socket ``fd`` until it ends."""
+    import signal
+
+    # Ctrl-C and a graceful stop reach the whole process group: they are the parent's to
+    # handle (it may let its exports finish); a worker ends with its socket.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:  # a worker that crashes dumps no core: it would hold the slots and nothing of use
         import resource
 

@@ -6,8 +6,10 @@ parent: ovfkit runs inside threaded servers, where a forked copy of the parent c
 lock another thread held. ``-I`` keeps the environment and the user's site out, ``-S`` the
 site-packages: the worker's sys.path is exactly the directories of ovfkit and isal, and ovfkit's
 packages are entered as bare stubs so their ``__init__`` (the whole public API) is not run.
-Each worker is in a session of its own (a terminal's Ctrl-C goes to the parent, which ends
-them) and ends when its socket does, so none outlives the parent, even one killed outright.
+Workers stay in the parent's process group (a SIGKILL of the group ends them too) but ignore
+SIGINT and SIGTERM: a Ctrl-C or a graceful stop is the parent's to handle (it may let the
+exports finish, or cancel them and end the workers). A worker ends when its socket does, so
+none outlives the parent, even one killed outright.
 
 Workers are started when a write first has a batch for them (an empty disk starts none) and
 kept in a process-wide pool between writes for ``IDLE_SECONDS``; a worker whose write failed
@@ -42,7 +44,7 @@ from .worker import BATCH, END, JOB, PIECE, READY
 __all__ = ["IDLE_SECONDS", "Crew", "Member", "Worker", "idle_workers", "shutdown"]
 
 IDLE_SECONDS = 10.0
-POLL = 0.25  # seconds a wait for a worker lasts before cancellation is looked at
+POLL = 0.05  # seconds a wait for a worker lasts before cancellation is looked at
 _MAX_IDLE = 64
 _GRACE = 5.0  # seconds a worker whose socket was closed gets to exit before it is killed
 _TIMEVAL = struct.Struct("@ll")  # struct timeval
@@ -79,7 +81,6 @@ class Worker:
                 pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                start_new_session=True,
             )
         except OSError as e:
             parent.close()

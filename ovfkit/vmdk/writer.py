@@ -201,7 +201,7 @@ def _write_native(
     )
 
 
-_POLL = 0.25  # seconds between looks at cancel and the writer thread while waiting for a slot
+_POLL = 0.05  # seconds between looks at cancel and the writer thread while waiting for a slot
 _PROGRESS_EVERY = 0.1
 
 
