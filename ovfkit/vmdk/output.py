@@ -1,7 +1,7 @@
 """The streamOptimized layout both engines write, and the output it goes to.
 
 Layout (VMware "Virtual Disk Format 5.0", "Stream-Optimized Compressed Sparse Extents", and the
-importer rules in ../shared/notes/interop-rules.md):
+importer rules in docs/interop-rules.md):
 
     header (gdOffset = GD_AT_END) | descriptor (sectors 1..20) | zero pad to sector 128
     grain markers, ascending LBA; after the last grain of each 512-grain group: GT marker + GT
