@@ -56,10 +56,11 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a live process."""
+def _cpu(pid: int, tid: int | None = None) -> float:
+    """CPU seconds (user + system) of a live process, or of one of its threads."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(path) as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
@@ -97,6 +98,7 @@ class _Sampler:
         self.peak_rss = self.peak_pss = 0
         self.peak_procs = 0
         self.cpu = 0.0
+        self.threads: dict[int, tuple[str, float]] = {}  # native id -> (name, CPU seconds)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -108,7 +110,20 @@ class _Sampler:
             self.peak_rss = max(self.peak_rss, sum(_status_kib(p, "VmRSS:") for p in pids))
             self.peak_pss = max(self.peak_pss, sum(_pss_kib(p) for p in pids))
             self.peak_procs = max(self.peak_procs, len(pids))
+            for t in threading.enumerate():
+                if t.native_id is not None and t is not threading.current_thread():
+                    cpu = _cpu(me, t.native_id)
+                    if cpu:
+                        self.threads[t.native_id] = (t.name, cpu)
             self.cpu = time.thread_time()
+
+    def by_name(self) -> dict[str, float]:
+        """CPU seconds of the threads seen, by name without its number (``ovfkit-sha256``)."""
+        out: dict[str, float] = {}
+        for name, cpu in self.threads.values():
+            key = name.rsplit("_", 1)[0] if name.startswith("ovfkit-") else name
+            out[key] = out.get(key, 0.0) + cpu
+        return out
 
     def stop(self) -> None:
         self._stop.set()
@@ -177,6 +192,7 @@ def _one(path: str, fmt: str, threads: int, out: str) -> dict[str, Any]:
         "cpu_seconds": cpu,
         "coordinating_cpu_seconds": coord,
         "parent_cpu_seconds": parent_cpu,
+        "thread_cpu_seconds": sampler.by_name(),
         "workers_cpu_seconds": workers_cpu,
         "peak_rss_sum_mib": sampler.peak_rss / 1024,
         "hwm_sum_mib": hwm / 1024,
@@ -275,13 +291,19 @@ def main(argv: list[str] | None = None) -> int:
                        "coordinating_cpu_s_per_gb": serial,
                        "load": os.getloadavg()[0]}  # fmt: skip
                 report.info["rows"].append(row)
+                threads = ", ".join(
+                    f"{k.removeprefix('ovfkit-')} {v:.2f}"
+                    for k, v in sorted(r.get("thread_cpu_seconds", {}).items())
+                    if k.startswith("ovfkit-") and v >= 0.01
+                )
                 lines.append(
                     f"| {label} | {source} | {n} | {r['seconds']:.2f} | {mbs:.0f} | "
                     f"{base / r['seconds']:.2f}x | {r['cpu_seconds']:.2f} "
                     f"({r['parent_cpu_seconds']:.2f} + {r['workers_cpu_seconds']:.2f}) | "
                     f"{r['coordinating_cpu_seconds']:.3f} ({serial:.3f} s/GB) | "
                     f"{r['peak_rss_sum_mib']:.0f} / {r['hwm_sum_mib']:.0f} | "
-                    f"{r['peak_pss_sum_mib']:.0f} | {r['processes']} | {row['load']:.1f} |"
+                    f"{r['peak_pss_sum_mib']:.0f} | {r['processes']} | {threads} | "
+                    f"{row['load']:.1f} |"
                 )
                 print(lines[-1], flush=True)
                 key = f"{label} {source} x{n}"
@@ -290,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| tree | source | workers | seconds | MB/s of data | vs 1 worker | "
           "CPU s: all (parent + workers) | "
           "coordinating thread CPU s | peak RSS sum sampled / sum of peaks (MiB) | "
-          "peak PSS sum (MiB) | processes | load |")  # fmt: skip
+          "peak PSS sum (MiB) | processes | other threads' CPU s | load |")  # fmt: skip
     print("\n".join(lines))
     report.emit()
     return 0
