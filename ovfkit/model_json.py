@@ -197,6 +197,8 @@ def vm_from_json(doc: Mapping[str, Any] | str | bytes) -> VirtualMachine:
             doc = json.loads(doc)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidArgumentError(f"the VM document is not JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidArgumentError("the VM document nests JSON too deeply") from None
     if not isinstance(doc, Mapping):
         raise InvalidArgumentError("the VM document must be a JSON object")
     if doc.get("format") != FORMAT:

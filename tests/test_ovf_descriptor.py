@@ -313,6 +313,14 @@ def test_text_is_escaped_and_unicode_kept() -> None:
         ({"disks": (Disk("x", 1, "scsi", 0), Disk("y", 1, "scsi", 0))}, "taken"),
         ({"disks": (Disk("x", -1, "scsi", 0),)}, "negative"),
         ({"extra": (RawXml("envelope", "<unclosed"),)}, "well-formed"),
+        # issue 12 #12: caps at what ZStack and the importers take (ovfkit.limits)
+        ({"vcpus": 1025}, "vcpus must be 1 to 1024"),
+        ({"cores_per_socket": 10**6}, "cores_per_socket"),
+        ({"memory_mib": 10**12}, "memory_mib must be"),
+        ({"name": "n" * 256}, "at most 255"),
+        ({"nics": tuple(Nic(f"n{i}", NicType.E1000, "net") for i in range(65))}, "65 NICs"),
+        ({"disks": (Disk("x", 2**64, "scsi", 0),)}, "is over"),
+        ({"annotation": "a" * (13 << 20)}, "over the 12582912-byte limit"),
     ],
 )
 def test_bad_vm_is_invalid_argument(change: dict[str, object], message: str) -> None:

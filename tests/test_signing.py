@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,25 @@ def test_load_signer_refuses_mismatch_and_non_rsa() -> None:
         load_signer(ec_key, cert)
     with pytest.raises(InvalidArgumentError):
         load_signer(b"not a key", cert)
+
+
+@pytest.mark.parametrize(
+    ("mangle", "message"),
+    [
+        (lambda sig: sig[:-1], "odd number of hex digits"),  # issue 12 #3: was a ValueError
+        (lambda sig: sig[:-2], "does not verify"),  # one byte short of the key's length
+        (lambda sig: sig + b"00", "does not verify"),  # one byte too long
+        (lambda sig: b"0" * 9000, "does not start with"),  # longer than any RSA signature
+    ],
+    ids=["odd", "short", "long", "huge"],
+)
+def test_malformed_signature_is_a_problem_not_an_exception(
+    mangle: Callable[[bytes], bytes], message: str
+) -> None:
+    key, cert = make_key_and_cert()
+    data = load_signer(key, cert).sign("vm.mf", MANIFEST)
+    first, rest = data.split(b"\n", 1)
+    head, sig = first.split(b"= ", 1)
+    bad = head + b"= " + mangle(sig) + b"\n" + rest
+    problems = verify_certificate_file(bad, "vm.mf", MANIFEST)
+    assert any(message in p for p in problems), problems

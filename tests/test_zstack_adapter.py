@@ -413,6 +413,17 @@ BAD: list[tuple[str, Mutation, str]] = [
     ("iso not string", _set("vmCdRoms.0.isoInstallPath", 1), "vmCdRoms[0].isoInstallPath must"),
     ("non-XML char", _set("description", "a\x1bb"), "description contains a character XML"),
     ("lone surrogate", _set("allVolumes.1.name", "\ud800"), "allVolumes[1].name contains"),
+    # issue 12 #12: counts, sizes and absurd values capped (ovfkit.limits)
+    ("cpuNum over ZStack's range", _set("cpuNum", 1025), "cpuNum is out of range (at most 1024)"),
+    ("absurd memory", _set("memorySize", 1 << 62), "memorySize is out of range"),
+    (
+        "65 NICs",
+        _set("vmNics", [{"l3NetworkUuid": "l3", "deviceId": i} for i in range(65)]),
+        "vmNics has 65 NICs; a VM can carry at most 64",
+    ),
+    ("long description", _set("description", "d" * 2049), "description is longer than 2048"),
+    ("long installPath", _set("allVolumes.1.installPath", "/" + "p" * 4096), "PATH_MAX"),
+    ("long ISO path", _set("vmCdRoms.0.isoInstallPath", "/" + "i" * 4096), "longer than 4096"),
 ]
 
 
@@ -441,6 +452,8 @@ def test_malformed_inventory_names_the_field(case: str, mutate: Mutation, messag
         ('{"inventories": {}}', "inventories must be a JSON array"),
         ('{"name": "a", "cpuNum": NaN}', "NaN is not a JSON number"),
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (b"[" * 200_000, "nested too deeply"),
+        (b" " * ((4 << 20) + 1), "over the limit of 4194304"),  # 60,000 NICs would be ~9 MB
     ],
 )
 def test_undecodable_input(doc: str | bytes, message: str) -> None:

@@ -9,12 +9,14 @@ import os
 import sys
 import tempfile
 
+from .. import limits
 from ..errors import InvalidArgumentError, NotFoundError, OvfkitError, OvfkitIOError
 
 __all__ = ["MAX_INVENTORY_BYTES", "read_input", "write_atomic"]
 
-# A VmInstanceInventory is a few KiB; even one with hundreds of volumes stays far below this.
-MAX_INVENTORY_BYTES = 64 << 20
+# Any input file: the largest of the formats' own caps (a descriptor's 12 MiB; an inventory's
+# is 4 MiB, applied by its reader). Real ones are a few KiB.
+MAX_INVENTORY_BYTES = max(limits.MAX_DESCRIPTOR_SIZE, limits.MAX_INVENTORY_SIZE)
 
 
 def _io_error(what: str, path: str, exc: OSError) -> OvfkitError:

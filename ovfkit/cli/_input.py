@@ -94,6 +94,8 @@ def _json(data: bytes, what: str) -> Any:
         raise InvalidArgumentError(
             f"{what} is not JSON (a VM or a ZStack inventory) nor XML (an OVF): {exc}"
         ) from None
+    except RecursionError:  # 200,000 nested "[" (issue 12 #5)
+        raise InvalidArgumentError(f"{what} nests JSON too deeply") from None
 
 
 def load_vm(
@@ -111,9 +113,10 @@ def load_vm(
     if kind == "ovf":
         return LoadedVm(_repack_source(path), "ovf")
     from ..zstack import vm_from_zstack
+    from ..zstack.adapter import decode_inventory
     from ..zstack.catalog import unwrap_vm_inventory
 
-    doc = _json(data, f"inventory {path!r}")
+    doc = decode_inventory(data)  # the inventory's own caps (size, numbers, nesting)
     vm = vm_from_zstack(doc, system_tags=list(system_tags))  # checks the inventory first
     return LoadedVm(vm, "zstack", unwrap_vm_inventory(doc))
 

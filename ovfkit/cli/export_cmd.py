@@ -156,6 +156,8 @@ def _read_json(path: str, what: str) -> Any:
         return json.loads(read_input(path, what=what))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgumentError(f"{what} {path!r} is not JSON: {exc}") from None
+    except RecursionError:  # 200,000 nested "[" (issue 12 #5)
+        raise InvalidArgumentError(f"{what} {path!r} nests JSON too deeply") from None
 
 
 def _env_values(path: str) -> dict[str, str]:

@@ -19,7 +19,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import InvalidArgumentError
 from ..zstack.catalog import FolderCatalog, unwrap_vm_inventory
 from ..zstack.config import (
     DATA_DIR_ENV,
@@ -109,15 +108,10 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from ..zstack.adapter import vm_from_zstack
+    from ..zstack.adapter import decode_inventory, vm_from_zstack
     from .descriptor_cmd import read_input
 
-    raw = read_input(args.inventory)
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidArgumentError(f"{args.inventory}: not valid JSON: {exc}") from None
-    inventory = unwrap_vm_inventory(doc)
+    inventory = unwrap_vm_inventory(decode_inventory(read_input(args.inventory)))
     vm_from_zstack(inventory)  # refuse now what could never be exported
     data = _data_dir(args)
     if args.storage_root:

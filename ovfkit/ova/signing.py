@@ -27,7 +27,11 @@ if TYPE_CHECKING:
 __all__ = ["Signer", "load_signer", "verify_certificate_file"]
 
 _DIGESTS = ("sha1", "sha256", "sha512")
-_FIRST_LINE = re.compile(rb"(SHA1|SHA256|SHA512)\((.+)\)= ([0-9a-fA-F]+)\r?\n")
+# The name is a member name (at most 100 bytes, ustar); the signature's hex at most 4096 digits
+# (a 16384-bit RSA key): bounded repeats keep a hostile first line from costing more than that.
+_FIRST_LINE = re.compile(
+    rb"(SHA1|SHA256|SHA512)\(([^\r\n]{1,1024})\)= ([0-9a-fA-F]{1,8192})\r?\n"
+)
 
 
 @dataclass(frozen=True)
@@ -125,12 +129,17 @@ def verify_certificate_file(
     public = certs[0].public_key()
     if not isinstance(public, rsa.RSAPublicKey):
         return [*problems, "certificate key is not RSA"]
-    try:
-        public.verify(
-            bytes.fromhex(sig_hex), manifest, padding.PKCS1v15(), _hash(tag.lower())
+    if len(sig_hex) % 2:
+        problems.append(
+            f"signature has an odd number of hex digits ({len(sig_hex)}): it is not whole bytes"
         )
-    except InvalidSignature:
-        problems.append("manifest signature does not verify with the certificate's key")
+    else:
+        try:
+            public.verify(
+                bytes.fromhex(sig_hex), manifest, padding.PKCS1v15(), _hash(tag.lower())
+            )
+        except (InvalidSignature, ValueError):
+            problems.append("manifest signature does not verify with the certificate's key")
     moment = now or dt.datetime.now(dt.UTC)
     for cert in certs:
         if not cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc:

@@ -3,7 +3,6 @@ drives, NICs, firmware) for the descriptor reader; Items the model cannot hold b
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -11,6 +10,7 @@ from typing import Protocol
 
 from lxml import etree
 
+from .. import limits
 from ..errors import InvalidOvfError
 from ..model import (
     CdDrive,
@@ -46,11 +46,34 @@ def _nsof(el: etree._Element) -> str:
     return (etree.QName(el).namespace or "") if isinstance(el.tag, str) else ""
 
 
-def _int(text: str | None, where: str) -> int:
-    try:
-        return int((text or "").strip())
-    except ValueError:
-        raise InvalidOvfError(f"{where}: {text!r} is not an integer") from None
+_DECIMAL = re.compile(r"\+?([0-9]+)")
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{text[:24]!r}... ({len(text)} characters)"
+
+
+def _int(text: str | None, where: str, maximum: int = limits.JAVA_LONG_MAX) -> int:
+    """A non-negative decimal integer of at most ``maximum`` (xs:unsignedLong and friends, in
+    ASCII digits only: ``int()`` alone would take ``1_000``, Arabic-Indic digits and numbers of
+    any length). Anything else is InvalidOvfError (OVF.1002) naming the element."""
+    s = (text or "").strip()
+    m = _DECIMAL.fullmatch(s)
+    if m is None:
+        what = "is negative" if re.fullmatch(r"-[0-9]+", s) else "is not an integer"
+        raise InvalidOvfError(f"{where}: {_shown(s)} {what}")
+    digits = m.group(1).lstrip("0") or "0"
+    if len(digits) > limits.MAX_NUMBER_DIGITS or int(digits) > maximum:
+        raise InvalidOvfError(f"{where}: {_shown(s)} is out of range (at most {maximum})")
+    return int(digits)
+
+
+def _cap(have: int, most: int, what: str) -> None:
+    """Refuse the Item that would make ``have + 1`` of a kind over its cap (ovfkit.limits)."""
+    if have >= most:
+        raise InvalidOvfError(
+            f"VirtualHardwareSection has more than {most} {what}; no importer takes that many"
+        )
 
 
 def _bool(text: str | None, default: bool) -> bool:
@@ -59,7 +82,7 @@ def _bool(text: str | None, default: bool) -> bool:
     return text.strip().lower() in ("true", "1")
 
 
-_UNITS_POW = re.compile(r"^byte\*(\d+)\^(\d+)$")
+_UNITS_POW = re.compile(r"byte\*([0-9]{1,3})\^([0-9]{1,3})")
 _UNIT_NAMES = {
     "byte": 1,
     "bytes": 1,
@@ -83,7 +106,7 @@ def _unit_factor(units: str | None, default: int, where: str) -> int:
     if units is None or not units.strip():
         return default
     s = re.sub(r"\s+", "", units).lower()
-    m = _UNITS_POW.match(s)
+    m = _UNITS_POW.fullmatch(s)
     if m:
         base, exp = int(m.group(1)), int(m.group(2))
         if base not in (2, 10) or exp > 80:
@@ -129,8 +152,8 @@ class _Item:
 
     @property
     def rtype(self) -> int | None:
-        t = self.get("ResourceType")
-        return int(t) if t is not None and t.isdigit() else None
+        t = self.get("ResourceType")  # CIM uint16; "isdigit" would also take "²"
+        return int(t) if t is not None and re.fullmatch(r"[0-9]{1,5}", t) else None
 
     def label(self) -> str:
         return self.get("ElementName") or self.get("Caption") or f"Item {self.iid}"
@@ -245,22 +268,31 @@ class Hardware:
 
     # -- items --------------------------------------------------------------------------------
     def cpu(self, it: _Item) -> bool:
-        self.vcpus = _int(it.get("VirtualQuantity") or "1", f"{it.label()} VirtualQuantity")
+        where = f"{it.label()} VirtualQuantity"
+        self.vcpus = _int(it.get("VirtualQuantity") or "1", where, limits.MAX_VCPUS)
         for c in it.el:
             if _nsof(c) == ns.VMW and _local(c) == "CoresPerSocket":
-                self.cores_per_socket = _int(c.text, "vmw:CoresPerSocket")
+                self.cores_per_socket = _int(c.text, "vmw:CoresPerSocket", limits.MAX_VCPUS)
         self.keep_vendor(it, "cpu", skip=("CoresPerSocket",))
         return True
 
     def memory(self, it: _Item) -> bool:
-        qty = _int(it.get("VirtualQuantity"), f"{it.label()} VirtualQuantity")
+        where = f"{it.label()} VirtualQuantity"
+        qty = _int(it.get("VirtualQuantity"), where)
         # Default MB: what virt-v2v and Proxmox assume when AllocationUnits is missing.
         factor = _unit_factor(it.get("AllocationUnits"), 2**20, f"{it.label()} AllocationUnits")
-        self.memory_mib = math.ceil(qty * factor / 2**20)
+        mib = -(-qty * factor // 2**20)  # integers: a float of qty * factor can overflow
+        if not 1 <= mib <= limits.MAX_MEMORY_MIB:
+            raise InvalidOvfError(
+                f"{where}: {qty} x {factor} bytes of memory is out of range (1 MiB to"
+                f" {limits.MAX_MEMORY_MIB} MiB, vSphere's largest VM)"
+            )
+        self.memory_mib = mib
         self.keep_vendor(it, "memory")
         return True
 
     def controller(self, it: _Item) -> bool:
+        _cap(len(self.controllers), limits.MAX_CONTROLLERS, "storage controllers")
         subtype = it.get("ResourceSubType") or None
         if it.rtype == 5:
             ctype = ControllerType.IDE
@@ -272,7 +304,7 @@ class Hardware:
             ctype = ControllerType.SATA  # ResourceType 20: VMware vmware.sata.ahci, vbox AHCI
         n = sum(1 for c in self.controllers if c.type is ctype)
         addr = it.get("Address") or it.get("BusNumber")  # BusNumber: OVF 0.9
-        bus = _int(addr, f"{it.label()} Address") if addr else n
+        bus = _int(addr, f"{it.label()} Address", 0xFFFF) if addr else n
         cid = f"{ctype.value}{n}"
         self.controllers.append(Controller(cid, ctype, subtype, bus))
         self.by_iid[it.iid] = ("controller", cid)
@@ -289,7 +321,7 @@ class Hardware:
     def unit(self, it: _Item, controller: str) -> int:
         a = it.get("AddressOnParent")
         if a:
-            return _int(a, f"{it.label()} AddressOnParent")
+            return _int(a, f"{it.label()} AddressOnParent", 0xFFFF)
         used = {d.unit for d in self.disks if d.controller == controller}
         used |= {c.unit for c in self.cds if c.controller == controller}
         return min(set(range(len(used) + 1)) - used)
@@ -302,6 +334,8 @@ class Hardware:
         if not m or m.group(1) not in self.disk_info:
             return False  # a disk Item without a disk of the DiskSection: kept raw
         did = m.group(1)
+        _cap(len(self.disks), limits.MAX_DISKS, "disks")
+        _cap(len(self.disks) + len(self.cds), limits.MAX_STORAGE_DEVICES, "disks and CD drives")
         info = self.disk_info[did]
         where = f"Disk {did!r}"
         cap_text = self.r.resolve(info["capacity"] or "")
@@ -309,6 +343,11 @@ class Hardware:
             info["capacityAllocationUnits"], 1, f"{where} capacityAllocationUnits"
         )
         capacity = _int(cap_text, f"{where} ovf:capacity") * factor
+        if capacity > limits.JAVA_LONG_MAX:
+            raise InvalidOvfError(
+                f"{where}: ovf:capacity {cap_text.strip()} x {factor} bytes is out of range"
+                f" (at most {limits.JAVA_LONG_MAX} bytes)"
+            )
         controller = self.parent(it)
         self.disks.append(
             Disk(
@@ -336,6 +375,7 @@ class Hardware:
         return True
 
     def cd(self, it: _Item) -> bool:
+        _cap(len(self.disks) + len(self.cds), limits.MAX_STORAGE_DEVICES, "disks and CD drives")
         controller = self.parent(it)
         cid = f"cd{len(self.cds) + 1}"
         iso: str | None = None
@@ -351,6 +391,7 @@ class Hardware:
         return True
 
     def nic(self, it: _Item) -> bool:
+        _cap(len(self.nics), limits.MAX_NICS, "NICs")
         # COT lists the acceptable subtypes space-separated ("VMXNET3 virtio"): first known one.
         subs = (it.get("ResourceSubType") or "").lower().split()
         known = [_NIC_TYPES[t] for t in subs if t in _NIC_TYPES]
@@ -395,7 +436,7 @@ class Hardware:
 
     def boot_source(self, src: etree._Element) -> tuple[str, str] | None:
         structured = (src.findtext(q(ns.BOOTS, "StructuredBootString")) or "").strip()
-        m = re.fullmatch(r"CIM:(Hard-Disk|CD/DVD):(\d+)", structured)
+        m = re.fullmatch(r"CIM:(Hard-Disk|CD/DVD):([0-9]{1,6})", structured)
         if m:
             n = int(m.group(2))
             devices = self.disks if m.group(1) == "Hard-Disk" else self.cds

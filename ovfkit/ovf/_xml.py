@@ -10,6 +10,7 @@ from typing import Any
 
 from lxml import etree
 
+from .. import limits
 from ..errors import InvalidArgumentError, InvalidOvfError, OvfParseError
 from ..model import RawXml
 from . import _ns as ns
@@ -37,8 +38,9 @@ def check_text(where: str, value: str) -> str:
     return value
 
 
-#: Real descriptors are a few hundred KiB at most (a VM with 60 disks is ~100 KiB).
-MAX_DESCRIPTOR_SIZE = 32 * 1024 * 1024
+#: Real descriptors are a few hundred KiB at most (a VM with 60 disks is ~100 KiB); the cap is
+#: VMware Cloud Director's default (see ovfkit.limits).
+MAX_DESCRIPTOR_SIZE = limits.MAX_DESCRIPTOR_SIZE
 
 _DTD_MARKERS = tuple(
     marker.encode(enc)

@@ -20,6 +20,7 @@ from typing import cast
 
 from lxml import etree
 
+from .. import limits
 from .._args import require
 from ..errors import InvalidArgumentError
 from ..model import Controller, ControllerType, Firmware, Product, VirtualMachine
@@ -529,4 +530,10 @@ def build_descriptor(
     options = options or DescriptorOptions()
     check_vm(vm)
     layout = layout or plan_layout(vm, options)
-    return _Writer(vm, options, layout).build()
+    data = _Writer(vm, options, layout).build()
+    if len(data) > limits.MAX_DESCRIPTOR_SIZE:  # long texts, many properties or RawXml
+        raise InvalidArgumentError(
+            f"the descriptor of VM {vm.name!r} would be {len(data)} bytes, over the"
+            f" {limits.MAX_DESCRIPTOR_SIZE}-byte limit importers (and ovfkit's reader) apply"
+        )
+    return data

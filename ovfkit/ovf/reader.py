@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 
 from lxml import etree
 
+from .. import limits
 from ..errors import InvalidOvfError
 from ..model import (
     Firmware,
@@ -94,6 +95,14 @@ def parse_package_descriptor(data: bytes) -> ParsedDescriptor:
     """Read an OVF 0.9/1.x/2.0 descriptor. Raises OvfParseError (OVF.1001) for malformed XML,
     InvalidOvfError (OVF.1002) for hostile XML or a document that is not a usable OVF."""
     return _Reader(safe_fromstring(data)).read()
+
+
+def _name(text: str, where: str) -> str:
+    if len(text) > limits.MAX_NAME:
+        raise InvalidOvfError(
+            f"{where} is {len(text)} characters long; ZStack names hold at most {limits.MAX_NAME}"
+        )
+    return text
 
 
 class _Reader:
@@ -203,6 +212,8 @@ class _Reader:
         for f in refs:
             if _nsof(f) != self.ovf or _local(f) != "File":
                 continue
+            if len(out) >= limits.MAX_PACKAGE_FILES:
+                raise InvalidOvfError(f"References has more than {limits.MAX_PACKAGE_FILES} Files")
             fid, href = self.a(f, "id"), self.a(f, "href")
             if not fid or href is None:
                 raise InvalidOvfError("References/File without ovf:id or ovf:href")
@@ -226,6 +237,10 @@ class _Reader:
             did = self.a(d, "diskId")
             if not did:
                 raise InvalidOvfError("DiskSection/Disk without ovf:diskId")
+            if len(out) >= limits.MAX_STORAGE_DEVICES:
+                raise InvalidOvfError(
+                    f"DiskSection has more than {limits.MAX_STORAGE_DEVICES} disks"
+                )
             out[did] = {
                 k: self.a(d, k)
                 for k in (
@@ -241,11 +256,17 @@ class _Reader:
     def network_section(self, sec: etree._Element | None) -> list[Network]:
         if sec is None:
             return []
-        return [
-            Network(self.a(n, "name") or "", self.text(n, "Description"))
-            for n in sec
-            if _nsof(n) == self.ovf and _local(n) == "Network"
-        ]
+        out: list[Network] = []
+        for n in sec:
+            if _nsof(n) != self.ovf or _local(n) != "Network":
+                continue
+            if len(out) >= limits.MAX_NETWORKS:
+                raise InvalidOvfError(
+                    f"NetworkSection has more than {limits.MAX_NETWORKS} networks"
+                )
+            name = _name(self.a(n, "name") or "", "NetworkSection/Network ovf:name")
+            out.append(Network(name, self.text(n, "Description")))
+        return out
 
     # -- virtual system -----------------------------------------------------------------------
     def virtual_system(
@@ -258,6 +279,7 @@ class _Reader:
     ) -> ParsedDescriptor:
         name_el = self.child(vs, "Name")
         name = (name_el.text or "") if name_el is not None else (self.a(vs, "id") or "")
+        name = _name(name, "VirtualSystem Name")
         annotation = ""
         eulas: list[str] = []
         guest = GuestOs()
@@ -340,7 +362,7 @@ class _Reader:
         )
 
     def os_section(self, el: etree._Element) -> GuestOs:
-        cim = _int(self.a(el, "id"), "OperatingSystemSection ovf:id")
+        cim = _int(self.a(el, "id"), "OperatingSystemSection ovf:id", 0xFFFF)  # CIM uint16
         vbox = el.find(q(ns.VBOX, "OSType"))
         return GuestOs(
             cim_id=cim,

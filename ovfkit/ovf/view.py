@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+from .. import limits
 from ..errors import InvalidArgumentError
 from ..model import (
     CdDrive,
@@ -66,15 +67,36 @@ def valid_units(ctype: ControllerType) -> range | tuple[int, ...]:
 
 
 def check_vm(vm: VirtualMachine) -> None:
-    """Reject what no descriptor can express, naming the field (SYS.1007)."""
+    """Reject what no descriptor can express, or no importer would take (the caps of
+    :mod:`ovfkit.limits`), naming the field (SYS.1007)."""
     if not vm.name.strip():
         raise InvalidArgumentError("VM name is empty")
-    if vm.vcpus < 1 or vm.cores_per_socket < 1:
+    if len(vm.name) > limits.MAX_NAME:
         raise InvalidArgumentError(
-            f"vcpus ({vm.vcpus}) and cores_per_socket ({vm.cores_per_socket}) must be >= 1"
+            f"VM name is {len(vm.name)} characters long; ZStack names hold at most"
+            f" {limits.MAX_NAME}"
         )
-    if vm.memory_mib < 1:
-        raise InvalidArgumentError(f"memory_mib must be >= 1, not {vm.memory_mib}")
+    for field, value in (("vcpus", vm.vcpus), ("cores_per_socket", vm.cores_per_socket)):
+        if not 1 <= value <= limits.MAX_VCPUS:
+            raise InvalidArgumentError(
+                f"{field} must be 1 to {limits.MAX_VCPUS} (ZStack's cpuNum range), not {value}"
+            )
+    if not 1 <= vm.memory_mib <= limits.MAX_MEMORY_MIB:
+        raise InvalidArgumentError(
+            f"memory_mib must be 1 to {limits.MAX_MEMORY_MIB} (24 TiB, vSphere's largest VM),"
+            f" not {vm.memory_mib}"
+        )
+    for what, count, most in (
+        ("NICs", len(vm.nics), limits.MAX_NICS),
+        ("networks", len(vm.networks), limits.MAX_NETWORKS),
+        ("disks", len(vm.disks), limits.MAX_DISKS),
+        ("disks and CD drives", len(vm.disks) + len(vm.cd_drives), limits.MAX_STORAGE_DEVICES),
+        ("storage controllers", len(vm.controllers), limits.MAX_CONTROLLERS),
+    ):
+        if count > most:
+            raise InvalidArgumentError(
+                f"VM {vm.name!r} has {count} {what}; a VM can carry at most {most}"
+            )
     if not 0 <= vm.guest_os.cim_id <= 0xFFFF:
         raise InvalidArgumentError(
             f"guest_os.cim_id {vm.guest_os.cim_id} is not a CIM OSType (0..65535, DSP8023)"
@@ -100,6 +122,10 @@ def check_vm(vm: VirtualMachine) -> None:
     for d in vm.disks:
         if d.capacity is not None and d.capacity < 0:
             raise InvalidArgumentError(f"disk {d.id!r}: negative capacity {d.capacity}")
+        if d.capacity > limits.UNSIGNED_LONG_MAX:  # the packer's placeholders are this wide
+            raise InvalidArgumentError(
+                f"disk {d.id!r}: capacity {d.capacity} is over {limits.UNSIGNED_LONG_MAX} bytes"
+            )
 
 
 def _attach_env_iso(vm: VirtualMachine, layout: PackageLayout) -> tuple[VirtualMachine, str]:

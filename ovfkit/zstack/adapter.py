@@ -37,6 +37,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
+from .. import limits
 from ..errors import InvalidArgumentError
 from ..model import (
     CdDrive,
@@ -56,13 +57,14 @@ __all__ = [
     "MAX_CD_DRIVES",
     "MAX_DISKS",
     "NIC_TYPES",
+    "decode_inventory",
     "vm_from_zstack",
 ]
 
 MIB = 1 << 20
 # Java long: ZStack's sizes and counts are longs, anything larger is not from ZStack.
-_JAVA_LONG_MAX = (1 << 63) - 1
-_MAX_NAME = 255  # ZStack's limit on resource names (VmInstanceVO.name varchar(255))
+_JAVA_LONG_MAX = limits.JAVA_LONG_MAX
+_MAX_NAME = limits.MAX_NAME  # ZStack's limit on resource names (VmInstanceVO.name varchar(255))
 
 #: ZStack NIC driverType → OVF adapter (see the module docstring for why virtio → VmxNet3).
 NIC_TYPES: Mapping[str, NicType] = {
@@ -122,14 +124,14 @@ def _list(value: object, field: str) -> Sequence[Any]:
     return value
 
 
-def _int(value: object, field: str, *, minimum: int) -> int:
+def _int(value: object, field: str, *, minimum: int, maximum: int = _JAVA_LONG_MAX) -> int:
     # bool is an int subclass in Python; JSON true is not a number.
     if not isinstance(value, int) or isinstance(value, bool):
         _fail(field, f"must be an integer, not {_describe(value)}")
     if value < minimum:
-        _fail(field, f"must be at least {minimum}, not {value}")
-    if value > _JAVA_LONG_MAX:
-        _fail(field, f"is out of range: {value}")
+        _fail(field, f"must be at least {minimum}, not {_describe(value)}")
+    if value > maximum:
+        _fail(field, f"is out of range (at most {maximum}): {_describe(value)}")
     return value
 
 
@@ -167,7 +169,18 @@ def _reject_constant(name: str) -> NoReturn:
     _fail("inventory", f"is not valid JSON: {name} is not a JSON number")
 
 
-def _decode(inventory: Mapping[str, Any] | str | bytes) -> Mapping[str, Any]:
+def decode_inventory(inventory: Mapping[str, Any] | str | bytes) -> Mapping[str, Any]:
+    """An inventory document (JSON text or UTF-8 bytes, or an already decoded mapping) as a
+    mapping: at most :data:`~ovfkit.limits.MAX_INVENTORY_SIZE`, strict JSON (no NaN), nesting
+    bounded; every fault is InvalidArgumentError (SYS.1007), never a RecursionError."""
+    if isinstance(inventory, bytes | bytearray | memoryview | str) and (
+        len(inventory) > limits.MAX_INVENTORY_SIZE
+    ):
+        _fail(
+            "inventory",
+            f"is {len(inventory)} long, over the limit of {limits.MAX_INVENTORY_SIZE}"
+            " (a VmInstanceInventory is a few KiB)",
+        )
     if isinstance(inventory, bytes | bytearray | memoryview):
         try:
             inventory = bytes(inventory).decode("utf-8-sig")
@@ -188,6 +201,7 @@ def _decode(inventory: Mapping[str, Any] | str | bytes) -> Mapping[str, Any]:
                 "invalid ZStack VM inventory: JSON nested too deeply"
             ) from None
     return _mapping(inventory, "inventory")
+
 
 
 def _unwrap(doc: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -335,6 +349,8 @@ def _volumes(vm: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
 
 def _disk_source(volume: Mapping[str, Any], field: str) -> DiskSource:
     path = _str(_get(volume, "installPath", field), f"{field}.installPath")
+    if len(path.encode("utf-8", "surrogatepass")) > limits.MAX_PATH:
+        _fail(f"{field}.installPath", f"is longer than {limits.MAX_PATH} bytes (PATH_MAX)")
     raw_format = _opt(volume, "format")
     fmt = None
     if raw_format is not None:
@@ -384,6 +400,8 @@ def _nics(vm: Mapping[str, Any], platform: str) -> tuple[tuple[Nic, ...], tuple[
     if raw is None:
         return (), ()
     items = _list(raw, "vmNics")
+    if len(items) > limits.MAX_NICS:
+        _fail("vmNics", f"has {len(items)} NICs; a VM can carry at most {limits.MAX_NICS}")
     fields = [f"vmNics[{i}]" for i in range(len(items))]
     mappings = [_mapping(item, f) for item, f in zip(items, fields, strict=True)]
     default_driver = "e1000" if platform in ("Windows", "Other") else "virtio"
@@ -436,6 +454,8 @@ def _cdroms(vm: Mapping[str, Any]) -> list[tuple[str, str | None]]:
         iso = None
         if iso_raw is not None:
             iso = _str(iso_raw, f"{field}.isoInstallPath", required=False).strip() or None
+            if iso is not None and len(iso.encode("utf-8", "surrogatepass")) > limits.MAX_PATH:
+                _fail(f"{field}.isoInstallPath", f"is longer than {limits.MAX_PATH} bytes")
         out.append((field, iso))
     return out
 
@@ -453,7 +473,7 @@ def vm_from_zstack(
     own ``systemTags`` list, if it has one. Raises InvalidArgumentError (SYS.1007) naming the
     offending field for any malformed input.
     """
-    vm = _unwrap(_decode(inventory))
+    vm = _unwrap(decode_inventory(inventory))
     tags = _tags(vm["systemTags"], "systemTags") if vm.get("systemTags") is not None else []
     if system_tags is not None:
         if isinstance(system_tags, str | bytes):
@@ -463,8 +483,13 @@ def vm_from_zstack(
     name = _vm_name(vm)
     description = _opt(vm, "description")
     description = "" if description is None else _str(description, "description", required=False)
-    vcpus = _int(_get(vm, "cpuNum", ""), "cpuNum", minimum=1)
-    memory = _int(_get(vm, "memorySize", ""), "memorySize", minimum=1)
+    if len(description) > limits.MAX_DESCRIPTION:
+        _fail("description", f"is longer than {limits.MAX_DESCRIPTION} characters")
+    # ZStack's cpuNum range (APICreateInstanceOfferingMsg); memory: vSphere's largest VM.
+    vcpus = _int(_get(vm, "cpuNum", ""), "cpuNum", minimum=1, maximum=limits.MAX_VCPUS)
+    memory = _int(
+        _get(vm, "memorySize", ""), "memorySize", minimum=1, maximum=limits.MAX_MEMORY_MIB * MIB
+    )
     platform = _platform(vm)
     architecture = _architecture(vm)
     guest_raw = _opt(vm, "guestOsType")
