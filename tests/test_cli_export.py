@@ -189,8 +189,13 @@ def test_export_errors_leave_nothing(tmp_path: Path, inventory: Path) -> None:
     assert list(out.iterdir()) == []
     proc = ovfkit("export", str(inventory), "-o", str(out / "x.ova"), "--sign", "k.pem")
     assert proc.returncode == 2 and "--cert" in proc.stderr
+    # "could not check" (2) is not "invalid" (1): issue 12
     proc = ovfkit("verify", str(tmp_path / "missing.ova"))
-    assert proc.returncode == 1 and "problem: cannot open" in proc.stdout
+    assert proc.returncode == 2 and "error: cannot open" in proc.stdout, proc.stdout
+    assert "NOT CHECKED" in proc.stdout
+    (tmp_path / "junk.ova").write_bytes(b"\0" * 512 + b"junk" * 200)
+    proc = ovfkit("verify", str(tmp_path / "junk.ova"))
+    assert proc.returncode == 1 and "problem: cannot open" in proc.stdout, proc.stdout
     # A missing side file is named for what it is, not called the inventory.
     gone = str(tmp_path / "gone.json")
     for option, what in (("--ovf-env", "--ovf-env file"), ("--sign", "--sign key")):

@@ -8,6 +8,7 @@ import io
 import os
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_ova_writer import make_vm
 
-from ovfkit.errors import InvalidArgumentError, NotFoundError, OvfkitError
+from ovfkit.errors import CancelledError, InvalidArgumentError, NotFoundError, OvfkitError
 from ovfkit.model import VirtualMachine
 from ovfkit.ova import extract_package, open_package, verify_package, write_ova
 from ovfkit.ova.manifest import encode_line
@@ -219,3 +220,126 @@ def _small_package() -> bytes:
 
 _DESCRIPTOR = build_descriptor(VirtualMachine(name="vm", vcpus=2))
 _SMALL_PACKAGE = _small_package()
+
+
+# --- issue 12 #4: extraction is all or nothing, with clear errors ---------------------------
+
+
+class _CancelAfter(threading.Event):
+    """Set itself on the ``n``-th check: a cancellation in the middle of an extraction."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.left = n
+
+    def is_set(self) -> bool:
+        self.left -= 1
+        return self.left < 0
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_extract_into_a_regular_file_is_refused(tmp_path: Path, package: Path) -> None:
+    target = tmp_path / "a-file"
+    target.write_bytes(b"keep")
+    before = _tree(tmp_path)
+    with pytest.raises(InvalidArgumentError, match="is not a folder") as exc:
+        extract_package(package, target)
+    assert exc.value.code == "SYS.1007"
+    assert target.read_bytes() == b"keep"
+    assert _tree(tmp_path) == before
+
+
+def test_extract_where_a_member_folder_is_a_file(tmp_path: Path, package: Path) -> None:
+    members = _members(package)
+    nested = tmp_path / "nested.ova"
+    sub = tarfile.TarInfo("sub/x.txt")
+    sub.size = 3
+    _rebuild(nested, [*members, (sub, b"abc")])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").write_bytes(b"a file where a folder would go")
+    before = _tree(tmp_path)
+    with pytest.raises(InvalidArgumentError, match="exists and is not a folder"):
+        extract_package(nested, out)
+    assert _tree(tmp_path) == before  # nothing of the package was left behind
+    # Into a fresh folder the same package extracts, sub-folder and all.
+    paths = extract_package(nested, tmp_path / "fresh")
+    assert (tmp_path / "fresh" / "sub" / "x.txt").read_bytes() == b"abc"
+    assert len(paths) == len(members) + 1
+
+
+def test_extract_refusal_or_cancel_leaves_nothing(tmp_path: Path, package: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_bytes(b"mine")
+    (out / "web-01-disk1.vmdk").write_bytes(b"the last member's name, taken")
+    with pytest.raises(InvalidArgumentError, match="already exists"):
+        extract_package(package, out)
+    assert _tree(out) == ["mine.txt", "web-01-disk1.vmdk"]  # the .ovf and .mf did not stay
+    (out / "web-01-disk1.vmdk").unlink()
+    before = _tree(tmp_path)
+    for folder in (out, tmp_path / "new"):  # an existing folder, and one made for it
+        with pytest.raises(CancelledError):
+            extract_package(package, folder, cancel=_CancelAfter(3))
+    assert _tree(tmp_path) == before
+    paths = extract_package(package, out)
+    assert _tree(out) == sorted(["mine.txt", *(os.path.basename(p) for p in paths)])
+
+
+# --- verify: oversized .mf/.cert, directory members, could-not-check --------------------------
+
+
+def test_verify_lists_an_oversized_manifest_and_goes_on(tmp_path: Path, package: Path) -> None:
+    members = _members(package)
+    big = tmp_path / "big-mf.ova"
+    mf_info, _ = next(m for m in members if m[0].name == "web-01.mf")
+    mf_info.size = (1 << 20) + 1
+    cert = tarfile.TarInfo("web-01.cert")
+    cert.size = 2 << 20
+    _rebuild(big, [m if m[0].name != "web-01.mf" else (mf_info, b"x" * mf_info.size)
+                   for m in members] + [(cert, b"c" * cert.size)])
+    report = verify_package(big)
+    assert any("web-01.mf is 1048577 bytes, more than" in p for p in report.problems)
+    assert any("web-01.cert is 2097152 bytes" in p for p in report.problems)
+    # ... and the other checks still ran: the disk was inspected.
+    assert any("VMDK structure and every grain valid" in c for c in report.checked)
+    assert report.errors == ()
+
+
+def test_verify_reports_a_directory_named_like_a_disk(tmp_path: Path, package: Path) -> None:
+    members = _members(package)
+    odd = tmp_path / "dir.ova"
+    folder = tarfile.TarInfo("web-01-disk1.vmdk.d")
+    folder.type = tarfile.DIRTYPE
+    other = tarfile.TarInfo("notes")
+    other.type = tarfile.DIRTYPE
+    _rebuild(odd, [members[0], (folder, b""), *members[1:], (other, b"")])
+    report = verify_package(odd)
+    assert "tar member 'web-01-disk1.vmdk.d' is a directory named like a package file" in (
+        report.problems
+    ), report.problems
+    assert any("'notes' is a directory" in p for p in report.problems)
+    # A directory standing in for the disk itself: the disk is missing too.
+    swapped = tmp_path / "swapped.ova"
+    disk = tarfile.TarInfo("web-01-disk1.vmdk")
+    disk.type = tarfile.DIRTYPE
+    _rebuild(swapped, [*members[:-1], (disk, b"")])
+    report = verify_package(swapped)
+    assert any("directory named like a package file" in p for p in report.problems)
+    assert any("is not in the package" in p for p in report.problems)
+
+
+def test_verify_tells_could_not_check_from_invalid(tmp_path: Path, package: Path) -> None:
+    missing = verify_package(tmp_path / "missing.ova")
+    assert not missing.ok and missing.problems == () and missing.errors
+    assert missing.errors[0].startswith("cannot open")
+    # An .ovf whose disk file cannot be read: the check could not run, nothing is invalid.
+    out = tmp_path / "x"
+    extract_package(package, out)
+    if os.geteuid() != 0:
+        (out / "web-01-disk1.vmdk").chmod(0)
+        report = verify_package(out / "web-01.ovf")
+        assert report.problems == () and any("cannot read" in e for e in report.errors)

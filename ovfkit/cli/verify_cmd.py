@@ -1,5 +1,7 @@
 """``ovfkit verify PACKAGE``: check an .ova (or an .ovf with its files) and list every problem.
-Exit status 0 when the package is valid, 1 when it is not."""
+Exit status 0 when the package is valid, 1 when it is not (problems found), 2 when it could not
+be checked (the package or one of its files missing or unreadable, a tool missing) and no
+problem was found in what could be."""
 
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         json.dump(
             {"path": report.path, "ok": report.ok, "problems": list(report.problems),
-             "checked": list(report.checked)},
+             "errors": list(report.errors), "checked": list(report.checked)},
             sys.stdout,
             indent=2,
         )
@@ -50,6 +52,13 @@ def run(args: argparse.Namespace) -> int:
                 print(f"ok: {line}")
         for line in report.problems:
             print(f"problem: {line}")
-        verdict = "valid" if report.ok else f"INVALID ({len(report.problems)} problems)"
+        for line in report.errors:
+            print(f"error: {line}")
+        if report.problems:
+            verdict = f"INVALID ({len(report.problems)} problems)"
+        elif report.errors:
+            verdict = f"NOT CHECKED ({len(report.errors)} checks could not run)"
+        else:
+            verdict = "valid"
         print(f"{report.path}: {verdict}")
-    return 0 if report.ok else 1
+    return 1 if report.problems else 2 if report.errors else 0

@@ -14,16 +14,28 @@ follow or replace a symbolic link there.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
 import re
+import shutil
 import stat
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal, cast
 
-from ..errors import InvalidArgumentError, NotFoundError, OvfkitError, OvfkitIOError
+from .. import limits
+from ..errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    OperationCancelledError,
+    OperationTimeoutError,
+    OvfkitError,
+    OvfkitIOError,
+    ToolMissingError,
+)
 from ..model import VirtualMachine
 from ..ovf.layout import FileRef
 from ..ovf.reader import ParsedDescriptor, parse_package_descriptor
@@ -44,8 +56,8 @@ __all__ = [
     "verify_package",
 ]
 
-MAX_DESCRIPTOR = 32 << 20  # VMware's own limit is far lower; real descriptors are a few KiB
-MAX_MEMBERS = 10_000
+MAX_DESCRIPTOR = limits.MAX_DESCRIPTOR_SIZE  # VMware Cloud Director's default; real ones: KiB
+MAX_MEMBERS = limits.MAX_PACKAGE_FILES
 _READ_CHUNK = 4 << 20
 _ENV_ISO_MAX = 16 << 20  # environment ISOs are a few blocks; larger ones are CD images
 _CHUNK_NAME = re.compile(r"(.+)\.(\d{9})")
@@ -74,6 +86,7 @@ class Package:
     descriptor: bytes
     parsed: ParsedDescriptor
     end_of_archive: bool = True
+    directories: tuple[str, ...] = ()
 
     @property
     def vm(self) -> VirtualMachine:
@@ -103,9 +116,12 @@ class Package:
             raise TarFormatError(
                 f"member {member.name!r} is {member.size} bytes; refusing to read more than {limit}"
             )
-        with open(member.path, "rb") as f:
-            f.seek(member.offset)
-            data = f.read(member.size)
+        try:
+            with open(member.path, "rb") as f:
+                f.seek(member.offset)
+                data = f.read(member.size)
+        except OSError as exc:
+            raise _read_error(member, exc) from None
         if len(data) != member.size:
             raise TarFormatError(f"member {member.name!r} is truncated")
         return data
@@ -114,8 +130,13 @@ class Package:
     def open_stream(self, members: tuple[Member, ...]) -> Iterator[BinaryIO]:
         """A seekable read-only stream over the concatenated members (a File's chunks)."""
         with contextlib.ExitStack() as stack:
-            paths = dict.fromkeys(m.path for m in members)
-            files = {p: stack.enter_context(open(p, "rb")) for p in paths}
+            files: dict[str, BinaryIO] = {}
+            for m in members:
+                if m.path not in files:
+                    try:
+                        files[m.path] = stack.enter_context(open(m.path, "rb"))
+                    except OSError as exc:
+                        raise _read_error(m, exc) from None
             yield cast(BinaryIO, _Concat([(files[m.path], m.offset, m.size) for m in members]))
 
 
@@ -172,9 +193,10 @@ class _Concat(io.RawIOBase):
 # ---------------------------------------------------------------------------------------------
 
 
-def scan_tar(path: str) -> tuple[list[Member], bool]:
-    """Members of the tar at ``path`` by offset, and whether the end-of-archive blocks are there.
-    Raises TarFormatError for anything hostile or malformed (see the module docstring)."""
+def scan_tar(path: str, directories: list[str] | None = None) -> tuple[list[Member], bool]:
+    """Members of the tar at ``path`` by offset, and whether the end-of-archive blocks are there;
+    directory entries, which an OVA should not hold, are appended to ``directories``. Raises
+    TarFormatError for anything hostile or malformed (see the module docstring)."""
     members: list[Member] = []
     seen: set[str] = set()
     try:
@@ -202,7 +224,10 @@ def scan_tar(path: str) -> tuple[list[Member], bool]:
                     f"tar member {header.name!r} claims {header.size} bytes at offset {data},"
                     f" past the end of the {file_size}-byte file"
                 )
-            if not header.is_dir:
+            if header.is_dir:
+                if directories is not None and len(directories) < MAX_MEMBERS:
+                    directories.append(header.name)
+            else:
                 if header.name in seen:
                     raise TarFormatError(f"tar member {header.name!r} appears twice")
                 seen.add(header.name)
@@ -225,7 +250,8 @@ def open_package(path: str | os.PathLike[str]) -> Package:
         raise InvalidArgumentError(f"package {path!r} is not a regular file")
     if path.lower().endswith(".ovf"):
         return _open_ovf(path)
-    members, end = scan_tar(path)
+    directories: list[str] = []
+    members, end = scan_tar(path, directories)
     descriptor = next((m for m in members if m.name.lower().endswith(".ovf")), None)
     if descriptor is None:
         raise InvalidArgumentError(f"package {path!r} holds no .ovf descriptor")
@@ -247,6 +273,7 @@ def open_package(path: str | os.PathLike[str]) -> Package:
         descriptor=data,
         parsed=parse_package_descriptor(data),
         end_of_archive=end,
+        directories=tuple(directories),
     )
 
 
@@ -293,17 +320,21 @@ def _check_relative(name: str) -> None:
 
 @dataclass(frozen=True)
 class Report:
-    """What verify_package found: ``problems`` (empty = valid) and ``checked`` (what passed)."""
+    """What verify_package found: ``problems`` with the package (empty = valid as far as
+    checked), ``checked`` (what passed) and ``errors``: checks that could not run (the package
+    or one of its files missing or unreadable, a tool missing), which say nothing of the
+    package itself."""
 
     path: str
     problems: tuple[str, ...]
     checked: tuple[str, ...] = ()
     vm: VirtualMachine | None = None
     members: tuple[Member, ...] = field(default_factory=tuple)
+    errors: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.errors
 
 
 def _digest(
@@ -325,16 +356,27 @@ def _digest(
 
 def _member_chunks(member: Member, what: str, cancel: CancelToken | None) -> Iterator[bytes]:
     """A member's bytes in bounded chunks, read straight from the package at its offset."""
-    with open(member.path, "rb") as f:
+    try:
+        f = open(member.path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise _read_error(member, exc) from None
+    with f:
         f.seek(member.offset)
         left = member.size
         while left:
             check_cancel(cancel, what)
-            chunk = f.read(min(_READ_CHUNK, left))
+            try:
+                chunk = f.read(min(_READ_CHUNK, left))
+            except OSError as exc:
+                raise _read_error(member, exc) from None
             if not chunk:
                 raise TarFormatError(f"member {member.name!r} is truncated")
             left -= len(chunk)
             yield chunk
+
+
+def _read_error(member: Member, exc: OSError) -> OvfkitIOError:
+    return OvfkitIOError(f"cannot read {member.name!r} from {member.path!r}: {exc.strerror or exc}")
 
 
 def verify_package(
@@ -350,12 +392,15 @@ def verify_package(
     sizes and chunking, each VMDK's structure (and, with ``check_data``, every grain) through
     ``ovfkit.vmdk.inspect_vmdk``, disk capacities and populated sizes."""
     path = os.fspath(path)
-    problems: list[str] = []
-    checked: list[str] = []
+    findings = _Findings()
     try:
+        if not os.path.exists(path) or os.path.isdir(path):
+            raise NotFoundError(f"package {path!r} does not exist or is a folder")
         package = open_package(path)
     except OvfkitError as exc:
-        return Report(path, (f"cannot open: {exc.details}",))
+        findings.failed("cannot open", exc)
+        return findings.report(path)
+    problems, checked = findings.problems, findings.checked
     if package.kind == "ova" and not package.end_of_archive:
         problems.append("tar archive does not end with two zero blocks")
     _check_schema(package, strict_schema, problems, checked)
@@ -365,13 +410,22 @@ def verify_package(
     mf = package.member(mf_name)
     cert = package.member(cert_name)
     file_members = {ref.id: package.file_members(ref) for ref in refs}
+    _check_directories(package, refs, problems)
     _check_order(package, refs, file_members, mf, cert, problems, checked)
     _check_sizes(refs, file_members, problems, checked)
     if mf is not None:
-        _check_manifest(package, mf, file_members, problems, checked, progress, cancel)
-        if cert is not None:
-            cert_bytes = package.read_member(cert, 1 << 20)
-            mf_bytes = package.read_member(mf)
+        mf_bytes = findings.read(package, mf, limits.MAX_MANIFEST_SIZE, "a manifest")
+        if mf_bytes is not None:
+            with findings.stage(f"{mf_name}: digests"):
+                _check_manifest(
+                    package, mf, mf_bytes, file_members, problems, checked, progress, cancel
+                )
+        cert_bytes = (
+            findings.read(package, cert, limits.MAX_CERTIFICATE_SIZE, "a certificate file")
+            if cert is not None
+            else None
+        )
+        if cert_bytes is not None and mf_bytes is not None:
             cert_problems = verify_certificate_file(cert_bytes, mf_name, mf_bytes)
             problems += [f"{cert_name}: {p}" for p in cert_problems]
             if not cert_problems:
@@ -380,9 +434,73 @@ def verify_package(
         problems.append(f"{cert_name} present without a manifest")
     else:
         checked.append("no manifest (digests not checked)")
-    _check_disks(package, file_members, check_data, problems, checked, cancel)
-    _check_isos(package, file_members, problems, checked)
-    return Report(path, tuple(problems), tuple(checked), package.vm, package.members)
+    with findings.stage("disks"):
+        _check_disks(package, file_members, check_data, problems, checked, cancel)
+    with findings.stage("ISO images"):
+        _check_isos(package, file_members, problems, checked)
+    return findings.report(path, package)
+
+
+# Not the package's fault: the check could not run (``ovfkit verify`` exits 2, not 1).
+_CANNOT_CHECK = (NotFoundError, OvfkitIOError, ToolMissingError, OperationTimeoutError)
+
+
+@dataclass
+class _Findings:
+    """What verify_package found so far; an error of one stage is recorded and the other
+    stages still run (a hostile .mf does not hide a broken disk)."""
+
+    problems: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def failed(self, what: str, exc: OvfkitError) -> None:
+        if isinstance(exc, OperationCancelledError):
+            raise exc
+        where = self.errors if isinstance(exc, _CANNOT_CHECK) else self.problems
+        where.append(f"{what}: {exc.details}")
+
+    @contextlib.contextmanager
+    def stage(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except OvfkitError as exc:
+            self.failed(what, exc)
+
+    def read(self, package: Package, member: Member, limit: int, what: str) -> bytes | None:
+        if member.size > limit:
+            self.problems.append(
+                f"{member.name} is {member.size} bytes, more than the {limit} bytes {what} may"
+                " have (not read)"
+            )
+            return None
+        with self.stage(member.name):
+            return package.read_member(member, limit)
+        return None
+
+    def report(self, path: str, package: Package | None = None) -> Report:
+        return Report(
+            path,
+            tuple(self.problems),
+            tuple(self.checked),
+            package.vm if package is not None else None,
+            package.members if package is not None else (),
+            tuple(self.errors),
+        )
+
+
+def _check_directories(
+    package: Package, refs: tuple[FileRef, ...], problems: list[str]
+) -> None:
+    """An OVA holds the package's files only (DSP0243 §5.3); a directory entry named like one
+    of them would make an extracting tool create a folder where the disk should be."""
+    hrefs = {ref.href for ref in refs} | {package.descriptor_name}
+    for name in package.directories:
+        bare = name.rstrip("/")
+        if bare in hrefs or any(bare.startswith(h + ".") for h in hrefs):
+            problems.append(f"tar member {name!r} is a directory named like a package file")
+        else:
+            problems.append(f"tar member {name!r} is a directory; an OVA holds only files")
 
 
 def _check_schema(package: Package, strict: bool, problems: list[str], checked: list[str]) -> None:
@@ -458,6 +576,7 @@ def _check_sizes(
 def _check_manifest(
     package: Package,
     mf: Member,
+    mf_bytes: bytes,
     file_members: dict[str, tuple[Member, ...]],
     problems: list[str],
     checked: list[str],
@@ -465,7 +584,7 @@ def _check_manifest(
     cancel: CancelToken | None,
 ) -> None:
     try:
-        entries = parse_manifest(package.read_member(mf))
+        entries = parse_manifest(mf_bytes)
     except ManifestError as exc:
         problems.append(f"{mf.name}: {exc.details}")
         return
@@ -593,33 +712,137 @@ def extract_package(
 ) -> tuple[str, ...]:
     """Copy the package's files into ``folder`` (created if missing) as plain files; returns
     their paths. Never writes outside ``folder``: names are flat or safe relative paths,
-    existing symbolic links are refused (``O_NOFOLLOW``), nothing is overwritten."""
+    existing symbolic links are refused, nothing is overwritten.
+
+    All or nothing: every destination is checked first (``folder`` or a folder a member needs
+    being a file is InvalidArgumentError, SYS.1007, naming it), the files are written into a
+    temporary folder beside ``folder`` (same file system) and moved in only once all are
+    complete. On any error or cancellation the temporary folder is removed and ``folder`` is
+    left as it was.
+    """
     package = open_package(path)
-    root = os.path.realpath(os.fspath(folder))
-    os.makedirs(root, exist_ok=True)
-    out: list[str] = []
-    for member in package.members:
-        check_cancel(cancel, "extract")
-        _check_relative(member.name)
-        target = os.path.realpath(os.path.join(root, os.path.dirname(member.name)))
-        if target != root and not target.startswith(root + os.sep):
-            raise TarFormatError(f"member {member.name!r} would land outside {root!r}")
-        os.makedirs(target, exist_ok=True)
-        dest = os.path.join(target, os.path.basename(member.name))
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    target = os.path.abspath(os.fspath(folder))
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise InvalidArgumentError(f"extract target {target!r} exists and is not a folder")
+    root = os.path.realpath(target)
+    names = [m.name for m in package.members]
+    _plan_extract(root, names)
+    # Beside a new folder (renamed into place at the end), inside an existing one: either way
+    # on the file system of the final names, so that moving a file in is a rename or a link.
+    where = root if os.path.isdir(root) else os.path.dirname(root)
+    try:
+        os.makedirs(where, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.extract-", dir=where)
+    except OSError as exc:
+        raise OvfkitIOError(
+            f"cannot create a temporary folder in {where!r}: {exc.strerror}"
+        ) from None
+    try:
+        for member in package.members:
+            check_cancel(cancel, "extract")
+            _extract_member(package, member, staging, cancel)
+        return _publish(staging, root, names)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _plan_extract(root: str, names: list[str]) -> None:
+    """Refuse, before anything is written, a member that cannot land in ``root``: an unsafe
+    name, one under another member (``a`` and ``a/b``), one whose folder exists as a file or
+    leads out of ``root``, or one whose file exists (a symbolic link included)."""
+    files = set(names)
+    for name in names:
+        _check_relative(name)
+        parts = name.split("/")
+        here = root
+        for i, part in enumerate(parts[:-1]):
+            if "/".join(parts[: i + 1]) in files:
+                raise TarFormatError(
+                    f"member {name!r} lies under member {'/'.join(parts[: i + 1])!r}, a file"
+                )
+            here = os.path.join(here, part)
+            if os.path.lexists(here) and not os.path.isdir(here):
+                raise InvalidArgumentError(
+                    f"cannot extract {name!r}: {here!r} exists and is not a folder"
+                )
+        real = os.path.realpath(here)
+        if real != root and not real.startswith(root + os.sep):
+            raise TarFormatError(f"member {name!r} would land outside {root!r}")
+        dest = os.path.join(root, name)
+        if os.path.lexists(dest):
+            raise InvalidArgumentError(f"{dest!r} already exists; not overwritten")
+
+
+def _extract_member(
+    package: Package, member: Member, staging: str, cancel: CancelToken | None
+) -> None:
+    dest = os.path.join(staging, member.name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        fd = os.open(dest, flags, 0o644)
+    except OSError as exc:
+        raise OvfkitIOError(f"cannot create {dest!r}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as dst:
+        for chunk in _member_chunks(member, "extract", cancel):
+            try:
+                dst.write(chunk)
+            except OSError as exc:
+                raise OvfkitIOError(f"writing {dest!r} failed: {exc.strerror}") from None
+
+
+def _publish(staging: str, root: str, names: list[str]) -> tuple[str, ...]:
+    """Move the complete files from ``staging`` into ``root``: one rename when ``root`` does
+    not exist yet, else a hard link per file (link(2) never replaces an existing name) with
+    every link undone if one fails."""
+    out = tuple(os.path.join(root, name) for name in names)
+    if not os.path.lexists(root):
         try:
-            fd = os.open(dest, flags, 0o644)
-        except FileExistsError:
-            raise InvalidArgumentError(f"{dest!r} already exists; not overwritten") from None
-        except OSError as exc:
-            raise OvfkitIOError(f"cannot create {dest!r}: {exc.strerror}") from None
-        try:
-            with os.fdopen(fd, "wb") as dst:
-                for chunk in _member_chunks(member, "extract", cancel):
-                    dst.write(chunk)
-        except BaseException:
+            os.chmod(staging, 0o755)  # mkdtemp makes 0700; the folder was asked for as usual
+            os.rename(staging, root)
+            return out
+        except OSError:
+            pass  # made meanwhile: merge below, still without replacing anything
+    linked: list[str] = []
+    made: list[str] = []
+    try:
+        for name in names:
+            dest = os.path.join(root, name)
+            folder = os.path.dirname(dest)
+            missing: list[str] = []
+            while not os.path.isdir(folder):
+                missing.append(folder)
+                folder = os.path.dirname(folder)
+            for d in reversed(missing):
+                os.mkdir(d)
+                made.append(d)
+            _move_new(os.path.join(staging, name), dest)
+            linked.append(dest)
+    except OSError as exc:
+        for dest in reversed(linked):
             with contextlib.suppress(OSError):
                 os.unlink(dest)
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        if isinstance(exc, FileExistsError | NotADirectoryError):
+            raise InvalidArgumentError(
+                f"cannot extract into {root!r}: {exc.filename!r} appeared meanwhile"
+            ) from None
+        raise OvfkitIOError(
+            f"cannot move the extracted files into {root!r}: {exc.strerror}"
+        ) from None
+    return out
+
+
+def _move_new(src: str, dest: str) -> None:
+    """``src`` to the name ``dest``, which must not exist: link(2) refuses an existing name
+    atomically; where the file system has no hard links, a checked rename."""
+    try:
+        os.link(src, dest, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
             raise
-        out.append(dest)
-    return tuple(out)
+        if os.path.lexists(dest):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), dest) from None
+        os.rename(src, dest)
