@@ -3,10 +3,12 @@ fixtures, vendor sections kept for a re-write, and hostile XML."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hostile.corpus import NUMBER_CASES, vmware
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ovf_helpers import SAMPLES, assert_schema_valid, schema_errors
@@ -369,63 +371,22 @@ def test_unusable_descriptor_is_ovf_1002(data: bytes, message: str) -> None:
         parse_descriptor(data)
 
 
-def _vmware(old: bytes, new: bytes) -> bytes:
-    data = fixture("vmware-ovftool.ovf")
-    assert old in data
-    return data.replace(old, new, 1)
-
-
-_NIC_ITEM = (
-    b"<Item><rasd:Connection>VM Network</rasd:Connection><rasd:InstanceID>%d</rasd:InstanceID>"
-    b"<rasd:ResourceType>10</rasd:ResourceType></Item>"
-)
-
-
 @pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        # issue 12 #2: these were OverflowError / ValueError tracebacks
-        (_vmware(b"<rasd:VirtualQuantity>2048<", b"<rasd:VirtualQuantity>1" + b"0" * 400 + b"<"),
-         "out of range"),
-        (_vmware(b'ovf:capacity="16"', b'ovf:capacity="' + b"9" * 4000 + b'"'), "out of range"),
-        (_vmware(b'ovf:capacity="16" ovf:capacityAllocationUnits="byte * 2^30"',
-                 b'ovf:capacity="' + b"9" * 30 + b'" ovf:capacityAllocationUnits="byte * 2^80"'),
-         "out of range"),
-        (_vmware(b'ovf:capacity="16" ovf:capacityAllocationUnits="byte * 2^30"',
-                 b'ovf:capacity="16" ovf:capacityAllocationUnits="byte * 2^80"'), "out of range"),
-        (_vmware(b"byte * 2^30", b"byte * 2^" + b"9" * 5000), "allocation units"),
-        (_vmware(b"<rasd:VirtualQuantity>4<", b"<rasd:VirtualQuantity>1025<"), "out of range"),
-        (_vmware(b"<rasd:VirtualQuantity>4<", b"<rasd:VirtualQuantity>1_000<"), "not an integer"),
-        (_vmware(b"<rasd:VirtualQuantity>4<", "<rasd:VirtualQuantity>٣<".encode()),
-         "not an integer"),
-        (_vmware(b"<rasd:VirtualQuantity>2048<", b"<rasd:VirtualQuantity>-1<"), "negative"),
-        (_vmware(b"<rasd:VirtualQuantity>2048<", b"<rasd:VirtualQuantity>0<"), "out of range"),
-        (_vmware(b'ovf:size="68608"', b'ovf:size="' + b"1" * 25 + b'"'), "out of range"),
-        (_vmware(b'<OperatingSystemSection ovf:id="36"', b'<OperatingSystemSection ovf:id="70000"'),
-         "out of range"),
-        (_vmware(b"<rasd:AddressOnParent>1<", b"<rasd:AddressOnParent>" + b"7" * 4400 + b"<"),
-         "out of range"),
-        # issue 12 #12: counts and names capped (ovfkit.limits)
-        (_vmware(b"<Name>photon-web</Name>", b"<Name>" + b"n" * 256 + b"</Name>"), "at most 255"),
-        (_vmware(b"<Item>", b"".join(_NIC_ITEM % (1000 + i) for i in range(65)) + b"<Item>"),
-         "more than 64 NICs"),
-        (_vmware(b"</NetworkSection>", b"".join(
-            b'<Network ovf:name="n%d"/>' % i for i in range(65)) + b"</NetworkSection>"),
-         "more than 64 networks"),
-    ],
-    ids=["memory-10e400", "capacity-4000-nines", "capacity-2e80-units", "units-2e80",
-         "units-long-exponent", "vcpus-1025", "underscore", "arabic-digit", "negative",
-         "zero-memory", "file-size-25-digits", "os-id-uint16", "unit-4400-digits",
-         "name-256", "nics-65", "networks-65"],
+    ("make", "message"),
+    [(make, message) for _, make, message in NUMBER_CASES],
+    ids=[case_id for case_id, _, _ in NUMBER_CASES],
 )
-def test_numbers_and_counts_out_of_range_are_ovf_1002(data: bytes, message: str) -> None:
+def test_numbers_and_counts_out_of_range_are_ovf_1002(
+    make: Callable[[], bytes], message: str
+) -> None:
+    """Issue 12 #2 (these were OverflowError / ValueError tracebacks) and #12 (caps)."""
     with pytest.raises(InvalidOvfError, match=message) as exc:
-        parse_package_descriptor(data)
+        parse_package_descriptor(make())
     assert exc.value.code == "OVF.1002"
 
 
 def test_largest_allowed_values_still_read() -> None:
-    data = _vmware(b"<rasd:VirtualQuantity>4<", b"<rasd:VirtualQuantity>1024<")
+    data = vmware(b"<rasd:VirtualQuantity>4<", b"<rasd:VirtualQuantity>1024<")
     data = data.replace(b"<rasd:VirtualQuantity>2048<", b"<rasd:VirtualQuantity>25165824<")
     data = data.replace(b"byte * 2^30", b"byte * 2^40")
     vm = parse_descriptor(data)

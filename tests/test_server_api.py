@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from hostile.corpus import NUMBER_CASES
 from server_helpers import BS_UUID, PASSWORD, USER, LiveServer, run_server, setup_data_dir
 
 from ovfkit.zstack.auth import AuthStore, wire_password
@@ -608,6 +609,8 @@ def test_parse_ovf(server: LiveServer, token: str, exported: dict[str, Any]) -> 
     [
         ({"xmlBase64": base64.b64encode(b"<not-xml").decode()}, 503, "OVF.1001"),
         ({"xmlBase64": base64.b64encode(b"<Envelope/>").decode()}, 503, "OVF.1002"),
+        # issue 12 #2: a VirtualQuantity of 10^400 was an OverflowError, answered SYS.1000
+        ({"xmlBase64": base64.b64encode(NUMBER_CASES[0][1]()).decode()}, 503, "OVF.1002"),
         ({"xmlBase64": "***"}, 400, "SYS.1007"),
         ({"xmlBase64": 12}, 400, "SYS.1007"),
         ({}, 400, "SYS.1007"),

@@ -122,6 +122,11 @@ def verify_certificate_file(
     tag, name, sig_hex = (g.decode("ascii", "replace") for g in match.groups())
     if name != manifest_name:
         problems.append(f"certificate signs {name!r}, not the manifest {manifest_name!r}")
+    whole_bytes = len(sig_hex) % 2 == 0
+    if not whole_bytes:
+        problems.append(
+            f"signature has an odd number of hex digits ({len(sig_hex)}): it is not whole bytes"
+        )
     try:
         certs = x509.load_pem_x509_certificates(cert_file[match.end() :])
     except ValueError as exc:
@@ -129,11 +134,7 @@ def verify_certificate_file(
     public = certs[0].public_key()
     if not isinstance(public, rsa.RSAPublicKey):
         return [*problems, "certificate key is not RSA"]
-    if len(sig_hex) % 2:
-        problems.append(
-            f"signature has an odd number of hex digits ({len(sig_hex)}): it is not whole bytes"
-        )
-    else:
+    if whole_bytes:
         try:
             public.verify(
                 bytes.fromhex(sig_hex), manifest, padding.PKCS1v15(), _hash(tag.lower())

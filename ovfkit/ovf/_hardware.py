@@ -110,11 +110,11 @@ def _unit_factor(units: str | None, default: int, where: str) -> int:
     if m:
         base, exp = int(m.group(1)), int(m.group(2))
         if base not in (2, 10) or exp > 80:
-            raise InvalidOvfError(f"{where}: unsupported allocation units {units!r}")
+            raise InvalidOvfError(f"{where}: unsupported allocation units {_shown(units)}")
         return int(base**exp)
     if s in _UNIT_NAMES:
         return _UNIT_NAMES[s]
-    raise InvalidOvfError(f"{where}: unsupported allocation units {units!r}")
+    raise InvalidOvfError(f"{where}: unsupported allocation units {_shown(units)}")
 
 
 _NIC_TYPES = {
@@ -156,7 +156,8 @@ class _Item:
         return int(t) if t is not None and re.fullmatch(r"[0-9]{1,5}", t) else None
 
     def label(self) -> str:
-        return self.get("ElementName") or self.get("Caption") or f"Item {self.iid}"
+        name = self.get("ElementName") or self.get("Caption") or f"Item {self.iid}"
+        return name if len(name) <= 80 else _shown(name)  # it goes into error messages
 
 
 class Hardware:
@@ -315,7 +316,9 @@ class Hardware:
         p = it.get("Parent")
         kind, cid = self.by_iid.get(p or "", ("", ""))
         if kind != "controller":
-            raise InvalidOvfError(f"{it.label()}: Parent {p!r} is not a storage controller Item")
+            raise InvalidOvfError(
+                f"{it.label()}: Parent {_shown(p or '')} is not a storage controller Item"
+            )
         return cid
 
     def unit(self, it: _Item, controller: str) -> int:
@@ -337,7 +340,7 @@ class Hardware:
         _cap(len(self.disks), limits.MAX_DISKS, "disks")
         _cap(len(self.disks) + len(self.cds), limits.MAX_STORAGE_DEVICES, "disks and CD drives")
         info = self.disk_info[did]
-        where = f"Disk {did!r}"
+        where = f"Disk {_shown(did)}"
         cap_text = self.r.resolve(info["capacity"] or "")
         factor = _unit_factor(
             info["capacityAllocationUnits"], 1, f"{where} capacityAllocationUnits"

@@ -50,7 +50,7 @@ from ..model import (
     VirtualMachine,
 )
 from . import _ns as ns
-from ._hardware import Hardware, _bool, _int, _local, _nsof
+from ._hardware import Hardware, _bool, _int, _local, _nsof, _shown
 from ._ns import q
 from ._xml import MAX_DESCRIPTOR_SIZE, safe_fromstring
 from ._xml import raw_from_element as _raw
@@ -222,8 +222,8 @@ class _Reader:
             out[fid] = FileRef(
                 fid,
                 href,
-                _int(size, f"File {fid!r} ovf:size") if size is not None else None,
-                _int(chunk, f"File {fid!r} ovf:chunkSize") if chunk is not None else None,
+                _int(size, f"File {_shown(fid)} ovf:size") if size is not None else None,
+                _int(chunk, f"File {_shown(fid)} ovf:chunkSize") if chunk is not None else None,
             )
         return out
 
@@ -311,7 +311,7 @@ class _Reader:
                     vendor_sections.append(el)
                 self.extra.append(_raw(el, "virtual-system", self.ovf))
         if hw is None:
-            raise InvalidOvfError(f"VirtualSystem {name!r} has no VirtualHardwareSection")
+            raise InvalidOvfError(f"VirtualSystem {_shown(name)} has no VirtualHardwareSection")
         hwr = Hardware(self, hw, files, disk_info)
         hwr.read()
         hwr.apply_boot_order(boot_sections)
@@ -426,4 +426,4 @@ class _Reader:
             for prop in p.properties:
                 if prop.key == m.group(1) and prop.value is not None:
                     return prop.value
-        raise InvalidOvfError(f"{value!r} names no ProductSection property with a value")
+        raise InvalidOvfError(f"{_shown(value)} names no ProductSection property with a value")

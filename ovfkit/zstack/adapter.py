@@ -165,6 +165,14 @@ def _path(where: str, key: str) -> str:
 # --- input shapes -----------------------------------------------------------------------------
 
 
+def _parse_int(text: str) -> int:
+    # int() refuses over 4,300 digits with a plain ValueError (CVE-2020-10735); no ZStack
+    # number has more than 19 (a Java long), so anything far longer is refused here, clearly.
+    if len(text.lstrip("-")) > limits.MAX_NUMBER_DIGITS:
+        _fail("inventory", f"holds a number of {len(text)} digits; ZStack numbers are longs")
+    return int(text)
+
+
 def _reject_constant(name: str) -> NoReturn:
     _fail("inventory", f"is not valid JSON: {name} is not a JSON number")
 
@@ -190,7 +198,9 @@ def decode_inventory(inventory: Mapping[str, Any] | str | bytes) -> Mapping[str,
             ) from None
     if isinstance(inventory, str):
         try:
-            inventory = json.loads(inventory, parse_constant=_reject_constant)
+            inventory = json.loads(
+                inventory, parse_constant=_reject_constant, parse_int=_parse_int
+            )
         except json.JSONDecodeError as exc:
             raise InvalidArgumentError(
                 f"invalid ZStack VM inventory: not JSON ({exc.msg} at line {exc.lineno} "

@@ -1,0 +1,126 @@
+"""Run every reader and command over the hostile corpus, in this process, and write one JSON
+record per (case, entry point): what came out (an OvfkitError's code, a report, an exit status
+and stderr) or, for anything else, the traceback. Run as a child process by
+tests/test_hostile_corpus.py, which measures its peak RSS:
+
+    python tests/hostile/runner.py WORKDIR RESULTS.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hostile.corpus import Case, descriptors, inventories, packages
+from ovfkit.cli import main as cli
+from ovfkit.errors import OvfkitError
+from ovfkit.model import (
+    Controller,
+    ControllerType,
+    Disk,
+    DiskSource,
+    VirtualMachine,
+)
+from ovfkit.ova import OvaOptions, extract_package, open_package, verify_package, write_ova
+from ovfkit.ovf import parse_descriptor
+from ovfkit.zstack import vm_from_zstack
+
+
+def _call(fn: Callable[[], Any]) -> dict[str, Any]:
+    try:
+        value = fn()
+    except OvfkitError as exc:
+        return {"outcome": "error", "code": exc.code, "details": exc.details[:300]}
+    except BaseException:
+        return {"outcome": "crash", "traceback": traceback.format_exc()[-3000:]}
+    if hasattr(value, "problems"):
+        return {"outcome": "report", "problems": [p[:300] for p in value.problems],
+                "errors": list(getattr(value, "errors", ()))}
+    return {"outcome": "ok"}
+
+
+def _command(argv: list[str]) -> dict[str, Any]:
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = cli(argv)
+    except BaseException:
+        return {"outcome": "crash", "traceback": traceback.format_exc()[-3000:]}
+    return {"outcome": "exit", "rc": rc, "stderr": err.getvalue()[-2000:],
+            "stdout": out.getvalue()[-2000:]}
+
+
+def good_package(work: Path) -> bytes:
+    """A valid one-disk OVA (1 MiB raw disk, some data), made by ovfkit itself."""
+    raw = work / "disk.raw"
+    with open(raw, "wb") as f:
+        f.truncate(1 << 20)
+        f.seek(64 << 10)
+        f.write(b"hostile corpus " * 1000)
+    vm = VirtualMachine(
+        name="good",
+        controllers=(Controller("scsi0", ControllerType.SCSI),),
+        disks=(Disk("d0", 1 << 20, "scsi0", 0, DiskSource(str(raw), "raw")),),
+    )
+    target = work / "good.ova"
+    write_ova(vm, target, OvaOptions(fsync=False, threads=1))
+    return target.read_bytes()
+
+
+def run_case(case: Case, work: Path) -> list[dict[str, Any]]:
+    folder = work / case.id
+    folder.mkdir()
+    records: list[dict[str, Any]] = []
+
+    def record(entry: str, result: dict[str, Any]) -> None:
+        records.append({"case": case.id, "entry": entry, "expect": case.expect.get(entry),
+                        **result})
+
+    if case.kind == "descriptor":
+        record("parse", _call(lambda: parse_descriptor(case.data)))
+        ovf = folder / "vm.ovf"  # an .ovf package: the descriptor beside (no) files
+        ovf.write_bytes(case.data)
+        record("open", _call(lambda: open_package(ovf)))
+        record("verify", _call(lambda: verify_package(ovf)))
+        record("extract", _call(lambda: extract_package(ovf, folder / "out")))
+        record("inspect", _command(["inspect", str(ovf)]))
+        record("verify-cli", _command(["verify", str(ovf)]))
+    elif case.kind == "package":
+        ova = folder / "x.ova"
+        ova.write_bytes(case.data)
+        record("open", _call(lambda: open_package(ova)))
+        record("verify", _call(lambda: verify_package(ova)))
+        record("extract", _call(lambda: extract_package(ova, folder / "out")))
+        record("inspect", _command(["inspect", str(ova)]))
+        record("verify-cli", _command(["verify", str(ova)]))
+    else:
+        inv = folder / "inventory.json"
+        inv.write_bytes(case.data)
+        record("zstack", _call(lambda: vm_from_zstack(case.data)))
+        record("vm-add", _command(["vm", "add", str(inv), "--data-dir", str(folder / "data")]))
+        record("export", _command(["export", str(inv), "-o", str(folder / "x.ova")]))
+        record("descriptor", _command(["descriptor", str(inv)]))
+    return records
+
+
+def main(work: Path, results: Path) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    records = []
+    for case in itertools.chain(descriptors(), packages(good_package(work)), inventories()):
+        records += run_case(case, work)
+    results.write_text(json.dumps(records, indent=1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OVFKIT_DATA_DIR", sys.argv[1])
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
