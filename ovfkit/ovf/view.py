@@ -122,7 +122,7 @@ def check_vm(vm: VirtualMachine) -> None:
     for d in vm.disks:
         if d.capacity is not None and d.capacity < 0:
             raise InvalidArgumentError(f"disk {d.id!r}: negative capacity {d.capacity}")
-        if d.capacity > limits.UNSIGNED_LONG_MAX:  # the packer's placeholders are this wide
+        if d.capacity is not None and d.capacity > limits.UNSIGNED_LONG_MAX:  # placeholders
             raise InvalidArgumentError(
                 f"disk {d.id!r}: capacity {d.capacity} is over {limits.UNSIGNED_LONG_MAX} bytes"
             )
