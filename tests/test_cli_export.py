@@ -237,3 +237,42 @@ def test_progress_bar_and_ctrl_c(tmp_path: Path, inventory: Path, make_image: Ma
     assert child.returncode == 130, err
     assert "SYS.1017" in err
     assert list(folder.iterdir()) == []
+
+
+def test_storage_root_confines_what_export_reads(tmp_path: Path) -> None:
+    """Issue 12 #13: with --storage-root, the service's confinement (realpath of every volume
+    and ISO, then every file qemu opens for a disk) applies to the command line too."""
+    from conftest import qemu_img, write_raw
+
+    ps, outside, out = tmp_path / "ps", tmp_path / "outside", tmp_path / "out"
+    for d in (ps, outside, out):
+        d.mkdir()
+    secret = outside / "shadow.raw"
+    write_raw(secret, MiB, [(0, b"root:secret-hash:19000::::::\n" * 20)])
+    inside = ps / "root.raw"
+    write_raw(inside, MiB, [(0, b"inside")])
+    (ps / "link.raw").symlink_to(secret)
+    qemu_img("create", "-q", "-f", "qcow2", "-b", str(secret), "-F", "raw", ps / "over.qcow2")
+    doc: Any = json.loads(EXAMPLE.read_text())
+    vm = doc["inventories"][0]
+    vm["allVolumes"], vm["vmCdRoms"] = vm["allVolumes"][:1], []
+
+    def export(path: Path, fmt: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        vm["allVolumes"][0].update(installPath=str(path), size=MiB, format=fmt)
+        inv = tmp_path / "inv.json"
+        inv.write_text(json.dumps(doc))
+        return ovfkit("export", str(inv), "-o", str(out / "x.ova"), "--storage-root", str(ps),
+                      *extra)
+
+    for path, fmt, why in (
+        (secret, "raw", "outside the configured storage roots"),
+        (ps / "link.raw", "raw", "outside the configured storage roots"),  # realpath'd
+        (ps / "over.qcow2", "qcow2", f"reads the backing file {str(secret)!r}"),
+    ):
+        proc = export(path, fmt)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("ERROR SYS.1007: ") and why in proc.stderr, proc.stderr
+        assert list(out.iterdir()) == []
+    proc = export(inside, "raw", "--storage-root", str(tmp_path / "another"))
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in out.iterdir()] == ["x.ova"]

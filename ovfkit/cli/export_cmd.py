@@ -6,7 +6,12 @@ otherwise the package's path, size, digests and files. With ``-o -`` the package
 stdout (write_ova's streaming layout: chunked disks, manifest last) and the JSON goes to stderr.
 
 A progress bar goes to stderr when stderr is a terminal; nothing but the JSON is printed when it
-is not. Ctrl-C removes the partial package (write_ova never leaves one at the target path).
+is not. Ctrl-C, SIGTERM and SIGHUP remove the partial package (write_ova never leaves one at the
+target path); the temporary file of an export killed outright is removed by the next export to
+the same folder.
+
+The command trusts its input: it reads whatever volume and ISO paths it names, as far as
+the user running it may. ``--storage-root`` confines it as the service always is.
 """
 
 from __future__ import annotations
@@ -64,6 +69,10 @@ def register(sub: Any) -> None:
                         help="add an OVF environment ISO with these property values (JSON object)")
     parser.add_argument("--force-shared", action="store_true",
                         help="read disks a running VM holds locked (crash-consistent at best)")
+    parser.add_argument("--storage-root", action="append", default=[], metavar="PATH",
+                        help="read disks, their backing files and ISOs only under PATH "
+                        "(repeatable; default: any file this user can read, as INPUT says). "
+                        "The service always confines to its storage roots.")
     parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                         help="progress bar on stderr (auto: only on a terminal)")
     zstack = add_zstack_arguments(parser)
@@ -213,6 +222,14 @@ def run(args: argparse.Namespace) -> int:
         given = [flag for flag, value in zstack_only.items() if value is not None]
         if given:
             raise InvalidArgumentError(f"{given[0]} applies to a ZStack inventory only")
+    if args.storage_root:
+        # The service's confinement (ovfkit.zstack.catalog): realpath of every volume and ISO
+        # path, then every file qemu would open for a disk (backing chain, data file).
+        from ..zstack.catalog import confine_images, confine_paths
+
+        roots = [os.path.realpath(r) for r in args.storage_root]
+        vm = confine_paths(vm, roots)
+        confine_images(vm, roots)
     uuid = args.resource_uuid or new_zstack_uuid()
     for field, value in (("--resource-uuid", uuid), ("--backup-storage-uuid",
                                                     args.backup_storage_uuid)):

@@ -25,7 +25,9 @@ temporary file in the target's folder:
    instead of adding to it. Cost: one MD5 of the package's compressed bytes (3.3 s for the
    1.34 GB package of the reference disk on the 2-core test machine, a quarter of the export).
 5. fsync, rename over the target, fsync the folder. On any failure, cancellation or
-   KeyboardInterrupt the temporary file is removed and the target is left untouched.
+   KeyboardInterrupt the temporary file is removed and the target is left untouched. The
+   temporary file is locked while it is written (:mod:`.tempfiles`): if the process is killed
+   outright, the next export to the folder removes it.
 
 For a target that cannot seek (a pipe, socket or upload stream) see :mod:`.stream`.
 """
@@ -36,7 +38,6 @@ import contextlib
 import hashlib
 import mmap
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -58,7 +59,7 @@ from ..model import ControllerType, VirtualMachine
 from ..ovf.descriptor import DescriptorOptions, build_descriptor
 from ..ovf.layout import PackageLayout, plan_layout
 from ..progress import CancelToken, Progress, ProgressCallback, check_cancel
-from . import tar
+from . import tar, tempfiles
 from .manifest import ALGORITHMS, encode_manifest, line_length
 
 if TYPE_CHECKING:  # signing and ISO code load only for packages that use them
@@ -406,12 +407,8 @@ def write_ova(
     vm = resolve_capacities(vm)
     path = _check_target(os.fspath(target), vm)
     folder = os.path.dirname(path)
-    try:
-        fd, tmp = tempfile.mkstemp(
-            dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".part"
-        )
-    except OSError as exc:
-        raise OvfkitIOError(f"cannot create a file in {folder!r}: {exc.strerror}") from None
+    tempfiles.sweep(folder)  # what exports killed outright left here (SIGKILL, OOM, power)
+    fd, tmp = tempfiles.create(folder, os.path.basename(path))  # locked while it is written
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; a package is meant to be shared
         with os.fdopen(fd, "w+b", buffering=0) as raw:
