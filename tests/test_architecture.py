@@ -13,7 +13,7 @@ PACKAGE = ROOT / "ovfkit"
 
 # The layers of ARCHITECTURE.md, lowest first: a part imports only parts of a lower layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "_lazy"),
+    ("errors", "_lazy", "limits"),
     ("progress", "model", "_args", "_extras"),
     ("model_json", "qemu", "ovf"),
     ("disk",),
