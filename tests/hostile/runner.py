@@ -86,23 +86,17 @@ def run_case(case: Case, work: Path) -> list[dict[str, Any]]:
         records.append({"case": case.id, "entry": entry, "expect": case.expect.get(entry),
                         **result})
 
-    if case.kind == "descriptor":
-        record("parse", _call(lambda: parse_descriptor(case.data)))
-        ovf = folder / "vm.ovf"  # an .ovf package: the descriptor beside (no) files
-        ovf.write_bytes(case.data)
-        record("open", _call(lambda: open_package(ovf)))
-        record("verify", _call(lambda: verify_package(ovf)))
-        record("extract", _call(lambda: extract_package(ovf, folder / "out")))
-        record("inspect", _command(["inspect", str(ovf)]))
-        record("verify-cli", _command(["verify", str(ovf)]))
-    elif case.kind == "package":
-        ova = folder / "x.ova"
-        ova.write_bytes(case.data)
-        record("open", _call(lambda: open_package(ova)))
-        record("verify", _call(lambda: verify_package(ova)))
-        record("extract", _call(lambda: extract_package(ova, folder / "out")))
-        record("inspect", _command(["inspect", str(ova)]))
-        record("verify-cli", _command(["verify", str(ova)]))
+    if case.kind in ("descriptor", "package"):
+        if case.kind == "descriptor":
+            record("parse", _call(lambda: parse_descriptor(case.data)))
+        # A descriptor alone is an .ovf package (the descriptor beside no files).
+        package = folder / ("vm.ovf" if case.kind == "descriptor" else "x.ova")
+        package.write_bytes(case.data)
+        record("open", _call(lambda: open_package(package)))
+        record("verify", _call(lambda: verify_package(package)))
+        record("extract", _call(lambda: extract_package(package, folder / "out")))
+        record("inspect", _command(["inspect", str(package)]))
+        record("verify-cli", _command(["verify", str(package)]))
     else:
         inv = folder / "inventory.json"
         inv.write_bytes(case.data)
