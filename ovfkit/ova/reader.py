@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import io
 import os
@@ -92,11 +93,14 @@ class Package:
     def vm(self) -> VirtualMachine:
         return self.parsed.vm
 
+    @functools.cached_property
+    def _by_name(self) -> dict[str, Member]:
+        return {m.name: m for m in self.members}
+
     def member(self, name: str) -> Member | None:
-        for m in self.members:
-            if m.name == name:
-                return m
-        return None
+        # A lookup, not a scan: verify asks for every chunk of every File (one File of 10,000
+        # chunks was 10^8 comparisons, 6 s of CPU).
+        return self._by_name.get(name)
 
     def file_members(self, ref: FileRef) -> tuple[Member, ...]:
         """The member(s) holding a References/File: itself, or its chunks in order."""
@@ -525,19 +529,22 @@ def _check_order(
     if package.kind != "ova":
         return
     names = [m.name for m in package.members]
-    files: list[str] = []
+    in_order: dict[str, None] = {}  # ordered and unique, linear however many members
     for ref in refs:
         members = file_members[ref.id]
         if not members:
             problems.append(f"File {ref.id!r} ({ref.href}) is not in the package")
-        files += [m.name for m in members if m.name not in files]
+        in_order.update(dict.fromkeys(m.name for m in members))
+    files = list(in_order)
     meta = [m.name for m in (mf, cert) if m is not None]
     head = [package.descriptor_name]
     allowed = (head + meta + files, head + files + meta)
-    extra = [n for n in names if n not in {*head, *meta, *files}]
+    listed = {*head, *meta, *files}
+    extra = [n for n in names if n not in listed]
     if extra:
-        problems.append(f"members not listed in References: {', '.join(extra)}")
-    known = [n for n in names if n not in extra]
+        more = f" and {len(extra) - 20} more" if len(extra) > 20 else ""
+        problems.append(f"members not listed in References: {', '.join(extra[:20])}{more}")
+    known = [n for n in names if n in listed]
     if names[0] != package.descriptor_name:
         problems.append(f"the descriptor is not the first member (found {names[0]!r})")
     elif known not in allowed:
@@ -589,9 +596,9 @@ def _check_manifest(
         problems.append(f"{mf.name}: {exc.details}")
         return
     listed = {e.name: e for e in entries}
-    expected = [package.descriptor_name]
+    expected = dict.fromkeys([package.descriptor_name])  # ordered and unique
     for members in file_members.values():
-        expected += [m.name for m in members if m.name not in expected]
+        expected.update(dict.fromkeys(m.name for m in members))
     for name in expected:
         if name not in listed:
             problems.append(f"{mf.name} does not list {name}")

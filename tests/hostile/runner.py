@@ -3,7 +3,7 @@ record per (case, entry point): what came out (an OvfkitError's code, a report, 
 and stderr) or, for anything else, the traceback. Run as a child process by
 tests/test_hostile_corpus.py, which measures its peak RSS:
 
-    python tests/hostile/runner.py WORKDIR RESULTS.json
+    python tests/hostile/runner.py WORKDIR RESULTS.json ADDRESS_SPACE_BYTES
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import io
 import itertools
 import json
 import os
+import resource
 import sys
 import traceback
 from collections.abc import Callable
@@ -107,14 +108,26 @@ def run_case(case: Case, work: Path) -> list[dict[str, Any]]:
     return records
 
 
-def main(work: Path, results: Path) -> None:
+def peak_rss_kib() -> int:
+    """This process's peak RSS since its exec (VmHWM). Not getrusage's ru_maxrss, which keeps
+    the high-water mark of the forked parent's pages from before the exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def main(work: Path, results: Path, address_space: int) -> None:
+    # A case that tries to take gigabytes fails here quickly (MemoryError, recorded as a
+    # traceback) instead of swapping the machine.
+    resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
     work.mkdir(parents=True, exist_ok=True)
     records = []
     for case in itertools.chain(descriptors(), packages(good_package(work)), inventories()):
         records += run_case(case, work)
-    results.write_text(json.dumps(records, indent=1))
+    results.write_text(json.dumps({"records": records, "peak_rss_kib": peak_rss_kib()}))
 
 
 if __name__ == "__main__":
     os.environ.setdefault("OVFKIT_DATA_DIR", sys.argv[1])
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
