@@ -240,8 +240,9 @@ def inventories() -> Iterator[Case]:
             b'"memorySize": 0', b'"memorySize": 1e400')),
         ("nan", _inventory(_set("cpuNum", 0)).replace(b'"cpuNum": 0', b'"cpuNum": NaN')),
         ("description-2049", _inventory(_set("description", "d" * 2049))),
-        ("name-nul", _inventory(_set("name", "a\x00b"))),
-        ("lone-surrogate", _inventory(_set("name", "\ud800"))),
+        # (A NUL or lone surrogate in the VM's name becomes U+FFFD: names are kept.)
+        ("path-nul", _inventory(lambda vm: vm["allVolumes"][0].update(installPath="/a\x00b"))),
+        ("lone-surrogate", _inventory(_set("description", "\ud800"))),
         ("utf16", json.dumps(_example()).encode("utf-16")),
         ("huge-whitespace", b" " * ((4 << 20) + 1)),
     ]

@@ -51,14 +51,16 @@ def _call(fn: Callable[[], Any]) -> dict[str, Any]:
 
 
 def _command(argv: list[str]) -> dict[str, Any]:
-    out, err = io.StringIO(), io.StringIO()
+    raw = io.BytesIO()  # commands write packages and descriptors to sys.stdout.buffer
+    out, err = io.TextIOWrapper(raw, encoding="utf-8"), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             rc = cli(argv)
     except BaseException:
         return {"outcome": "crash", "traceback": traceback.format_exc()[-3000:]}
+    out.flush()
     return {"outcome": "exit", "rc": rc, "stderr": err.getvalue()[-2000:],
-            "stdout": out.getvalue()[-2000:]}
+            "stdout": raw.getvalue()[-2000:].decode(errors="replace")}
 
 
 def good_package(work: Path) -> bytes:
