@@ -319,30 +319,25 @@ class GuardedH11Protocol(H11Protocol):
         if self._phase != _IDLE or self.transport.is_closing():
             return
         if self.conn.trailing_data[0]:
-            log.warning(
-                "closed a connection from %s: request headers not complete within %.0f s "
-                "(slow or stalled client)",
-                _host(self.client), self.guard.limits.header_timeout,
-            )
-            err = OperationTimeoutError(
-                f"the request headers were not complete within "
-                f"{self.guard.limits.header_timeout:.0f} s"
-            )
-            self._abandon(408, err)
+            self._late("headers", self.guard.limits.header_timeout)
         else:  # an idle connection, as uvicorn's keep-alive timeout closes it: no answer
             self.transport.close()
 
     def _body_late(self) -> None:
         self._deadline = None
-        if self._phase != _BODY or self.transport.is_closing():
-            return
+        if self._phase == _BODY and not self.transport.is_closing():
+            self._late("body", self.guard.limits.body_timeout)
+
+    def _late(self, what: str, timeout: float) -> None:
+        # ``what`` in the template: headers and bodies are two conditions for RepeatFilter.
         log.warning(
-            "closed a connection from %s: request body not complete within %.0f s "
+            f"closed a connection from %s: request {what} not complete within %.0f s "
             "(slow or stalled client)",
-            _host(self.client), self.guard.limits.body_timeout,
+            _host(self.client), timeout,
         )
         err = OperationTimeoutError(
-            f"the request body was not complete within {self.guard.limits.body_timeout:.0f} s"
+            f"the request {what} {'were' if what == 'headers' else 'was'} not complete within "
+            f"{timeout:.0f} s"
         )
         self._abandon(408, err)
 
