@@ -78,6 +78,19 @@ class LiveServer:
     def auth(token: str) -> dict[str, str]:
         return {"Authorization": f"OAuth {token}"}
 
+    def export(
+        self, vm: str, token: str | None = None, *, timeout: float = 60.0, **params: Any
+    ) -> httpx.Response:
+        """ExportVmOvaPackage of ``vm`` to the test's backup storage, synchronously; logs in
+        as the admin unless ``token`` is given; ``params`` add to or replace the request's."""
+        session = token if token is not None else self.login()
+        return self.client.post(
+            "/zstack/v1/ovf/ova-packages",
+            headers=self.auth(session),
+            json={"params": {"vmUuid": vm, "backupStorageUuid": BS_UUID, **params}},
+            timeout=timeout,
+        )
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from server_helpers import BS_UUID, LiveServer, MiB, run_server, setup_data_dir
+from server_helpers import LiveServer, MiB, run_server, setup_data_dir
 
 from ovfkit.server import openapi_document
 from ovfkit.server.downloads import MAX_RANGES, satisfiable_ranges
@@ -28,13 +28,7 @@ def package(
     data: Path = tmp_path_factory.mktemp("downloads") / "data"
     setup_data_dir(data)
     with run_server(data) as live:
-        token = live.login()
-        vm = live.add_vm("dl", disks=(MiB,))
-        r = live.client.post(
-            f"{V1}/ovf/ova-packages",
-            headers=live.auth(token),
-            json={"params": {"vmUuid": vm, "backupStorageUuid": BS_UUID}},
-        )
+        r = live.export(live.add_vm("dl", disks=(MiB,)))
         assert r.status_code == 200, r.text
         yield live, r.json()["inventory"]
 

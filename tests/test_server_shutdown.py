@@ -17,19 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-from server_helpers import BS_UUID, LiveServer, MiB, add_vm, run_server, setup_data_dir
+from server_helpers import MiB, add_vm, run_server, setup_data_dir
 
 V1 = "/zstack/v1"
-
-
-def _export(live: LiveServer, vm: str) -> httpx.Response:
-    token = live.login()
-    return live.client.post(
-        f"{V1}/ovf/ova-packages",
-        headers=live.auth(token),
-        json={"params": {"vmUuid": vm, "backupStorageUuid": BS_UUID}},
-        timeout=120,
-    )
 
 
 def _states(data: Path) -> list[str]:
@@ -106,7 +96,7 @@ def full_size(tmp_path_factory: pytest.TempPathFactory) -> int:
     setup_data_dir(data)
     vm = add_vm(data, "big", disks=(64 * MiB,), dense=True)
     with run_server(data) as live:
-        r = _export(live, vm)
+        r = live.export(vm, timeout=120)
         assert r.status_code == 200, r.text
         size: int = r.json()["inventory"]["size"]
     return size
@@ -130,7 +120,7 @@ def test_server_killed_at_a_point_of_an_export(
     vm = add_vm(data, "big", disks=(64 * MiB,), dense=True)
     args = ("--shutdown-grace", grace) if grace else ()
     with run_server(data, *args, preexec_fn=os.setsid) as live, ThreadPoolExecutor(1) as pool:
-        running = pool.submit(_export, live, vm)
+        running = pool.submit(live.export, vm, timeout=120)
         _wait_for(point, data, full_size, running)
         os.killpg(live.process.pid, sig)
         code = live.process.wait(90)
@@ -160,7 +150,7 @@ def test_sigterm_during_a_long_synchronous_export_answers_json(
     setup_data_dir(data)
     vm = add_vm(data, "big", disks=(64 * MiB,), dense=True)
     with run_server(data, "--shutdown-grace", "0.2") as live, ThreadPoolExecutor(1) as pool:
-        running = pool.submit(_export, live, vm)
+        running = pool.submit(live.export, vm, timeout=120)
         _wait_for("writing", data, full_size, running)
         assert not running.done()
         live.process.terminate()
