@@ -145,19 +145,27 @@ def test_sigterm_during_a_long_synchronous_export_answers_json(
     tmp_path: Path, full_size: int
 ) -> None:
     """The export outlives the grace period: the client gets SYS.1017 in ZStack JSON (not a
-    plain-text 500), the record and the partial file are gone before the process exits."""
-    data = tmp_path / "data"
-    setup_data_dir(data)
-    vm = add_vm(data, "big", disks=(64 * MiB,), dense=True)
-    with run_server(data, "--shutdown-grace", "0.2") as live, ThreadPoolExecutor(1) as pool:
-        running = pool.submit(live.export, vm, timeout=120)
-        _wait_for("writing", data, full_size, running)
-        assert not running.done()
-        live.process.terminate()
-        answer = running.result(90)
-        assert live.process.wait(90) in (0, -signal.SIGTERM)
-        log = live.log()
-    assert answer.status_code == 503, answer.text
+    plain-text 500), the record and the partial file are gone before the process exits.
+
+    On a loaded machine the poller may see the partial file late, and the export rightly ends
+    within the grace period: such a try (200 with half the package written at SIGTERM) is run
+    again, at most three times; a 200 after an early SIGTERM fails the test."""
+    for attempt in range(3):
+        data = tmp_path / f"data{attempt}"
+        setup_data_dir(data)
+        vm = add_vm(data, "big", disks=(64 * MiB,), dense=True)
+        with run_server(data, "--shutdown-grace", "0.1") as live, ThreadPoolExecutor(1) as pool:
+            running = pool.submit(live.export, vm, timeout=120)
+            _wait_for("writing", data, full_size, running)
+            written = _part_size(data / "bs")
+            live.process.terminate()
+            answer = running.result(90)
+            assert live.process.wait(90) in (0, -signal.SIGTERM)
+            log = live.log()
+        late = written < 0 or written > full_size // 2  # -1: the .part is gone already
+        if answer.status_code != 200 or not late:
+            break
+    assert answer.status_code == 503, (written, full_size, answer.text)
     assert answer.headers["content-type"] == "application/json"
     error = answer.json()["error"]
     assert error["code"] == "SYS.1017" and "grace period" in error["details"], error
