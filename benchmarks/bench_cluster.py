@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from services import running_postgres, running_redis  # type: ignore[import-not-
 
 from ovfkit.db import open_database  # noqa: E402
 from ovfkit.db.catalog import DatabaseCatalog  # noqa: E402
+from ovfkit.zstack.catalog import FolderCatalog  # noqa: E402
 from ovfkit.zstack.config import Config, LocalStorageConfig, save_config  # noqa: E402
 from ovfkit.zstack.inventory import ExportVmOvaPackageRequest  # noqa: E402
 
@@ -61,6 +63,11 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
         p.terminate()
     for p in procs:
         p.wait(30)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -98,6 +105,7 @@ def main() -> None:
                 time.sleep(0.2)
             time.sleep(2)  # Celery consumers start after registering
             service = ClusterService(db, redis.url, resolver=catalog)
+            cpu_before = _children_cpu()
             try:
                 start = time.monotonic()
                 jobs = [service.submit(ExportVmOvaPackageRequest(vm_uuid=v, backup_storage_uuid=BS),
@@ -109,22 +117,25 @@ def main() -> None:
                 service.close()
                 _stop(procs)
                 db.close()
+            cpu = _children_cpu() - cpu_before  # the workers and their qemu-img, once reaped
             rates[n] = args.vms / seconds * 60
             report.add(f"{n} worker(s), 2 threads each", rates[n], "exports/min",
                        f"{args.vms} VMs x 2 x {args.disk_mib} MiB, {seconds:.1f} s")
+            report.add(f"{n} worker(s): CPU per export", cpu / args.vms * 1000, "ms",
+                       "user+system of the worker processes (incl. start-up)")
         report.ratio("3 workers vs 1", rates[3], rates[1], "baseline: 1 worker, same run")
 
         # Queueing overhead: one small VM exported again and again, one job at a time.
         url = pg.create_database("overhead")
         db = open_database(url)
         catalog = DatabaseCatalog(db)
-        small = base / "small"
-        (small / "volumes").mkdir(parents=True)
-        save_config(small, Config(storage_roots=(str(base / "vmdata" / "volumes"),
-                                                 str(small / "volumes")),
+        small = base / "direct"  # the data folder of the direct calls
+        save_config(small, Config(storage_roots=(str(base / "vmdata" / "volumes"),),
                                   backup_storages={BS: LocalStorageConfig(BS, str(base / "bs"))}))
-        vm = add_vm(small, disks=(1 * MiB,))
-        catalog.add((small / "vms" / f"{vm}.json").read_text())
+        vm = add_vm(base / "vmdata", disks=(1 * MiB,))
+        inventory = (base / "vmdata" / "vms" / f"{vm}.json").read_text()
+        catalog.add(inventory)
+        FolderCatalog(small).add(inventory)
         direct: list[float] = []
         with open_context(small) as ctx:
             for _ in range(args.overhead_runs):
