@@ -196,7 +196,7 @@ def test_twelve_exports_on_three_hosts_one_worker_killed(site: Site) -> None:
     vms = [site.add_vm(ps) for ps, _, _ in plan]
     # The victim: a VM on ps1 only host1 and host2 can read, with a large incompressible disk,
     # so host1 is surely still writing it when killed.
-    victim_vm = site.add_vm(1, disks=(48 * MiB,), dense=True)
+    victim_vm = site.add_vm(1, disks=(32 * MiB,), dense=True)
     site.wait_workers({"host1", "host2", "host3"})
     service = _service(site)
     try:
@@ -207,14 +207,16 @@ def test_twelve_exports_on_three_hosts_one_worker_killed(site: Site) -> None:
                 ExportVmOvaPackageRequest(vm_uuid=victim_vm, backup_storage_uuid=BS_A), "acct"
             )
             assert _wait_running(site, victim.uuid) == "host1"
+            site.workers["host1"].kill()  # kill -9 mid-export
+            site.workers["host1"].wait(10)
         finally:
             site.workers["host2"].send_signal(signal.SIGCONT)
+        # host1 still counts as live for a lease: ps1 -> A jobs may be queued for it, and are
+        # routed again to host2 when its heartbeat is too old.
         jobs = [
             service.submit(ExportVmOvaPackageRequest(vm_uuid=vm, backup_storage_uuid=bs), "acct")
             for vm, (_, bs, _) in zip(vms, plan, strict=True)
         ]
-        site.workers["host1"].kill()  # kill -9 mid-export
-        site.workers["host1"].wait(10)
         finished = [service.wait(j.uuid, timeout=120) for j in [victim, *jobs]]
     finally:
         service.close()
@@ -229,6 +231,35 @@ def test_twelve_exports_on_three_hosts_one_worker_killed(site: Site) -> None:
         assert done.status == 200, done.body
         assert done.worker_name in allowed
     _check_packages(site, [by_uuid[j.uuid] for j in [victim, *jobs]])
+    _nobody_can_take_it(site, host1_vm=site.add_vm(1))
+
+
+def _nobody_can_take_it(site: Site, host1_vm: str) -> None:
+    """host1 is dead; host2 (the other reader of ps1) freezes: a job on ps1 queued for it fails
+    with SYS.1006 once host2's heartbeat is too old, and a new one is refused at once."""
+    from ovfkit.errors import OperationFailedError
+
+    service = _service(site)
+    host2 = site.workers["host2"]
+    try:
+        host2.send_signal(signal.SIGSTOP)
+        try:
+            job = service.submit(
+                ExportVmOvaPackageRequest(vm_uuid=host1_vm, backup_storage_uuid=BS_A), "acct"
+            )
+            done = service.wait(job.uuid, timeout=60)
+            assert done is not None and done.status == 503, done
+            assert done.body is not None and done.body["error"]["code"] == "SYS.1006"
+            assert "host3: cannot write backup storage" in done.body["error"]["details"]
+            assert PackageStore(site.db).get(job.package_uuid) is None
+            with pytest.raises(OperationFailedError, match="no live worker can read"):
+                service.submit(
+                    ExportVmOvaPackageRequest(vm_uuid=host1_vm, backup_storage_uuid=BS_A), "a"
+                )
+        finally:
+            host2.send_signal(signal.SIGCONT)
+    finally:
+        service.close()
 
 
 def _check_packages(site: Site, jobs: list[Job]) -> None:

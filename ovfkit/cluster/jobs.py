@@ -290,6 +290,10 @@ class JobStore:
             for r in rows
         ]
 
-    def known_backup_storages(self, ttl_ms: int) -> set[str]:
-        return {bs for w in self.live_workers(ttl_ms) for bs in w.reach.backup_storages}
+    def known_backup_storages(self) -> set[str]:
+        """The backup storages of every worker still registered, live or not (a storage whose
+        writers are all down is unreachable, SYS.1006, not unknown, SYS.1003)."""
+        with self.db.connect() as conn:
+            rows = conn.execute(select(W.c.backup_storages)).all()
+        return {bs for r in rows for bs in json.loads(r[0])}
 

@@ -83,8 +83,9 @@ class ClusterService:
             )
         vm = unwrap_vm_inventory(found)
         workers = self.dispatcher.workers()
-        known = set(self.known_storages) | {b for w in workers for b in w.reach.backup_storages}
-        if bs_uuid not in known:
+        if bs_uuid not in self.known_storages and bs_uuid not in (
+            self.store.known_backup_storages()
+        ):
             raise NotFoundError(
                 f"invalid field[backupStorageUuid], resource[uuid:{bs_uuid}, "
                 "type:BackupStorageVO] not found"
