@@ -24,6 +24,7 @@ from ..db import Database
 from ..db.packages import PackageRecord, PackageStore, now_ms
 from ..db.schema import cluster_workers as W
 from ..db.schema import export_jobs as J
+from ..errors import InvalidArgumentError
 from ..zstack.inventory import ImagePackageInventory
 from .routing import Reach, WorkerInfo
 
@@ -89,6 +90,8 @@ class JobStore:
         DuplicateVmError if the VM has a package or a running export, on any node."""
         now = now_ms()
         with self.db.begin() as conn:
+            if conn.execute(select(J.c.uuid).where(J.c.uuid == job_uuid)).first() is not None:
+                raise InvalidArgumentError(f"api job[uuid:{job_uuid}] already exists")
             self.packages.insert_exporting(conn, package, install_path)
             conn.execute(
                 insert(J).values(

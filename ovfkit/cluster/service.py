@@ -69,8 +69,11 @@ class ClusterService:
             except Exception:
                 _log.exception("reaper failed")
 
-    def submit(self, request: ExportVmOvaPackageRequest, account_uuid: str) -> Job:
-        """Queue an export; OvfkitError for a request that cannot be queued."""
+    def submit(
+        self, request: ExportVmOvaPackageRequest, account_uuid: str, job_uuid: str | None = None
+    ) -> Job:
+        """Queue an export as job ``job_uuid`` (default: a new uuid); OvfkitError for a request
+        that cannot be queued."""
         from ..zstack.api import _validate_request
 
         # The tags are checked as the embedded API checks them; the database records keep none
@@ -113,7 +116,7 @@ class ClusterService:
             uuid=package_uuid, name=name, description=description, vm_uuid=vm_uuid,
             backup_storage_uuid=bs_uuid, state=ImagePackageState.EXPORTING,
         )
-        job_uuid = new_zstack_uuid()
+        job_uuid = job_uuid or new_zstack_uuid()
         self.store.submit(
             job_uuid, account_uuid, package, f"{package_uuid}.ova", request_json(request),
             vm, queue,
@@ -129,7 +132,9 @@ class ClusterService:
         """The job once done; None if ``cancel`` was set or ``timeout`` passed first (the job
         goes on: its answer stays pollable)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.05
+        # Polling the job's row by primary key is cheap; short first, since most small exports
+        # end within a second, then at most every 0.2 s.
+        delay = 0.02
         while True:
             try:
                 job = self.store.get(job_uuid)
@@ -144,18 +149,19 @@ class ClusterService:
                 return None
             if cancel is None:
                 time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+            delay = min(delay * 1.3, 0.2)
 
     def export(
         self,
         request: ExportVmOvaPackageRequest,
         account_uuid: str = "",
         *,
+        job_uuid: str | None = None,
         cancel: CancelToken | None = None,
     ) -> Reply:
         """ExportVmOvaPackage through a worker, synchronously, as the single-host API."""
         try:
-            job = self.submit(request, account_uuid)
+            job = self.submit(request, account_uuid, job_uuid)
         except OvfkitError as exc:
             return Reply.failure(exc)
         done = self.wait(job.uuid, cancel=cancel)
