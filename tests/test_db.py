@@ -126,8 +126,22 @@ def test_records_life_cycle_and_queries(url: str) -> None:
         assert store.count([parse_condition("description=null")]) == 3
         assert store.count([parse_condition("description is null")]) == 3
         assert store.count([parse_condition("exportUrl not null")]) == 3
-        with pytest.raises(InvalidArgumentError, match="__userTag__"):
-            store.query([parse_condition("__userTag__=x")])
+        tagged = exporting()
+        store.create_exporting(tagged, f"{tagged.uuid}.ova", user_tags=["web"],
+                               system_tags=["bootMode::UEFI"])
+        assert [r.inventory.uuid for r in store.query([parse_condition("__userTag__=web")])] \
+            == [tagged.uuid]
+        assert store.count([parse_condition("__systemTag__~=bootMode::%")]) == 1
+        assert store.count([parse_condition("__userTag__!=web")]) == 3
+        assert store.count([parse_condition("__userTag__ is null")]) == 3
+        assert {t.tag for t in store.tags_of(tagged.uuid)} == {"web", "bootMode::UEFI"}
+        assert store.count([], group_by="state") == 2
+        grouped = store.query([], group_by="state", sort_by="size", sort_direction="desc")
+        assert [r.inventory.state.value for r in grouped] == ["Exported", "Exporting"]
+        assert grouped[0].inventory.size == 3000
+        store.delete(tagged.uuid)
+        assert store.tags_of(tagged.uuid) == []
+        store.cleanup_done(BS, f"{tagged.uuid}.ova")
         assert len(store.query(limit=1, start=1)) == 1
         with pytest.raises(InvalidArgumentError):
             store.query(sort_by="nope")

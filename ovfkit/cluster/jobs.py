@@ -14,7 +14,7 @@ the ``vm_uuid`` constraint of the package table is what keeps one export per VM 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,9 @@ class JobStore:
         request: Mapping[str, Any],
         vm: Mapping[str, Any],
         queue: str,
+        *,
+        system_tags: Sequence[str] = (),
+        user_tags: Sequence[str] = (),
     ) -> None:
         """The package record (``Exporting``) and its queued job, in one transaction.
         DuplicateVmError if the VM has a package or a running export, on any node."""
@@ -92,7 +95,9 @@ class JobStore:
         with self.db.begin() as conn:
             if conn.execute(select(J.c.uuid).where(J.c.uuid == job_uuid)).first() is not None:
                 raise InvalidArgumentError(f"api job[uuid:{job_uuid}] already exists")
-            self.packages.insert_exporting(conn, package, install_path)
+            self.packages.insert_exporting(
+                conn, package, install_path, system_tags=system_tags, user_tags=user_tags
+            )
             conn.execute(
                 insert(J).values(
                     uuid=job_uuid, account_uuid=account_uuid, package_uuid=package.uuid,

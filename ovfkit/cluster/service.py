@@ -76,9 +76,8 @@ class ClusterService:
         that cannot be queued."""
         from ..zstack.api import _validate_request
 
-        # The tags are checked as the embedded API checks them; the database records keep none
-        # yet (only the embedded records have a tags table).
-        vm_uuid, bs_uuid, _system_tags, _user_tags = _validate_request(request)
+        # The tags are checked as the embedded API checks them, and kept with the package.
+        vm_uuid, bs_uuid, system_tags, user_tags = _validate_request(request)
         found = self.resolver(vm_uuid)
         if found is None:
             raise NotFoundError(
@@ -119,7 +118,7 @@ class ClusterService:
         job_uuid = job_uuid or new_zstack_uuid()
         self.store.submit(
             job_uuid, account_uuid, package, f"{package_uuid}.ova", request_json(request),
-            vm, queue,
+            vm, queue, system_tags=system_tags, user_tags=user_tags,
         )
         self.dispatcher.publish(job_uuid, queue)
         job = self.store.get(job_uuid)

@@ -5,6 +5,9 @@
 whichever process or host they run in (the loser gets :class:`DuplicateVmError`). Failed
 exports leave no record, so every row is a live package or a running export.
 
+A package's ZStack tags (``tags``: SystemTagVO and UserTagVO in one table) are written with its
+``Exporting`` row and deleted with it, in the same transactions.
+
 ``pending_cleanup`` is a durable to-do list of files to remove from a backup storage: a record is
 deleted and its files queued in one transaction; the entry goes once the files are gone.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 import operator
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,11 +25,14 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    FromClause,
     RowMapping,
+    Select,
     delete,
     func,
     insert,
     select,
+    true,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -34,14 +40,18 @@ from sqlalchemy.exc import IntegrityError
 from ..errors import InvalidArgumentError, OperationFailedError
 from ..zstack.inventory import (
     QUERY_FIELDS,
+    TAG_FIELDS,
+    USER_TAG_FIELD,
     Condition,
     ImagePackageInventory,
     ImagePackageState,
     parse_zstack_time,
 )
+from ..zstack.tags import RESOURCE_TYPE, SYSTEM, TAG_QUERY_FIELDS, USER, TagRecord, tag_rows
 from . import Database
 from .schema import image_packages as T
 from .schema import pending_cleanup as P
+from .schema import tags as G
 
 __all__ = [
     "DuplicateUuidError",
@@ -128,9 +138,12 @@ class PackageStore:
         install_path: str,
         *,
         owner_pid: int | None = None,
+        system_tags: Sequence[str] = (),
+        user_tags: Sequence[str] = (),
     ) -> None:
-        """Insert the ``Exporting`` row inside the caller's transaction (the cluster adds its job
-        in the same one). DuplicateVmError / DuplicateUuidError when the constraint refuses."""
+        """Insert the ``Exporting`` row and the package's tags (checked already, see
+        :mod:`ovfkit.zstack.tags`) inside the caller's transaction (the cluster adds its job in
+        the same one). DuplicateVmError / DuplicateUuidError when the constraint refuses."""
         now = now_ms()
         # A new package replaces any queued removal of the same file name.
         conn.execute(
@@ -162,11 +175,31 @@ class PackageStore:
             raise DuplicateUuidError(
                 f"resourceUuid[{inventory.uuid}] is already used by another image package"
             ) from None
+        rows = tag_rows(inventory.uuid, system_tags, user_tags)
+        if rows:
+            conn.execute(
+                insert(G),
+                [
+                    {"uuid": u, "resource_uuid": r, "resource_type": rt, "tag": tag, "type": kind,
+                     "create_date": now, "last_op_date": now}
+                    for u, r, rt, tag, kind in rows
+                ],
+            )
 
-    def create_exporting(self, inventory: ImagePackageInventory, install_path: str) -> None:
-        """Insert the ``Exporting`` row, owned by this process."""
+    def create_exporting(
+        self,
+        inventory: ImagePackageInventory,
+        install_path: str,
+        *,
+        system_tags: Sequence[str] = (),
+        user_tags: Sequence[str] = (),
+    ) -> None:
+        """Insert the ``Exporting`` row and its tags, owned by this process."""
         with self.db.begin() as conn:
-            self.insert_exporting(conn, inventory, install_path, owner_pid=os.getpid())
+            self.insert_exporting(
+                conn, inventory, install_path, owner_pid=os.getpid(), system_tags=system_tags,
+                user_tags=user_tags,
+            )
 
     def mark_exported(
         self,
@@ -208,6 +241,10 @@ class PackageStore:
         if only_exporting and record.inventory.state is not ImagePackageState.EXPORTING:
             return None
         conn.execute(delete(T).where(T.c.uuid == uuid))
+        # TagManagerImpl.postDelete: a resource's tags go with it.
+        conn.execute(
+            delete(G).where(G.c.resource_uuid == uuid, G.c.resource_type == RESOURCE_TYPE)
+        )
         self._queue_cleanup(conn, record.inventory.backup_storage_uuid, record.install_path)
         return record
 
@@ -238,9 +275,12 @@ class PackageStore:
         with self.db.connect() as conn:
             return [(r[0], r[1]) for r in conn.execute(stmt)]
 
-    def exporting(self) -> list[PackageRecord]:
-        """Every ``Exporting`` row."""
+    def exporting(self, *, owned: bool = False) -> list[PackageRecord]:
+        """Every ``Exporting`` row; ``owned``: only those of exports run by a host's own
+        process (an owner pid), not cluster jobs."""
         stmt = select(*_COLUMNS).where(T.c.state == ImagePackageState.EXPORTING.value)
+        if owned:
+            stmt = stmt.where(T.c.owner_pid.is_not(None))
         with self.db.connect() as conn:
             return [_record(r) for r in conn.execute(stmt)]
 
@@ -280,48 +320,141 @@ class PackageStore:
         start: int = 0,
         sort_by: str | None = None,
         sort_direction: str = "asc",
+        group_by: str | None = None,
     ) -> list[PackageRecord]:
-        """Rows matching every condition (ANDed, as several ``q=`` are in ZStack)."""
-        stmt = select(*_COLUMNS).where(*[_condition(c) for c in conditions])
-        if sort_by is not None:
-            column = QUERY_FIELDS.get(sort_by)
-            if column is None:
-                raise InvalidArgumentError(f"invalid sortBy[{sort_by}]: no such field")
-            if sort_direction.lower() not in ("asc", "desc"):
-                raise InvalidArgumentError(
-                    f"invalid sortDirection[{sort_direction}]: must be asc or desc"
-                )
-            col = T.c[column]
-            stmt = stmt.order_by(col.desc() if sort_direction.lower() == "desc" else col.asc(),
-                                 T.c.uuid)
+        """Rows matching every condition (ANDed, as several ``q=`` are in ZStack). ``group_by``
+        keeps one row per distinct value of that field (the first in the sort order), as the
+        ``group by`` ZStack's query builder appends does."""
+        where = [_condition(c) for c in conditions]
+        order = _order_by(sort_by, sort_direction, _PACKAGES)
+        if group_by is None:
+            stmt = select(*_COLUMNS).where(*where).order_by(*order)
         else:
-            stmt = stmt.order_by(T.c.create_date, T.c.uuid)
-        if limit is not None or start:
-            if (limit is not None and limit < 0) or start < 0:
-                raise InvalidArgumentError("limit and start must not be negative")
-            stmt = stmt.limit(limit).offset(start)
+            rank = func.row_number().over(
+                partition_by=_column(group_by, _PACKAGES, "groupBy"), order_by=order
+            )
+            ranked = select(*_COLUMNS, rank.label("group_rank")).where(*where).subquery()
+            outer = _Table(ranked, QUERY_FIELDS, _PACKAGES.numeric, _PACKAGES.dates, True)
+            stmt = (
+                select(*[ranked.c[c.name] for c in _COLUMNS])
+                .where(ranked.c.group_rank == 1)
+                .order_by(*_order_by(sort_by, sort_direction, outer))
+            )
         with self.db.connect() as conn:
-            return [_record(r) for r in conn.execute(stmt)]
+            return [_record(r) for r in conn.execute(_paged(stmt, limit, start))]
 
-    def count(self, conditions: Sequence[Condition] = ()) -> int:
-        stmt = select(func.count()).select_from(T).where(*[_condition(c) for c in conditions])
+    def count(self, conditions: Sequence[Condition] = (), *, group_by: str | None = None) -> int:
+        """How many rows :meth:`query` would give without paging."""
+        where = [_condition(c) for c in conditions]
+        if group_by is None:
+            stmt = select(func.count()).select_from(T).where(*where)
+        else:
+            groups = (
+                select(_column(group_by, _PACKAGES, "groupBy")).where(*where)
+                .group_by(_column(group_by, _PACKAGES, "groupBy")).subquery()
+            )
+            stmt = select(func.count()).select_from(groups)
+        with self.db.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    # --- tags ------------------------------------------------------------------------------------
+
+    def tags_of(self, resource_uuid: str) -> list[TagRecord]:
+        return self.query_tags(None, [Condition("resourceUuid", "=", resource_uuid)])
+
+    def query_tags(
+        self,
+        kind: str | None,
+        conditions: Sequence[Condition] = (),
+        *,
+        limit: int | None = None,
+        start: int = 0,
+        sort_by: str | None = None,
+        sort_direction: str = "asc",
+    ) -> list[TagRecord]:
+        """Tags of ``kind`` (tags.SYSTEM / tags.USER, None: both) matching every condition."""
+        stmt = (
+            select(G).where(*_tag_where(kind, conditions))
+            .order_by(*_order_by(sort_by, sort_direction, _TAGS))
+        )
+        with self.db.connect() as conn:
+            rows = conn.execute(_paged(stmt, limit, start)).all()
+        return [
+            TagRecord(
+                uuid=r.uuid, resource_uuid=r.resource_uuid, resource_type=r.resource_type,
+                tag=r.tag, type=r.type, create_date=_to_datetime(r.create_date),
+                last_op_date=_to_datetime(r.last_op_date),
+            )
+            for r in rows
+        ]
+
+    def count_tags(self, kind: str | None, conditions: Sequence[Condition] = ()) -> int:
+        stmt = select(func.count()).select_from(G).where(*_tag_where(kind, conditions))
         with self.db.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
 
 
-_NUMERIC = frozenset({"size"})
-_DATES = frozenset({"createDate", "lastOpDate"})
+def _tag_where(kind: str | None, conditions: Sequence[Condition]) -> list[ColumnElement[bool]]:
+    where = [_condition(c, _TAGS) for c in conditions]
+    return [G.c.type == kind, *where] if kind is not None else where
 
 
-def _query_value(field: str, text: str) -> Any:
-    if field in _NUMERIC:
+# --- queries (ZStack's q= conditions, sort, paging, groupBy) over Core tables -------------------
+
+
+@dataclass(frozen=True)
+class _Table:
+    """What a condition needs to know of the table it filters."""
+
+    table: FromClause
+    fields: Mapping[str, str]
+    numeric: frozenset[str]
+    dates: frozenset[str]
+    tag_owner: bool  # whether __userTag__ / __systemTag__ conditions apply (its rows own tags)
+
+
+_PACKAGES = _Table(T, QUERY_FIELDS, frozenset({"size"}), frozenset({"createDate", "lastOpDate"}),
+                   True)
+_TAGS = _Table(G, TAG_QUERY_FIELDS, frozenset(), frozenset({"createDate", "lastOpDate"}), False)
+
+
+def _column(field: str, table: _Table, what: str) -> ColumnElement[Any]:
+    name = table.fields.get(field)
+    if name is None:
+        raise InvalidArgumentError(f"invalid {what}[{field}]: no such field")
+    return table.table.c[name]
+
+
+def _order_by(sort_by: str | None, direction: str, table: _Table) -> list[ColumnElement[Any]]:
+    key = table.table.c.uuid
+    if sort_by is None:
+        return [table.table.c.create_date, key]
+    col = _column(sort_by, table, "sortBy")
+    if direction.lower() not in ("asc", "desc"):
+        raise InvalidArgumentError(f"invalid sortDirection[{direction}]: must be asc or desc")
+    # NULL is the smallest value, as in MySQL (ZStack's database) and SQLite; PostgreSQL's
+    # default puts it last in ascending order.
+    ordered = col.desc().nulls_last() if direction.lower() == "desc" else col.asc().nulls_first()
+    return [ordered, key]
+
+
+def _paged(stmt: Select[Any], limit: int | None, start: int) -> Select[Any]:
+    if limit is None and not start:
+        return stmt
+    if (limit is not None and limit < 0) or start < 0:
+        raise InvalidArgumentError("limit and start must not be negative")
+    return stmt.limit(limit).offset(start)
+
+
+def _query_value(field: str, text: str, table: _Table) -> Any:
+    if field in table.numeric:
         try:
             return int(text)
         except ValueError:
             raise InvalidArgumentError(
                 f"invalid query value for field[{field}]: {text!r} is not an integer"
             ) from None
-    if field in _DATES:
+    if field in table.dates:
         try:
             return _to_ms(parse_zstack_time(text))
         except InvalidArgumentError:
@@ -337,29 +470,52 @@ def _query_value(field: str, text: str) -> Any:
     return text
 
 
-def _condition(cond: Condition) -> ColumnElement[bool]:
-    if cond.field not in QUERY_FIELDS:
-        # __userTag__ / __systemTag__: the tags table is only in the embedded records so far.
-        raise InvalidArgumentError(
-            f"condition name[{cond.field}] is not supported by the database records"
-        )
-    col = T.c[QUERY_FIELDS[cond.field]]
+_COMPARE = {
+    "=": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt,
+    ">=": operator.ge, "<=": operator.le,
+}
+# Tag conditions, after ZStack's MysqlQueryBuilderImpl3.TagSqlBuilder: =, >, >=, <, <=, ?=, ~=
+# and "not null" select resources having a matching tag; !=, !?=, !~= and "is null" select the
+# resources having none (the operator reversed inside the sub-query). ?= values are not trimmed.
+_TAG_REVERSED = {"!=": "=", "!?=": "?=", "!~=": "~=", "is null": "not null"}
+
+
+def _tag_condition(cond: Condition) -> ColumnElement[bool]:
+    kind = USER if cond.field == USER_TAG_FIELD else SYSTEM
+    op = _TAG_REVERSED.get(cond.op, cond.op)
+    match: ColumnElement[bool]
+    if op == "not null":
+        match = true()
+    elif op == "?=":
+        match = G.c.tag.in_(cond.value.split(","))
+    elif op == "~=":
+        match = G.c.tag.like(cond.value)
+    else:
+        match = _COMPARE[op](G.c.tag, cond.value)
+    sub = select(G.c.resource_uuid).where(
+        G.c.type == kind, G.c.resource_type == RESOURCE_TYPE, match
+    )
+    return T.c.uuid.not_in(sub) if op != cond.op else T.c.uuid.in_(sub)
+
+
+def _condition(cond: Condition, table: _Table = _PACKAGES) -> ColumnElement[bool]:
+    if cond.field in TAG_FIELDS:
+        if not table.tag_owner:
+            raise InvalidArgumentError(f"condition name[{cond.field}] is invalid here")
+        return _tag_condition(cond)
+    col = _column(cond.field, table, "condition name")
     op = cond.op
     if op in ("is null", "not null"):
         return col.is_not(None) if op == "not null" else col.is_(None)
     if op in ("=", "!=") and cond.value == "null":
         return col.is_not(None) if op == "!=" else col.is_(None)
     if op in ("?=", "!?="):
-        values = [_query_value(cond.field, v) for v in cond.value.split(",")]
+        # MetaCondition.normalizeValue: the values of an in-list are trimmed.
+        values = [_query_value(cond.field, v.strip(), table) for v in cond.value.split(",")]
         return col.not_in(values) if op == "!?=" else col.in_(values)
     if op in ("~=", "!~="):
         # ZStack's ~= is SQL LIKE (case-sensitive on PostgreSQL, ASCII-insensitive on SQLite,
         # as MySQL's default collation is for ZStack itself).
         return col.not_like(cond.value) if op == "!~=" else col.like(cond.value)
-    value = _query_value(cond.field, cond.value)
-    compare = {
-        "=": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt,
-        ">=": operator.ge, "<=": operator.le,
-    }[op]
-    result: ColumnElement[bool] = compare(col, value)
+    result: ColumnElement[bool] = _COMPARE[op](col, _query_value(cond.field, cond.value, table))
     return result

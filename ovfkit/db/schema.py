@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "access_keys",
     "accounts",
     "cluster_workers",
     "export_jobs",
@@ -31,6 +32,7 @@ __all__ = [
     "metadata",
     "pending_cleanup",
     "sessions",
+    "tags",
     "vms",
 ]
 
@@ -139,4 +141,30 @@ cluster_workers = Table(
     Column("concurrency", Integer, nullable=False),
     Column("started", BigInteger, nullable=False),
     Column("heartbeat", BigInteger, nullable=False),
+)
+
+# ZStack's SystemTagVO and UserTagVO in one table (type System or Simple); a package's tags go
+# with it in the same transactions.
+tags = Table(
+    "tags",
+    metadata,
+    Column("uuid", UUID, primary_key=True),
+    Column("resource_uuid", UUID, nullable=False),
+    Column("resource_type", String(64), nullable=False),
+    Column("tag", Text, nullable=False),
+    Column("type", String(16), CheckConstraint("type IN ('System', 'Simple')"), nullable=False),
+    Column("create_date", BigInteger, nullable=False),
+    Column("last_op_date", BigInteger, nullable=False),
+    Index("tags_resource", "resource_uuid"),
+)
+
+# ZStack's AccessKey pairs (the secret is an HMAC key, so it is kept as is).
+access_keys = Table(
+    "access_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("account_uuid", UUID, ForeignKey("accounts.uuid", ondelete="CASCADE"), nullable=False),
+    Column("secret", String(128), nullable=False),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("create_date", Float, nullable=False),
 )

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..db import Database
 from ..errors import InvalidArgumentError, NotFoundError, OperationFailedError, OvfkitError
 from .catalog import FolderCatalog, VmResolver, unwrap_vm_inventory
 from .config import CONFIG_NAME, Config, ensure_default_storage, load_config
@@ -52,6 +53,7 @@ class ExportContext:
         *,
         resolver: VmResolver | None = None,
         base_url: str | None = None,
+        database: Database | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         private_folder(self.data_dir)
@@ -64,7 +66,7 @@ class ExportContext:
         self._reserved: dict[str, int] = {}
         self._config: Config = ensure_default_storage(self.data_dir)
         self._config_stamp = self._stamp()
-        self.records = PackageRecords(self.data_dir)
+        self.records = PackageRecords(self.data_dir, database=database)
         self.recovery = RecoveryReport()
 
     def _stamp(self) -> tuple[int, int] | None:
@@ -204,11 +206,14 @@ def open_context(
     resolver: VmResolver | None = None,
     base_url: str | None = None,
     recover: bool = True,
+    database: Database | None = None,
 ) -> ExportContext:
     """Open a data folder (created if missing) and, unless ``recover=False``, clean up after a
     crash (see the module docstring). ``resolver`` replaces the folder catalog; ``base_url``
-    (e.g. ``http://host:8080``) makes local packages' exportUrl point at ``ovfkit serve``."""
-    ctx = ExportContext(data_dir, resolver=resolver, base_url=base_url)
+    (e.g. ``http://host:8080``) makes local packages' exportUrl point at ``ovfkit serve``;
+    ``database`` keeps the package records there instead of the folder's ``packages.db``
+    (the caller closes it)."""
+    ctx = ExportContext(data_dir, resolver=resolver, base_url=base_url, database=database)
     if recover:
         try:
             ctx.recover()
