@@ -27,7 +27,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 import string
 import time
 from collections.abc import Callable
@@ -35,8 +34,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from ..errors import InvalidArgumentError, NotFoundError, OvfkitError, OvfkitIOError
+from sqlalchemy import Connection, delete, insert, select
+
+from ..db import Database, open_database, sqlite_url
+from ..db.schema import access_keys as K
+from ..db.schema import accounts as A
+from ..errors import InvalidArgumentError, NotFoundError, OvfkitError
 from .auth import AUTH_DB_NAME, AuthenticationError
+from .private import private_database, private_folder
 
 __all__ = [
     "AccessKey",
@@ -102,38 +107,33 @@ class AccessKey:
     create_date: float
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS access_keys (
-    id           TEXT PRIMARY KEY,
-    account_uuid TEXT NOT NULL REFERENCES accounts(uuid) ON DELETE CASCADE,
-    secret       TEXT NOT NULL,
-    description  TEXT NOT NULL DEFAULT '',
-    create_date  REAL NOT NULL
-);
-"""
-
-
 class AccessKeyStore:
-    """AccessKey pairs of the accounts in ``<data_dir>/auth.sqlite`` (created by AuthStore)."""
+    """AccessKey pairs of the accounts in ``<data_dir>/auth.sqlite``, or in ``database``
+    (shared by API nodes; the caller closes it)."""
 
     def __init__(
-        self, data_dir: str | Path, *, clock: Callable[[], float] = time.time
+        self,
+        data_dir: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        database: Database | None = None,
     ) -> None:
         self.path = Path(data_dir) / AUTH_DB_NAME
         self._clock = clock
-        try:
-            with self._db() as db:
-                db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise OvfkitIOError(f"cannot open the account database {self.path}: {exc}") from None
+        self._own = database is None
+        if database is None:
+            private_folder(self.path.parent)
+            private_database(self.path)
+            database = open_database(sqlite_url(self.path))
+        self.db = database
 
-    def _db(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.execute("PRAGMA foreign_keys=ON")
-        return db
+    def close(self) -> None:
+        if self._own:
+            self.db.close()
 
-    def _account_uuid(self, db: sqlite3.Connection, name: str) -> str:
-        row = db.execute("SELECT uuid FROM accounts WHERE name = ?", (name,)).fetchone()
+    @staticmethod
+    def _account_uuid(conn: Connection, name: str) -> str:
+        row = conn.execute(select(A.c.uuid).where(A.c.name == name)).first()
         if row is None:
             raise NotFoundError(f"account {name!r} not found")
         return str(row[0])
@@ -144,38 +144,28 @@ class AccessKeyStore:
         _check_description(description)
         key_id = "".join(secrets.choice(_ALPHABET) for _ in range(20))
         secret = "".join(secrets.choice(_ALPHABET) for _ in range(40))
-        db = self._db()
-        try:
-            account_uuid = self._account_uuid(db, account_name)
+        with self.db.begin() as conn:
+            account_uuid = self._account_uuid(conn, account_name)
             key = AccessKey(key_id, account_uuid, description, self._clock())
-            db.execute(
-                "INSERT INTO access_keys (id, account_uuid, secret, description, create_date) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (key.id, key.account_uuid, secret, description, key.create_date),
+            conn.execute(
+                insert(K).values(id=key.id, account_uuid=key.account_uuid, secret=secret,
+                                 description=description, create_date=key.create_date)
             )
-        finally:
-            db.close()
         return key, secret
 
     def list(self, account_name: str) -> list[AccessKey]:
-        db = self._db()
-        try:
-            account_uuid = self._account_uuid(db, account_name)
-            rows = db.execute(
-                "SELECT id, account_uuid, description, create_date FROM access_keys "
-                "WHERE account_uuid = ? ORDER BY create_date", (account_uuid,)
-            ).fetchall()
-        finally:
-            db.close()
+        with self.db.connect() as conn:
+            account_uuid = self._account_uuid(conn, account_name)
+            rows = conn.execute(
+                select(K.c.id, K.c.account_uuid, K.c.description, K.c.create_date)
+                .where(K.c.account_uuid == account_uuid).order_by(K.c.create_date)
+            ).all()
         return [AccessKey(*row) for row in rows]
 
     def remove(self, key_id: str) -> None:
-        db = self._db()
-        try:
-            cur = db.execute("DELETE FROM access_keys WHERE id = ?", (key_id,))
-        finally:
-            db.close()
-        if cur.rowcount == 0:
+        with self.db.begin() as conn:
+            count = conn.execute(delete(K).where(K.c.id == key_id)).rowcount
+        if count == 0:
             raise NotFoundError(f"access key {key_id!r} not found")
 
     def authenticate(
@@ -190,13 +180,10 @@ class AccessKeyStore:
         parse_date_header(date, datetime.fromtimestamp(self._clock()))
         assert date is not None
         key_id, signature = parts
-        db = self._db()
-        try:
-            row = db.execute(
-                "SELECT secret, account_uuid FROM access_keys WHERE id = ?", (key_id,)
-            ).fetchone()
-        finally:
-            db.close()
+        with self.db.connect() as conn:
+            row = conn.execute(
+                select(K.c.secret, K.c.account_uuid).where(K.c.id == key_id)
+            ).first()
         # An unknown id costs the same HMAC as a known one.
         secret, account_uuid = row if row is not None else ("\0" * 40, None)
         expected = sign(secret, method, date.strip(), path)

@@ -1,4 +1,5 @@
-"""Accounts and sessions of the HTTP service, kept in the data folder (``auth.sqlite``).
+"""Accounts and sessions of the HTTP service, kept in the data folder (``auth.sqlite``) or in
+the shared database of a many-host service (``database=``), through :mod:`ovfkit.db`.
 
 ZStack's ``LogInByAccount`` sends the password as the SHA-512 hex digest of the plain password
 (zstack-cli and the SDK examples hash it before sending); ZStack stores and compares that digest.
@@ -23,17 +24,21 @@ import hmac
 import math
 import re
 import secrets
-import sqlite3
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..errors import InvalidArgumentError, NotFoundError, OvfkitError, OvfkitIOError
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ..db import Database, open_database, sqlite_url
+from ..db.schema import accounts as A
+from ..db.schema import sessions as S
+from ..errors import InvalidArgumentError, NotFoundError, OvfkitError
 from .private import private_database, private_folder
 from .throttle import LoginThrottle
 
@@ -144,27 +149,9 @@ class Session:
         }
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS accounts (
-    uuid TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    salt BLOB NOT NULL,
-    hash BLOB NOT NULL,
-    create_date REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sessions (
-    uuid TEXT PRIMARY KEY,
-    account_uuid TEXT NOT NULL REFERENCES accounts(uuid) ON DELETE CASCADE,
-    create_date REAL NOT NULL,
-    expired_date REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sessions_expiry ON sessions(expired_date);
-"""
-
-
 class AuthStore:
-    """Accounts and sessions in ``<data_dir>/auth.sqlite``; safe to share between threads (each
-    call opens its own connection) and between processes (SQLite locking, WAL journal)."""
+    """Accounts and sessions in ``<data_dir>/auth.sqlite`` (created 0600), or in ``database``
+    (shared by API nodes; the caller closes it). Safe to share between threads and processes."""
 
     def __init__(
         self,
@@ -172,6 +159,7 @@ class AuthStore:
         *,
         session_ttl: float = DEFAULT_SESSION_TTL,
         clock: Callable[[], float] = time.time,
+        database: Database | None = None,
     ) -> None:
         if session_ttl <= 0:
             raise InvalidArgumentError(f"session lifetime must be positive, got {session_ttl}")
@@ -179,23 +167,16 @@ class AuthStore:
         self.session_ttl = session_ttl
         self._clock = clock
         self.throttle = LoginThrottle(clock=clock)
-        try:
+        self._own = database is None
+        if database is None:
             private_folder(self.path.parent)
             private_database(self.path)
-            with self._db() as db:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise OvfkitIOError(f"cannot open the account database {self.path}: {exc}") from None
+            database = open_database(sqlite_url(self.path))
+        self.db = database
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA foreign_keys=ON")
-            yield db
-        finally:
-            db.close()
+    def close(self) -> None:
+        if self._own:
+            self.db.close()
 
     # -- accounts -----------------------------------------------------------------------------
 
@@ -212,15 +193,14 @@ class AuthStore:
         salt = secrets.token_bytes(16)
         digest = _stretch(wire_password(password), salt)
         account = Account(uuid=uuidlib.uuid4().hex, name=name, create_date=self._clock())
-        with self._db() as db:
-            try:
-                db.execute(
-                    "INSERT INTO accounts (uuid, name, salt, hash, create_date) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (account.uuid, name, salt, digest, account.create_date),
+        try:
+            with self.db.begin() as conn:
+                conn.execute(
+                    insert(A).values(uuid=account.uuid, name=name, salt=salt, hash=digest,
+                                     create_date=account.create_date)
                 )
-            except sqlite3.IntegrityError:
-                raise InvalidArgumentError(f"account {name!r} already exists") from None
+        except IntegrityError:
+            raise InvalidArgumentError(f"account {name!r} already exists") from None
         return account
 
     def set_password(self, name: str, password: str) -> None:
@@ -230,33 +210,28 @@ class AuthStore:
             raise InvalidArgumentError("the password of an account cannot be empty")
         salt = secrets.token_bytes(16)
         digest = _stretch(wire_password(password), salt)
-        with self._db() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute("SELECT uuid FROM accounts WHERE name = ?", (name,)).fetchone()
-                if row is None:
-                    raise NotFoundError(f"account {name!r} not found")
-                db.execute(
-                    "UPDATE accounts SET salt = ?, hash = ? WHERE uuid = ?", (salt, digest, row[0])
-                )
-                db.execute("DELETE FROM sessions WHERE account_uuid = ?", (row[0],))
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self.db.begin() as conn:
+            row = conn.execute(select(A.c.uuid).where(A.c.name == name)).first()
+            if row is None:
+                raise NotFoundError(f"account {name!r} not found")
+            conn.execute(update(A).where(A.c.uuid == row[0]).values(salt=salt, hash=digest))
+            conn.execute(delete(S).where(S.c.account_uuid == row[0]))
 
     def remove_account(self, name: str) -> None:
         """Remove ``name`` and end its sessions; SYS.1003 if there is no such account."""
-        with self._db() as db:
-            cur = db.execute("DELETE FROM accounts WHERE name = ?", (name,))
-        if cur.rowcount == 0:
-            raise NotFoundError(f"account {name!r} not found")
+        with self.db.begin() as conn:
+            # Sessions go with the account (ON DELETE CASCADE too, said here for clarity).
+            row = conn.execute(select(A.c.uuid).where(A.c.name == name)).first()
+            if row is None:
+                raise NotFoundError(f"account {name!r} not found")
+            conn.execute(delete(S).where(S.c.account_uuid == row[0]))
+            conn.execute(delete(A).where(A.c.uuid == row[0]))
 
     def list_accounts(self) -> list[Account]:
-        with self._db() as db:
-            rows = db.execute(
-                "SELECT uuid, name, create_date FROM accounts ORDER BY name"
-            ).fetchall()
+        with self.db.connect() as conn:
+            rows = conn.execute(
+                select(A.c.uuid, A.c.name, A.c.create_date).order_by(A.c.name)
+            ).all()
         return [Account(uuid=r[0], name=r[1], create_date=r[2]) for r in rows]
 
     # -- sessions -----------------------------------------------------------------------------
@@ -268,10 +243,10 @@ class AuthStore:
         a client that must wait gets :class:`LoginThrottledError`."""
         self._check_throttle(name, client)
         wire = normalize_wire_password(password)
-        with self._db() as db:
-            row = db.execute(
-                "SELECT uuid, salt, hash FROM accounts WHERE name = ?", (name,)
-            ).fetchone()
+        with self.db.connect() as conn:
+            row = conn.execute(
+                select(A.c.uuid, A.c.salt, A.c.hash).where(A.c.name == name)
+            ).first()
         if row is None:
             # Same scrypt cost for unknown names, so timing does not tell which names exist.
             _stretch(wire, b"\0" * 16)
@@ -287,12 +262,12 @@ class AuthStore:
             create_date=now,
             expired_date=now + self.session_ttl,
         )
-        with self._db() as db:
-            db.execute("DELETE FROM sessions WHERE expired_date <= ?", (now,))
-            db.execute(
-                "INSERT INTO sessions (uuid, account_uuid, create_date, expired_date) "
-                "VALUES (?, ?, ?, ?)",
-                (session.uuid, session.account_uuid, session.create_date, session.expired_date),
+        with self.db.begin() as conn:
+            conn.execute(delete(S).where(S.c.expired_date <= now))
+            conn.execute(
+                insert(S).values(uuid=session.uuid, account_uuid=session.account_uuid,
+                                 create_date=session.create_date,
+                                 expired_date=session.expired_date)
             )
         return session
 
@@ -312,12 +287,11 @@ class AuthStore:
 
     def validate(self, session_uuid: str) -> Session:
         """The live session ``session_uuid``; ID.1001 if unknown, logged out or expired."""
-        with self._db() as db:
-            row = db.execute(
-                "SELECT uuid, account_uuid, create_date, expired_date FROM sessions "
-                "WHERE uuid = ?",
-                (session_uuid,),
-            ).fetchone()
+        with self.db.connect() as conn:
+            row = conn.execute(
+                select(S.c.uuid, S.c.account_uuid, S.c.create_date, S.c.expired_date)
+                .where(S.c.uuid == session_uuid)
+            ).first()
         # ZStack's Session.checkSessionExpired answers both cases alike: "Session expired".
         if row is None:
             raise InvalidSessionError("Session expired")
@@ -331,13 +305,11 @@ class AuthStore:
         seconds from now (default: the session lifetime); ID.1001 if it is not live."""
         session = self.validate(session_uuid)
         expired = self._clock() + (self.session_ttl if duration is None else duration)
-        with self._db() as db:
-            db.execute(
-                "UPDATE sessions SET expired_date = ? WHERE uuid = ?", (expired, session.uuid)
-            )
+        with self.db.begin() as conn:
+            conn.execute(update(S).where(S.c.uuid == session.uuid).values(expired_date=expired))
         return dataclasses.replace(session, expired_date=expired)
 
     def logout(self, session_uuid: str) -> None:
         """End a session; ending an unknown or already ended one is not an error (as ZStack)."""
-        with self._db() as db:
-            db.execute("DELETE FROM sessions WHERE uuid = ?", (session_uuid,))
+        with self.db.begin() as conn:
+            conn.execute(delete(S).where(S.c.uuid == session_uuid))
