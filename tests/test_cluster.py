@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
-from server_helpers import REPO, add_vm
+from server_helpers import PASSWORD, REPO, USER, LiveServer, add_vm, run_server
 from services import (
     PostgresServer,
     RedisServer,
@@ -176,11 +177,10 @@ def _wait_running(site: Site, job_uuid: str, timeout: float = 60.0) -> str:
     store = JobStore(site.db)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = store.get(job_uuid)
-        assert job is not None
-        if job.state == "running" and job.worker_name:
+        job = store.get(job_uuid)  # None until an API node's background task submits it
+        if job is not None and job.state == "running" and job.worker_name:
             return job.worker_name
-        assert job.state != "done", job.body
+        assert job is None or job.state != "done", job.body
         time.sleep(0.02)
     raise AssertionError("the job never ran")
 
@@ -309,3 +309,87 @@ def test_broker_and_database_restarts_lose_nothing(
         j and j.body for j in finished
     ]
     _check_packages(site, [j for j in finished if j is not None])
+
+
+def _api_folder(site: Site, name: str) -> Path:
+    """An API node's data folder: it knows both backup storages (for SYS.1003 and downloads)."""
+    data = site.base / name
+    save_config(data, Config(
+        storage_roots=(),
+        backup_storages={u: LocalStorageConfig(u, str(site.bs(u)), f"bs-{u[:1]}")
+                         for u in (BS_A, BS_B)},
+    ))
+    return data
+
+
+def _poll(node: LiveServer, token: str, location: str, timeout: float = 90.0) -> httpx.Response:
+    path = "/zstack/v1/api-jobs/" + location.rsplit("/", 1)[1]
+    deadline = time.monotonic() + timeout
+    while True:
+        r = node.client.get(path, headers=node.auth(token))
+        if r.status_code != 202:
+            return r
+        assert time.monotonic() < deadline, "the job never ended"
+        time.sleep(0.1)
+
+
+def test_two_api_nodes_share_sessions_jobs_and_packages(site: Site) -> None:
+    from ovfkit.cluster.jobs import JobStore
+    from ovfkit.zstack.auth import AuthStore
+
+    site.start_worker("host2", [site.ps(1), site.ps(2)], [BS_A, BS_B])
+    slow = site.add_vm(1, disks=(32 * MiB,), dense=True)
+    quick = site.add_vm(2)
+    site.ps(3).mkdir()
+    nowhere = site.add_vm(3)  # no worker reads ps3
+    AuthStore(site.base, database=site.db).create_account(USER, PASSWORD)
+    args = ("--database", site.url, "--broker", site.broker, "--lease", str(LEASE))
+    api1, api2 = _api_folder(site, "api1"), _api_folder(site, "api2")
+    site.wait_workers({"host2"})
+    with run_server(api2, *args) as node2:
+        with run_server(api1, *args) as node1:
+            token = node1.login()  # one login, valid on both nodes
+            r = node1.client.post(
+                "/zstack/v1/ovf/ova-packages", headers={**node1.auth(token), "X-Job-Mode": "async"},
+                json={"vmUuid": slow, "backupStorageUuid": BS_A},
+            )
+            assert r.status_code == 202, r.text
+            location = r.json()["location"]
+            job_uuid = location.rsplit("/", 1)[1]
+            _wait_running(site, job_uuid)
+            node1.process.kill()  # the API node dies mid-job
+            node1.process.wait(10)
+            running = JobStore(site.db).get(job_uuid)
+            assert running is not None and not running.done
+        # The job goes on, and node2 answers its polls.
+        answer = _poll(node2, token, location)
+        assert answer.status_code == 200, answer.text
+        inventory = answer.json()["inventory"]
+        assert inventory["vmUuid"] == slow and inventory["state"] == "Exported"
+        with run_server(api1, *args) as node1:  # node1 back: the same answer
+            again = _poll(node1, token, location)
+            assert again.status_code == 200 and again.json() == answer.json()
+            r = node1.client.post(
+                "/zstack/v1/ovf/ova-packages", headers=node1.auth(token),
+                json={"vmUuid": quick, "backupStorageUuid": BS_B},
+            )
+            assert r.status_code == 200, r.text
+        # One export per VM, whichever node is asked.
+        r = node2.client.post(
+            "/zstack/v1/ovf/ova-packages", headers=node2.auth(token),
+            json={"vmUuid": quick, "backupStorageUuid": BS_A},
+        )
+        assert r.status_code == 503 and r.json()["error"]["code"] == "SYS.1007", r.text
+        assert "already exported" in r.json()["error"]["details"]
+        r = node2.client.post(
+            "/zstack/v1/ovf/ova-packages", headers=node2.auth(token),
+            json={"vmUuid": nowhere, "backupStorageUuid": BS_A},
+        )
+        assert r.status_code == 503 and r.json()["error"]["code"] == "SYS.1006", r.text
+        assert "cannot read" in r.json()["error"]["details"]
+        listed = node2.client.get("/zstack/v1/image-packages", headers=node2.auth(token))
+        assert sorted(i["vmUuid"] for i in listed.json()["inventories"]) == sorted([slow, quick])
+    for inv in listed.json()["inventories"]:
+        path = site.bs(inv["backupStorageUuid"]) / f"{inv['uuid']}.ova"
+        assert ovfkit.verify_package(path).ok
+        assert hashlib.md5(path.read_bytes()).hexdigest() == inv["md5Sum"]

@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgumentError
 from .serve_cmd import add_data_dir_argument, default_data_dir
+
+if TYPE_CHECKING:
+    from ..zstack.auth import AuthStore
 
 __all__ = [
     "register",
@@ -40,7 +43,7 @@ def register(sub: Any) -> None:
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin"
     )
-    add_data_dir_argument(add)
+    _location_arguments(add)
     add.set_defaults(func=run_add)
     passwd = actions.add_parser(
         "passwd", help="set an account's password (ends its sessions)",
@@ -51,14 +54,14 @@ def register(sub: Any) -> None:
     passwd.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin"
     )
-    add_data_dir_argument(passwd)
+    _location_arguments(passwd)
     passwd.set_defaults(func=run_passwd)
     remove = actions.add_parser("remove", help="remove an account (ends its sessions)")
     remove.add_argument("name", metavar="NAME")
-    add_data_dir_argument(remove)
+    _location_arguments(remove)
     remove.set_defaults(func=run_remove)
     lst = actions.add_parser("list", help="list the accounts")
-    add_data_dir_argument(lst)
+    _location_arguments(lst)
     lst.set_defaults(func=run_list)
     _register_access_keys(actions)
 
@@ -77,16 +80,37 @@ def _register_access_keys(actions: Any) -> None:
     )
     add.add_argument("name", metavar="NAME", help="the account")
     add.add_argument("--description", default="", help="what the pair is for")
-    add_data_dir_argument(add)
+    _location_arguments(add)
     add.set_defaults(func=run_key_add)
     lst = keys.add_parser("list", help="list an account's pairs (not their secrets)")
     lst.add_argument("name", metavar="NAME", help="the account")
-    add_data_dir_argument(lst)
+    _location_arguments(lst)
     lst.set_defaults(func=run_key_list)
     remove = keys.add_parser("remove", help="remove a pair")
     remove.add_argument("key_id", metavar="ACCESS_KEY_ID")
-    add_data_dir_argument(remove)
+    _location_arguments(remove)
     remove.set_defaults(func=run_key_remove)
+
+
+def _location_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_dir_argument(parser)
+    parser.add_argument(
+        "--database", metavar="URL",
+        help="the shared database of a many-host service (postgresql://...) instead of the "
+        "data folder",
+    )
+
+
+def _auth(args: argparse.Namespace) -> AuthStore:
+    """The account store the arguments name (closed when the command's process ends)."""
+    from ..zstack.auth import AuthStore
+
+    database = None
+    if args.database is not None:
+        from ..db import open_database
+
+        database = open_database(args.database)
+    return AuthStore(args.data_dir or default_data_dir(), database=database)
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -100,9 +124,8 @@ def _read_password(from_stdin: bool) -> str:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from ..zstack.auth import AuthStore
 
-    store = AuthStore(args.data_dir or default_data_dir())
+    store = _auth(args)
     password = _read_password(args.password_stdin)
     account = store.create_account(args.name, password)
     print(f"account {account.name} created (uuid {account.uuid})")
@@ -110,37 +133,33 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_passwd(args: argparse.Namespace) -> int:
-    from ..zstack.auth import AuthStore
 
-    store = AuthStore(args.data_dir or default_data_dir())
+    store = _auth(args)
     store.set_password(args.name, _read_password(args.password_stdin))
     print(f"password of account {args.name} changed; its sessions are ended")
     return 0
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    from ..zstack.auth import AuthStore
 
-    AuthStore(args.data_dir or default_data_dir()).remove_account(args.name)
+    _auth(args).remove_account(args.name)
     print(f"account {args.name} removed")
     return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from ..zstack.auth import AuthStore, zstack_timestamp
+    from ..zstack.auth import zstack_timestamp
 
-    for account in AuthStore(args.data_dir or default_data_dir()).list_accounts():
+    for account in _auth(args).list_accounts():
         print(f"{account.uuid}  {account.name}  created {zstack_timestamp(account.create_date)}")
     return 0
 
 
 def _key_store(args: argparse.Namespace) -> Any:
     from ..zstack.accesskeys import AccessKeyStore
-    from ..zstack.auth import AuthStore
 
-    data_dir = args.data_dir or default_data_dir()
-    AuthStore(data_dir)  # the accounts table the keys refer to
-    return AccessKeyStore(data_dir)
+    auth = _auth(args)  # the accounts table the keys refer to
+    return AccessKeyStore(auth.path.parent, database=auth.db)
 
 
 def run_key_add(args: argparse.Namespace) -> int:

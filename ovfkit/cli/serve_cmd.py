@@ -13,7 +13,9 @@ from ..errors import InvalidArgumentError, NotFoundError, OvfkitIOError
 from ..zstack.config import DATA_DIR_ENV, default_data_dir
 
 if TYPE_CHECKING:
+    from ..server.backend import Backend
     from ..server.runner import Limits
+    from ..zstack.auth import AuthStore
 
 __all__ = ["add_data_dir_argument", "default_data_dir", "public_url", "register", "run"]
 
@@ -93,6 +95,20 @@ def register(sub: Any) -> None:
     ):
         parser.add_argument(flag, type=kind, default=None, metavar=meta, help=text)
     parser.add_argument(
+        "--database", metavar="URL",
+        help="many hosts: the shared database (postgresql://USER:PASSWORD@HOST/DB) holding "
+        "accounts, sessions, the VM catalog, packages and jobs; exports go to 'ovfkit worker' "
+        "processes through --broker (needs pip install 'ovfkit[cluster]')",
+    )
+    parser.add_argument(
+        "--broker", metavar="URL", help="many hosts: the Redis broker, redis://HOST:6379/0"
+    )
+    parser.add_argument(
+        "--lease", type=float, default=60.0, metavar="SECONDS",
+        help="many hosts: the workers' --lease (default 60); a worker silent this long is "
+        "taken for dead",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=("critical", "error", "warning", "info", "debug", "trace"),
@@ -139,18 +155,26 @@ def run(args: argparse.Namespace) -> int:
         or public_url(args.host, args.port, scheme)
     )
     ttl = args.session_ttl if args.session_ttl is not None else DEFAULT_SESSION_TTL
-    auth = AuthStore(data_dir, session_ttl=ttl)
-    context = open_context(data_dir, base_url=base_url)
     config = ServiceConfig()
     if args.export_workers is not None:
         config = ServiceConfig(export_workers=args.export_workers)
-    app = create_app(Backend(context), auth, config)
-    if not auth.list_accounts():
-        print(
-            "ovfkit serve: no account yet; create one with "
-            f"'ovfkit account add NAME --data-dir {data_dir}'",
-            flush=True,
+    if (args.database is None) != (args.broker is None):
+        raise InvalidArgumentError(
+            "--database and --broker go together (an API node of a many-host service)"
         )
+    if args.database is None:
+        auth = AuthStore(data_dir, session_ttl=ttl)
+        backend = Backend(open_context(data_dir, base_url=base_url))
+        where = f"--data-dir {data_dir}"
+    else:
+        from ..db import redacted
+
+        auth, backend = _cluster_node(args, data_dir, base_url, ttl)
+        where = f"--database {redacted(args.database)}"
+    app = create_app(backend, auth, config)
+    if not auth.list_accounts():
+        print(f"ovfkit serve: no account yet; create one with 'ovfkit account add NAME {where}'",
+              flush=True)
     from ..server.logs import configure_logging
 
     configure_logging(args.log_level)
@@ -166,6 +190,38 @@ def run(args: argparse.Namespace) -> int:
         ssl_keyfile=args.ssl_keyfile,
     )
     return 0
+
+
+def _cluster_node(
+    args: argparse.Namespace, data_dir: str | os.PathLike[str], base_url: str, ttl: float
+) -> tuple[AuthStore, Backend]:
+    """An API node: accounts, sessions, catalog and packages in the shared database; exports
+    queued for the workers. No start-up recovery here: the workers' leases cover their jobs."""
+    from ..cluster.api_node import ClusterBackend
+    from ..cluster.service import ClusterService
+    from ..cluster.worker import ClusterTimings
+    from ..db import open_database
+    from ..db.catalog import DatabaseCatalog
+    from ..zstack.auth import AuthStore
+    from ..zstack.context import open_context
+
+    if args.lease <= 0:
+        raise InvalidArgumentError("--lease must be positive")
+    db = open_database(args.database)
+    try:
+        auth = AuthStore(data_dir, session_ttl=ttl, database=db)
+        catalog = DatabaseCatalog(db)
+        context = open_context(
+            data_dir, base_url=base_url, database=db, resolver=catalog, recover=False
+        )
+        service = ClusterService(
+            db, args.broker, resolver=catalog, known_storages=context.config.backup_storages,
+            timings=ClusterTimings(lease=args.lease),
+        )
+    except BaseException:
+        db.close()
+        raise
+    return auth, ClusterBackend(context, service)
 
 
 def _limits(args: argparse.Namespace) -> Limits:

@@ -61,7 +61,7 @@ from .errors import (
     error_response,
     status_for,
 )
-from .jobs import JOB_MODE_HEADER, Job, JobRegistry, job_form, job_uuid_header
+from .jobs import JOB_MODE_HEADER, Job, JobRegistry, current_job, job_form, job_uuid_header
 from .openapi import openapi_document
 from .ovfinfo import ovf_info
 from .query import QuerySpec, query_spec
@@ -217,6 +217,7 @@ def _job_runner(
     state: _State, job: Job, work: Work, target: webhook.WebhookTarget | None
 ) -> Callable[[], Awaitable[None]]:
     async def run() -> None:
+        current_job.set(job)  # this task's own context: seen by the work's thread
         status, body = await work()
         # A job that did not succeed polls as 503 whatever stopped it (handleJobQuery).
         state.jobs.finish(job, 200 if status == 200 else 503, body)
@@ -244,6 +245,12 @@ async def api_job(request: Request) -> Response:
         if job is not None and job.owner != caller.account_uuid:
             job = None
     if job is None:
+        # A job another API node started, or this one before a restart (many hosts).
+        stored = await run_in_threadpool(state.backend.stored_job, uuid)
+        if stored is not None and stored.owner == caller.account_uuid:
+            if stored.status is None:
+                return JSONResponse({}, status_code=202)
+            return JSONResponse(stored.body, status_code=stored.status)
         raise JobNotFoundError(
             f"the job has been expired: no api job[uuid:{uuid}] (finished jobs are kept "
             f"{state.config.job_keep:.0f} s, and not across restarts)"
@@ -713,7 +720,7 @@ def create_app(
     app.state.ovfkit = _State(
         backend=backend,
         auth=auth,
-        access_keys=AccessKeyStore(auth.path.parent),
+        access_keys=AccessKeyStore(auth.path.parent, database=auth.db),
         config=cfg,
         jobs=JobRegistry(keep=cfg.job_keep),
         limiter=anyio.CapacityLimiter(cfg.export_workers),

@@ -5,8 +5,9 @@ Every method is blocking and meant to run in a worker thread."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFoundError
 from ..progress import CancelToken
@@ -18,7 +19,17 @@ from ..zstack.tags import TagRecord
 if TYPE_CHECKING:
     from ..ovf.reader import ParsedDescriptor
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "StoredJob"]
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    """A job kept outside this process (many hosts): its owner account, and its HTTP answer
+    once done (``status`` None while it runs)."""
+
+    owner: str
+    status: int | None
+    body: dict[str, Any] | None
 
 
 class Backend:
@@ -91,6 +102,10 @@ class Backend:
         if inventory.size is None:
             raise NotFoundError(f"image package[uuid: {uuid}] has no size yet")
         return path, f"{inventory.uuid}.ova", inventory.size
+
+    def stored_job(self, uuid: str) -> StoredJob | None:
+        """A job this process's registry does not hold (None here: jobs live in memory)."""
+        return None
 
     def close(self) -> None:
         self.context.close()

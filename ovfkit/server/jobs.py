@@ -23,6 +23,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +39,16 @@ __all__ = [
     "Job",
     "JobForm",
     "JobRegistry",
+    "current_job",
     "job_form",
     "job_uuid_header",
 ]
 
 DEFAULT_JOB_KEEP = 3600.0
+
+# The job whose work is running (set by the job runner, seen in the worker thread): a backend
+# that runs the work elsewhere names it after the job (ovfkit.cluster.api_node).
+current_job: ContextVar[Job | None] = ContextVar("ovfkit_current_job", default=None)
 
 JOB_MODE_HEADER = "X-Job-Mode"
 # RestConstants of ZStack's rest module.
