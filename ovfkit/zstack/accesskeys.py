@@ -36,12 +36,11 @@ from pathlib import Path
 
 from sqlalchemy import Connection, delete, insert, select
 
-from ..db import Database, open_database, sqlite_url
+from ..db import Database
 from ..db.schema import access_keys as K
 from ..db.schema import accounts as A
 from ..errors import InvalidArgumentError, NotFoundError, OvfkitError
-from .auth import AUTH_DB_NAME, AuthenticationError
-from .private import private_database, private_folder
+from .auth import AUTH_DB_NAME, AuthenticationError, open_auth_database
 
 __all__ = [
     "AccessKey",
@@ -121,11 +120,7 @@ class AccessKeyStore:
         self.path = Path(data_dir) / AUTH_DB_NAME
         self._clock = clock
         self._own = database is None
-        if database is None:
-            private_folder(self.path.parent)
-            private_database(self.path)
-            database = open_database(sqlite_url(self.path))
-        self.db = database
+        self.db = database if database is not None else open_auth_database(self.path)
 
     def close(self) -> None:
         if self._own:

@@ -149,6 +149,13 @@ class Session:
         }
 
 
+def open_auth_database(path: Path) -> Database:
+    """A data folder's ``auth.sqlite``, created 0600 in a 0700 folder (it holds sessions)."""
+    private_folder(path.parent)
+    private_database(path)
+    return open_database(sqlite_url(path))
+
+
 class AuthStore:
     """Accounts and sessions in ``<data_dir>/auth.sqlite`` (created 0600), or in ``database``
     (shared by API nodes; the caller closes it). Safe to share between threads and processes."""
@@ -168,11 +175,7 @@ class AuthStore:
         self._clock = clock
         self.throttle = LoginThrottle(clock=clock)
         self._own = database is None
-        if database is None:
-            private_folder(self.path.parent)
-            private_database(self.path)
-            database = open_database(sqlite_url(self.path))
-        self.db = database
+        self.db = database if database is not None else open_auth_database(self.path)
 
     def close(self) -> None:
         if self._own:
