@@ -16,6 +16,7 @@ from sqlalchemy import inspect
 from ovfkit.db import HEAD_REVISION, open_database, sqlite_url
 from ovfkit.db.packages import DuplicateUuidError, DuplicateVmError, PackageStore
 from ovfkit.errors import InvalidArgumentError, OvfkitIOError
+from ovfkit.zstack.auth import InvalidSessionError
 from ovfkit.zstack.inventory import (
     ImagePackageInventory,
     ImagePackageState,
@@ -194,3 +195,34 @@ def test_unreachable_database_is_an_io_error(tmp_path: Path) -> None:
         open_database("postgresql://nobody@127.0.0.1:1/none")
     with pytest.raises(InvalidArgumentError):
         open_database("mysql://x@y/z")
+
+
+def test_old_auth_sqlite_keeps_its_accounts_and_sessions(tmp_path: Path) -> None:
+    """auth.sqlite as the sqlite3 code made it (same columns): the account logs in after the
+    migration, with the password it had, and its old session is still valid."""
+    from ovfkit.zstack.auth import AuthStore, _stretch, wire_password
+
+    salt = b"s" * 16
+    with sqlite3.connect(tmp_path / "auth.sqlite") as old:
+        old.executescript(
+            "CREATE TABLE accounts (uuid TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, "
+            "salt BLOB NOT NULL, hash BLOB NOT NULL, create_date REAL NOT NULL);"
+            "CREATE TABLE sessions (uuid TEXT PRIMARY KEY, account_uuid TEXT NOT NULL "
+            "REFERENCES accounts(uuid) ON DELETE CASCADE, create_date REAL NOT NULL, "
+            "expired_date REAL NOT NULL);"
+            "CREATE INDEX sessions_expiry ON sessions(expired_date);"
+        )
+        old.execute("INSERT INTO accounts VALUES (?,?,?,?,?)",
+                    ("c" * 32, "admin", salt, _stretch(wire_password("pw"), salt), 1.0))
+        old.execute("INSERT INTO sessions VALUES (?,?,?,?)", ("d" * 32, "c" * 32, 1.0, 4e9))
+    old.close()
+    store = AuthStore(tmp_path)
+    try:
+        assert [a.name for a in store.list_accounts()] == ["admin"]
+        assert store.validate("d" * 32).account_uuid == "c" * 32
+        assert store.login("admin", "pw").account_uuid == "c" * 32
+        store.remove_account("admin")  # its sessions go with it
+        with pytest.raises(InvalidSessionError):
+            store.validate("d" * 32)
+    finally:
+        store.close()
