@@ -209,7 +209,7 @@ def _cluster_node(
         raise InvalidArgumentError("--lease must be positive")
     db = open_database(args.database)
     try:
-        auth = AuthStore(data_dir, session_ttl=ttl, database=db)
+        auth = AuthStore(os.fspath(data_dir), session_ttl=ttl, database=db)
         catalog = DatabaseCatalog(db)
         context = open_context(
             data_dir, base_url=base_url, database=db, resolver=catalog, recover=False
