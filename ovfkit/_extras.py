@@ -18,8 +18,8 @@ __all__ = ["EXTRAS", "extra_of", "needs_extra"]
 EXTRAS: dict[str, tuple[str, ...]] = {
     "sign": ("cryptography",),
     "sftp": ("paramiko",),
-    "server": ("starlette", "uvicorn", "h11", "anyio"),
-    "cluster": ("celery", "kombu", "redis", "psycopg", "sqlalchemy", "alembic"),
+    "server": ("starlette", "uvicorn", "h11", "anyio", "sqlalchemy", "alembic"),
+    "cluster": ("celery", "kombu", "redis", "psycopg"),
 }
 
 

@@ -18,7 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery
+from .._extras import needs_extra
+
+with needs_extra("cluster", "the many-host service"):
+    from celery import Celery
 
 __all__ = ["EXPORT_TASK", "make_celery"]
 

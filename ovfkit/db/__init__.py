@@ -21,7 +21,7 @@ from typing import Any
 
 from .._extras import needs_extra
 
-with needs_extra("cluster", "the shared database"):
+with needs_extra("server", "the records of the ZStack API"):
     from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
     from sqlalchemy.engine import URL
     from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
