@@ -21,7 +21,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("ova",),
     ("zstack",),
     ("db",),
-    ("cluster", "server"),
+    ("zstack-records",),
+    ("server",),
+    ("cluster",),
     ("cli",),
     ("__main__",),
 )
@@ -96,7 +98,17 @@ def _imports(name: str) -> set[str]:
 GRAPH = {name: _imports(name) for name in MODULES}
 
 
+# ZStack's modules that keep records sit above db (the SQL layer they store through), while db
+# uses the pure ZStack wire shapes (inventory, tags, catalog) below it.
+ZSTACK_RECORDS = frozenset({
+    "ovfkit.zstack.records", "ovfkit.zstack.auth", "ovfkit.zstack.accesskeys",
+    "ovfkit.zstack.context", "ovfkit.zstack.api",
+})
+
+
 def _part(module: str) -> str:
+    if module in ZSTACK_RECORDS:
+        return "zstack-records"
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "ovfkit"
 
