@@ -15,6 +15,7 @@ import sys
 import tarfile
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import pytest
@@ -22,6 +23,7 @@ import zssdk_client as sdk
 from server_helpers import BS_UUID, PASSWORD, USER, LiveServer, run_server, setup_data_dir
 
 from ovfkit.zstack.auth import wire_password
+from ovfkit.zstack.inventory import parse_zstack_time
 
 MISSING_VM = "9f1c2b3a4d5e4f60a1b2c3d4e5f60718"
 
@@ -302,8 +304,11 @@ def test_sessions_validate_renew_logout(live: LiveServer) -> None:
     renew.sessionId = mine
     renewed = value_of(renew.call(), "RenewSession")["inventory"]
     assert set(renewed) == SESSION_FIELDS and renewed["uuid"] == mine
-    year = int(re.search(r", (\d{4}) ", renewed["expiredDate"]).group(1))  # type: ignore[union-attr]
-    assert year >= int(re.search(r", (\d{4}) ", renewed["createDate"]).group(1))  # type: ignore[union-attr]
+    # RenewSession: expiredDate = now + duration (Session.renewSession).
+    lifetime = parse_zstack_time(renewed["expiredDate"]) - parse_zstack_time(
+        renewed["createDate"]
+    )
+    assert timedelta(hours=23, minutes=59) <= lifetime <= timedelta(hours=24, minutes=5)
     too_short = sdk.RenewSessionAction()
     too_short.sessionUuid = mine  # type: ignore[attr-defined]
     too_short.duration = 5  # type: ignore[attr-defined]
