@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -253,10 +254,19 @@ def _export(
                         f"required capacity is: {required}"
                     ))
                 )
-            return _export_reserved(
-                context, storage, vm, package_uuid, name, description, vm_uuid, bs_uuid, spool,
-                options, progress, cancel, (system_tags, user_tags),
+            job = _ExportJob(
+                vm=vm,
+                vm_uuid=vm_uuid,
+                package_uuid=package_uuid,
+                name=name,
+                description=description,
+                backup_storage_uuid=bs_uuid,
+                spool=spool,
+                options=options,
+                system_tags=tuple(system_tags),
+                user_tags=tuple(user_tags),
             )
+            return _export_reserved(context, storage, job, progress, cancel)
     finally:
         storage.close()
 
@@ -269,24 +279,39 @@ def _free_bytes(folder: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+@dataclass(frozen=True)
+class _ExportJob:
+    """An export whose request passed every check and whose room is reserved: the VM to write,
+    the package record it becomes (uuid, name, description, tags) and where it goes."""
+
+    vm: VirtualMachine
+    vm_uuid: str
+    package_uuid: str
+    name: str
+    description: str
+    backup_storage_uuid: str
+    spool: Path
+    options: OvaOptions | None = None
+    system_tags: tuple[str, ...] = ()
+    user_tags: tuple[str, ...] = ()
+
+    @property
+    def install_path(self) -> str:
+        return f"{self.package_uuid}.ova"
+
+
 def _export_reserved(
     context: ExportContext,
     storage: BackupStorage,
-    vm: VirtualMachine,
-    package_uuid: str,
-    name: str,
-    description: str,
-    vm_uuid: str,
-    bs_uuid: str,
-    spool: Path,
-    options: OvaOptions | None,
+    job: _ExportJob,
     progress: ProgressCallback | None,
     cancel: CancelToken | None,
-    tags: tuple[Sequence[str], Sequence[str]] = ((), ()),
 ) -> ImagePackageInventory:
     """From the record on: create it Exporting (with its system and user tags), write, mark
     Exported, or roll everything back."""
-    install_path = f"{package_uuid}.ova"
+    package_uuid, bs_uuid, install_path = (
+        job.package_uuid, job.backup_storage_uuid, job.install_path
+    )
     lock = ExportLock.try_acquire(context.records.lock_path(package_uuid))
     if lock is None:
         raise InvalidArgumentError(
@@ -295,18 +320,18 @@ def _export_reserved(
     try:
         record = ImagePackageInventory(
             uuid=package_uuid,
-            name=name,
-            description=description,
-            vm_uuid=vm_uuid,
+            name=job.name,
+            description=job.description,
+            vm_uuid=job.vm_uuid,
             backup_storage_uuid=bs_uuid,
             state=ImagePackageState.EXPORTING,
         )
         context.records.create_exporting(
-            record, install_path, system_tags=tags[0], user_tags=tags[1]
+            record, install_path, system_tags=job.system_tags, user_tags=job.user_tags
         )
         try:
             md5, size = _write(
-                vm, storage, install_path, spool, options, progress, cancel
+                job.vm, storage, install_path, job.spool, job.options, progress, cancel
             )
             context.records.mark_exported(
                 package_uuid,
