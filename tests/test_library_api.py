@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import io
 import os
 import subprocess
@@ -54,6 +55,17 @@ def _wrong_calls(vm: ovfkit.VirtualMachine, out: str) -> list[tuple[str, Any]]:
         ("vm", lambda: o.build_descriptor("web")),
         ("options", lambda: o.write_vmdk(vm.disks[0].source, io.BytesIO(), {"engine": "x"})),
         ("source", lambda: o.write_vmdk("disk.raw", io.BytesIO())),
+        # fields of the dataclasses, nested ones included, hold what their annotations say
+        ("vm.vcpus", lambda: o.write_ova(dataclasses.replace(vm, vcpus="2"), out)),
+        ("vm.disks", lambda: o.write_ova(dataclasses.replace(vm, disks=list(vm.disks)), out)),
+        ("vm.disks[0].capacity", lambda: o.write_ova(
+            dataclasses.replace(vm, disks=(dataclasses.replace(vm.disks[0], capacity="3"),)),
+            out)),
+        ("vm.firmware", lambda: o.write_ova(dataclasses.replace(vm, firmware="uefi"), out)),
+        ("options.threads", lambda: o.write_ova(vm, out, ovfkit.OvaOptions(threads="4"))),
+        ("options.fsync", lambda: o.write_ova(vm, out, ovfkit.OvaOptions(fsync=1))),
+        ("vm.nics[0].network", lambda: o.build_descriptor(dataclasses.replace(
+            vm, nics=(dataclasses.replace(vm.nics[0], network=7),)))),
     ]
 
 
