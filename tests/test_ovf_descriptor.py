@@ -320,6 +320,12 @@ def test_text_is_escaped_and_unicode_kept() -> None:
         ({"name": "n" * 256}, "at most 255"),
         ({"nics": tuple(Nic(f"n{i}", NicType.E1000, "net") for i in range(65))}, "65 NICs"),
         ({"disks": (Disk("x", 2**64, "scsi", 0),)}, "is over"),
+        ({"disks": tuple(Disk(f"d{i}", 1, "scsi", 0) for i in range(257))}, "257 disks"),
+        ({"networks": tuple(Network(f"n{i}") for i in range(65))}, "65 networks"),
+        ({"controllers": tuple(Controller(f"c{i}", ControllerType.SCSI) for i in range(15))},
+         "15 storage controllers"),
+        ({"cd_drives": tuple(CdDrive(f"cd{i}", "ide", 0) for i in range(634))},
+         "637 disks and CD drives"),
         ({"annotation": "a" * (13 << 20)}, "over the 12582912-byte limit"),
     ],
 )
