@@ -48,6 +48,25 @@ def _nics(n: int) -> bytes:
     return vmware(b"<Item>", b"".join(_NIC_ITEM % (1000 + i) for i in range(n)) + b"<Item>")
 
 
+_CONTROLLER_ITEM = (
+    b"<Item><rasd:InstanceID>%d</rasd:InstanceID><rasd:ResourceSubType>lsilogic"
+    b"</rasd:ResourceSubType><rasd:ResourceType>6</rasd:ResourceType></Item>"
+)
+
+
+def _disks(n: int) -> bytes:
+    """``n`` disks in the DiskSection and as many disk Items on the fixture's SCSI controller
+    (InstanceID 3): the hardware cap must stop them, whatever their addresses."""
+    section = b"".join(b'<Disk ovf:capacity="1" ovf:diskId="x%d"/>' % i for i in range(n))
+    items = b"".join(
+        b"<Item><rasd:AddressOnParent>%d</rasd:AddressOnParent><rasd:HostResource>ovf:/disk/x%d"
+        b"</rasd:HostResource><rasd:InstanceID>%d</rasd:InstanceID><rasd:Parent>3</rasd:Parent>"
+        b"<rasd:ResourceType>17</rasd:ResourceType></Item>" % (i % 16, i, 2000 + i)
+        for i in range(n))
+    data = vmware(b"</DiskSection>", section + b"</DiskSection>")
+    return data.replace(b"<Item>", items + b"<Item>", 1)
+
+
 #: (id, descriptor bytes, message the OVF.1002 error must contain): numbers out of range
 #: (issue 12 #2) and counts over the caps (#12). tests/test_ovf_reader.py runs them too.
 NUMBER_CASES: list[tuple[str, Callable[[], bytes], str]] = [
@@ -88,6 +107,16 @@ NUMBER_CASES: list[tuple[str, Callable[[], bytes], str]] = [
     ("name-256", lambda: vmware(b"<Name>photon-web</Name>", b"<Name>" + b"n" * 256 + b"</Name>"),
      "at most 255"),
     ("nics-65", lambda: _nics(65), "more than 64 NICs"),
+    ("disks-257", lambda: _disks(257), "more than 256 disks"),
+    ("disk-section-637", lambda: vmware(b"</DiskSection>", b"".join(
+        b'<Disk ovf:capacity="1" ovf:diskId="x%d"/>' % i for i in range(637)) + b"</DiskSection>"),
+     "more than 636 disks"),
+    ("files-10001", lambda: vmware(b"</References>", b"".join(
+        b'<File ovf:href="f%d" ovf:id="x%d"/>' % (i, i) for i in range(10_001)) + b"</References>"),
+     "more than 10000 Files"),
+    ("controllers-15", lambda: vmware(b"<Item>", b"".join(
+        _CONTROLLER_ITEM % (1000 + i) for i in range(15)) + b"<Item>"),
+     "more than 14 storage controllers"),
     ("networks-65", lambda: vmware(b"</NetworkSection>", b"".join(
         b'<Network ovf:name="n%d"/>' % i for i in range(65)) + b"</NetworkSection>"),
      "more than 64 networks"),
