@@ -19,6 +19,7 @@ import sys
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,9 +118,11 @@ def setup_data_dir(data_dir: Path) -> None:
     save_config(data_dir, config)
 
 
-def _qcow2_with_data(path: Path, size: int, seed: int, *, dense: bool = False) -> None:
-    """A qcow2 with data at the start, middle and end; ``dense``: random data throughout
-    (incompressible, so exporting it takes a while)."""
+def _qcow2_with_data(
+    path: Path, size: int, seed: int, *, dense: bool = False, fmt: str = "qcow2"
+) -> None:
+    """A qcow2 (or, ``fmt="raw"``, a raw image) with data at the start, middle and end;
+    ``dense``: random data throughout (incompressible, so exporting it takes a while)."""
     raw = path.with_suffix(".raw")
     with open(raw, "wb") as f:
         f.truncate(size)
@@ -132,6 +135,9 @@ def _qcow2_with_data(path: Path, size: int, seed: int, *, dense: bool = False) -
         f.write(f"disk {seed} middle ".encode() * 2000)
         f.seek(size - 512)
         f.write(b"last sector".ljust(512, b"\0"))
+    if fmt == "raw":
+        raw.rename(path)
+        return
     subprocess.run(
         ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(path)],
         check=True,
@@ -147,6 +153,7 @@ def add_vm(
     disks: Sequence[int] = (4 * MiB, 2 * MiB),
     state: str = "Stopped",
     dense: bool = False,
+    fmt: str = "qcow2",
 ) -> str:
     inv = copy.deepcopy(_inventory_template())
     vm_uuid = uuidlib.uuid4().hex
@@ -156,14 +163,14 @@ def add_vm(
     for i, size in enumerate(disks):
         vol = copy.deepcopy(template_volumes[min(i, len(template_volumes) - 1)])
         vol_uuid = uuidlib.uuid4().hex
-        path = data_dir / "volumes" / f"{vol_uuid}.qcow2"
-        _qcow2_with_data(path, size, seed=i + 1, dense=dense)
+        path = data_dir / "volumes" / f"{vol_uuid}.{fmt}"
+        _qcow2_with_data(path, size, seed=i + 1, dense=dense, fmt=fmt)
         vol.update(
             uuid=vol_uuid,
             vmInstanceUuid=vm_uuid,
             installPath=str(path),
             type="Root" if i == 0 else "Data",
-            format="qcow2",
+            format=fmt,
             size=size,
             actualSize=path.stat().st_size,
             deviceId=i,
@@ -235,3 +242,15 @@ def run_server(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def wait_until(
+    done: Callable[[], bool], running: Future[httpx.Response], live: LiveServer
+) -> None:
+    """Bounded wait (60 s) for ``done()`` while the request ``running`` is in flight; fails at
+    once if the request answered first (with its answer), or at the deadline (with the log)."""
+    deadline = time.monotonic() + 60
+    while not done():
+        assert not running.done(), running.result().text
+        assert time.monotonic() < deadline, live.log()
+        time.sleep(0.01)

@@ -11,14 +11,13 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from server_helpers import LiveServer, MiB, add_vm, run_server, setup_data_dir
+from server_helpers import LiveServer, MiB, add_vm, run_server, setup_data_dir, wait_until
 
 V1 = "/zstack/v1"
 
@@ -56,6 +55,23 @@ def _wait_for(point: str, data: Path, full_size: int, running: Future[Any]) -> N
         if any(p.name.endswith(".ova") for p in bs.iterdir()):
             return  # past every point
         time.sleep(0.002)
+
+
+def _hold_at_publication(
+    data: Path, running: Future[Any], live: LiveServer
+) -> sqlite3.Connection:
+    """Once the export's record exists, take the write lock of ``packages.db``: the export
+    writes the whole package, renames it into place, then waits to mark its record Exported.
+    Returns (the lock still held) when the package file is published and the record is
+    still ``Exporting``: the point where a kill leaves a complete-looking package that no
+    record vouches for."""
+    bs = data / "bs"
+    wait_until(lambda: bool(_states(data)), running, live)
+    held = sqlite3.connect(data / "packages.db", timeout=30, isolation_level=None)
+    held.execute("BEGIN IMMEDIATE")
+    wait_until(lambda: any(p.suffix == ".ova" for p in bs.iterdir()), running, live)
+    assert _states(data) == ["Exporting"]
+    return held
 
 
 def _left_in_order(data: Path) -> None:
@@ -109,6 +125,7 @@ def full_size(tmp_path_factory: pytest.TempPathFactory) -> int:
         (signal.SIGKILL, "record", None),
         (signal.SIGKILL, "writing", None),
         (signal.SIGKILL, "written", None),
+        (signal.SIGKILL, "published", None),
         (signal.SIGTERM, "written", "60"),  # finishes within the grace period
         # SIGTERM past the grace period: test_sigterm_during_a_long_synchronous_export...
     ],
@@ -120,11 +137,18 @@ def test_server_killed_at_a_point_of_an_export(
     setup_data_dir(data)
     vm = add_vm(data, "big", disks=(64 * MiB,), dense=True)
     args = ("--shutdown-grace", grace) if grace else ()
+    held: sqlite3.Connection | None = None
     with run_server(data, *args, preexec_fn=os.setsid) as live, ThreadPoolExecutor(1) as pool:
         running = pool.submit(live.export, vm, timeout=120)
-        _wait_for(point, data, full_size, running)
+        if point == "published":
+            held = _hold_at_publication(data, running, live)
+        else:
+            _wait_for(point, data, full_size, running)
         os.killpg(live.process.pid, sig)
         code = live.process.wait(90)
+        if held is not None:
+            held.execute("ROLLBACK")
+            held.close()
         try:
             answer = running.result(90)
         except httpx.TransportError:
@@ -159,9 +183,9 @@ def test_sigterm_during_a_long_synchronous_export_answers_json(tmp_path: Path) -
         try:
             held.execute("BEGIN IMMEDIATE")
             running = pool.submit(live.export, vm, token, timeout=120)
-            _wait_until(lambda: any((data / "locks").glob("*.lock")), running, live)
+            wait_until(lambda: any((data / "locks").glob("*.lock")), running, live)
             live.process.terminate()
-            _wait_until(lambda: "cancelling 1 export" in live.log(), running, live)
+            wait_until(lambda: "cancelling 1 export" in live.log(), running, live)
         finally:
             held.execute("ROLLBACK")
             held.close()
@@ -176,12 +200,3 @@ def test_sigterm_during_a_long_synchronous_export_answers_json(tmp_path: Path) -
     assert _states(data) == [], log
     assert sorted(p.name for p in (data / "bs").iterdir()) == [], log
     assert "Traceback" not in log, log
-
-
-def _wait_until(done: Callable[[], bool], running: Future[Any], live: LiveServer) -> None:
-    """Bounded wait for ``done()``; fails early if the export already answered."""
-    deadline = time.monotonic() + 60
-    while not done():
-        assert not running.done(), running.result().text
-        assert time.monotonic() < deadline, live.log()
-        time.sleep(0.01)
