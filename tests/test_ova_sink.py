@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovfkit.ova.writer import _IOV_MAX, _SMALL_WRITES, _Sink
+from ovfkit.ova.seekable import _IOV_MAX, _SMALL_WRITES, _Sink
 
 small = st.binary(max_size=600)
 large = st.integers(_SMALL_WRITES, _SMALL_WRITES + 70_000).map(lambda n: os.urandom(n))

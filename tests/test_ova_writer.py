@@ -353,6 +353,7 @@ def test_streaming_to_a_pipe(tmp_path: Path, two_disks: list[tuple[Path, str]]) 
         assert proc.wait() == 0
     data = target.read_bytes()
     assert result.size == len(data) and result.md5 == hashlib.md5(data).hexdigest()
+    assert result.path is None  # a stream has no path (not the pipe's descriptor number)
     names = [m.name for m in members_by_tarfile(target)]
     assert names[0] == "web-01.ovf" and names[-1] == "web-01.mf"
     assert "web-01-disk1.vmdk.000000000" in names and "web-01-disk1.vmdk.000000001" in names
@@ -407,7 +408,7 @@ def test_disk_full_leaves_nothing(tmp_path: Path, make_image: MakeImage) -> None
 def test_pad_descriptor_keeps_the_document() -> None:
     from lxml import etree
 
-    from ovfkit.ova.writer import pad_descriptor
+    from ovfkit.ova.plan import pad_descriptor
 
     doc = b"<?xml version='1.0' encoding='UTF-8'?>\n<Envelope a=\"1\"><X/></Envelope>\n"
     for length in (len(doc) - 1, len(doc), len(doc) + 1, len(doc) + 700):
@@ -450,7 +451,8 @@ def test_streaming_long_name_with_environment(
     vm = make_vm(two_disks[:1], name="v" * 95)
     target = tmp_path / "s.ova"
     with open(target, "wb") as f:
-        write_ova(vm, f, OvaOptions(ovf_env={}, chunk_size=1 << 20))
+        result = write_ova(vm, f, OvaOptions(ovf_env={}, chunk_size=1 << 20))
+    assert result.path is None
     names = [m.name for m in members_by_tarfile(target)]
     assert all(len(n) <= 100 for n in names) and any(n.endswith(".000000000") for n in names)
     package = open_package(target)

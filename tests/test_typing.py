@@ -35,11 +35,11 @@ reveal_type(vm)  # T: ovfkit.model.VirtualMachine
 reveal_type(vm.disks[0].capacity)  # T: builtins.int | None
 options = ovfkit.OvaOptions(manifest="sha256")
 result = ovfkit.write_ova(vm, "web.ova", options, cancel=threading.Event())
-reveal_type(result)  # T: ovfkit.ova.writer.PackageResult
+reveal_type(result)  # T: ovfkit.ova.plan.PackageResult
 reveal_type(result.md5)  # T: builtins.str
 reveal_type(result.files[0].digests)  # T: typing.Mapping[builtins.str, builtins.str]
 streamed = ovfkit.write_ova_stream(vm, io.BytesIO())
-reveal_type(streamed)  # T: ovfkit.ova.writer.PackageResult
+reveal_type(streamed)  # T: ovfkit.ova.plan.PackageResult
 report = ovfkit.verify_package("web.ova")
 reveal_type(report)  # T: ovfkit.ova.reader.Report
 reveal_type(report.ok)  # T: builtins.bool

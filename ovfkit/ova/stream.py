@@ -22,30 +22,27 @@ truncated archive (no end-of-archive blocks), which every tar reader reports as 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import IO
 
 from ..errors import InvalidArgumentError, OvfkitIOError
 from ..model import VirtualMachine
-from ..ovf.layout import FileRef, PackageLayout, safe_basename
 from ..progress import CancelToken, ProgressCallback, check_cancel
 from ..vmdk.hashing import DigestTee, new_hash
 from . import tar
-from .writer import (
+from .members import check_call, measure_isos, resolve_capacities, write_files
+from .plan import (
     OvaOptions,
     PackageFile,
     PackageResult,
-    check_call,
-    front_members,
+    build_package_descriptor,
+    digest_all,
+    manifest_members,
     plan_package,
-    resolve_capacities,
-    stream_files,
 )
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "write_ova_stream"]
 
 DEFAULT_CHUNK_SIZE = 64 << 20  # memory held per disk: one chunk
-_CHUNK_SUFFIX = len(".000000000")
 
 
 class _Wire:
@@ -80,7 +77,7 @@ class _Wire:
 
 
 class _Chunker:
-    """What stream_files writes into: cuts the current file into chunk members, or passes a
+    """What write_files writes into: cuts the current file into chunk members, or passes a
     file of known size (``whole``) straight through after its header."""
 
     def __init__(self, wire: _Wire, chunk_size: int, mtime: int, algorithm: str | None) -> None:
@@ -144,21 +141,6 @@ class _Chunker:
         pass
 
 
-def _rebase(layout: PackageLayout, base: str) -> PackageLayout:
-    """``layout`` with every href's ``layout.base`` prefix replaced by ``base``."""
-
-    def moved(f: FileRef) -> FileRef:
-        return replace(f, href=base + f.href[len(layout.base) :])
-
-    return replace(
-        layout,
-        base=base,
-        disks=tuple(replace(d, file=moved(d.file)) for d in layout.disks),
-        isos=tuple(replace(i, file=moved(i.file)) for i in layout.isos),
-        env_iso=moved(layout.env_iso) if layout.env_iso is not None else None,
-    )
-
-
 def write_ova_stream(
     vm: VirtualMachine,
     target: IO[bytes],
@@ -170,40 +152,24 @@ def write_ova_stream(
     """Write ``vm`` as a chunked OVA to ``target`` (only ``write()`` is used). See the module
     docstring for the layout and which importers read it."""
     check_call(vm, target, options, progress, cancel)
-    vm = resolve_capacities(vm)
+    vm = resolve_capacities(vm)  # the descriptor goes out before the disks
     chunk_size = options.chunk_size or DEFAULT_CHUNK_SIZE
     if chunk_size < tar.BLOCK or chunk_size % tar.BLOCK:
         raise InvalidArgumentError(f"chunk_size {chunk_size} must be a multiple of 512")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     mtime = int(time.time()) if options.mtime is None else options.mtime
-    plan = plan_package(vm, options)
-    layout = plan.layout
-    if any(len(f.href) + _CHUNK_SUFFIX > tar.MAX_NAME for f in layout.files):
-        # Chunk names add 10 characters: shorten the base of every member name (the VM and its
-        # VirtualSystem id stay as they are) so that each fits the 100-byte ustar name field.
-        short = safe_basename(vm.name, tar.MAX_NAME - _CHUNK_SUFFIX - len("-disk9999.vmdk"))
-        layout = _rebase(layout, short)
-        plan.layout = layout
-        plan.descriptor_name = f"{short}.ovf"
-        plan.manifest_name = f"{short}.mf" if plan.manifest_name else None
-        plan.cert_name = f"{short}.cert" if plan.cert_name else None
-    disk_ids = {d.file.id for d in layout.disks}
-    chunked = {f.id: replace(f, chunk_size=chunk_size) for f in layout.files if f.id in disk_ids}
-    plan.layout = replace(
-        layout,
-        disks=tuple(replace(d, file=chunked[d.file.id]) for d in layout.disks),
-    )
+    plan = plan_package(vm, options, measure_isos(vm, options), chunk_size=chunk_size)
     algorithm = options.manifest if options.manifest != "none" else None
     with DigestTee(("md5", "xxh128")) as tee:
         wire = _Wire(target, tee)
         known = {f.href: plan.iso_sizes[f.id] for f in plan.layout.files if f.id in plan.iso_sizes}
-        # Descriptor first, without sizes: they are not known yet.
-        members = front_members(plan, options, dict(plan.iso_sizes), {}, {}, pad=False)
-        descriptor_name, descriptor, descriptor_digests = members[0]
-        wire.member(descriptor_name, descriptor, mtime)
+        # Descriptor first, without the sizes of the disks: they are not known yet.
+        descriptor = build_package_descriptor(plan, plan.iso_sizes, {}, {})
+        descriptor_digests = digest_all(descriptor, plan.algorithms)
+        wire.member(plan.descriptor_name, descriptor, mtime)
         chunker = _Chunker(wire, chunk_size, mtime, algorithm)
-        written, _, _ = stream_files(
+        written = write_files(
             plan,
             chunker,
             options,
@@ -214,18 +180,13 @@ def write_ova_stream(
             timings,
         )
         check_cancel(cancel, "package")
-        files = [PackageFile(descriptor_name, len(descriptor), descriptor_digests)]
-        if algorithm is not None and plan.manifest_name is not None:
-            from .manifest import encode_manifest
-
-            entries = [(descriptor_name, descriptor_digests[algorithm]), *chunker.chunks]
-            manifest = encode_manifest(algorithm, entries)
-            wire.member(plan.manifest_name, manifest, mtime)
-            files.append(PackageFile(plan.manifest_name, len(manifest), {}))
-            if options.signer is not None and plan.cert_name is not None:
-                cert = options.signer.sign(plan.manifest_name, manifest)
-                wire.member(plan.cert_name, cert, mtime)
-                files.append(PackageFile(plan.cert_name, len(cert), {}))
+        files = [PackageFile(plan.descriptor_name, len(descriptor), descriptor_digests)]
+        files += written.files
+        if algorithm is not None:
+            entries = [(plan.descriptor_name, descriptor_digests[algorithm]), *chunker.chunks]
+            for name, data in manifest_members(plan, options, entries):
+                wire.member(name, data, mtime)
+                files.append(PackageFile(name, len(data), {}))
         wire.write(tar.END_OF_ARCHIVE)
         try:
             target.flush()
@@ -237,9 +198,8 @@ def write_ova_stream(
             ) from exc
         digests = tee.hexdigests()
     timings["total"] = time.perf_counter() - t0
-    files[1:1] = [PackageFile(n, s, d) for n, (s, d) in written.items()]
     return PackageResult(
-        path=str(getattr(target, "name", "")),
+        path=None,
         size=wire.count,
         md5=digests["md5"],
         xxh128=digests["xxh128"],
