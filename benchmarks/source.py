@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
+import tempfile
 
 from ovfkit.disk import RawSource
 
-__all__ = ["BATCH", "GRAIN", "ZERO", "batch", "data_bytes", "warm"]
+__all__ = ["BATCH", "GRAIN", "ZERO", "batch", "data_bytes", "reference_disk", "warm"]
 
 GRAIN = 64 * 1024
 BATCH = 64 * GRAIN
@@ -24,6 +26,18 @@ def batch(src: RawSource, fd: int, off: int, n: int) -> bytearray | mmap.mmap:
     buf = bytearray(n)
     src.readinto(off, memoryview(buf))
     return buf
+
+
+def reference_disk(path: str | None, scale: float) -> str:
+    """The absolute path of the reference disk: ``path``, or one in the temp folder for
+    ``scale``; made with benchmarks.refdisk when missing."""
+    disk = path or os.path.join(tempfile.gettempdir(), f"ovfkit-refdisk-s{scale}.raw")
+    if not os.path.exists(disk):
+        from benchmarks.refdisk import make_refdisk
+
+        print(f"making the reference disk {disk} ...", file=sys.stderr)
+        make_refdisk(disk, scale=scale)
+    return os.path.abspath(disk)
 
 
 def data_bytes(path: str) -> int:

@@ -127,7 +127,7 @@ def test_export_to_stdout_streams_the_package(tmp_path: Path, inventory: Path) -
     with tarfile.open(out) as tf:
         names = tf.getnames()
     assert names[0] == "web-01.ovf" and names[-1] == "web-01.mf"  # manifest last when streamed
-    verify = ovfkit("verify", str(out))
+    verify = ovfkit("verify", "--workers", "2", str(out))
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 

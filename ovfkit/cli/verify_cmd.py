@@ -27,6 +27,9 @@ def register(sub: Any) -> None:
                         help="check VMDK structure only, without inflating every grain")
     parser.add_argument("--strict-schema", action="store_true",
                         help="also validate with the spec-strict xmlschema package")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="processes that inflate the grains of each large disk"
+                             " (default: one per core)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="list the checks passed")
     parser.set_defaults(func=run)
@@ -36,7 +39,10 @@ def run(args: argparse.Namespace) -> int:
     from ..ova import verify_package
 
     report = verify_package(
-        args.package, check_data=not args.no_data, strict_schema=args.strict_schema
+        args.package,
+        check_data=not args.no_data,
+        strict_schema=args.strict_schema,
+        workers=args.workers,
     )
     if args.json:
         json.dump(

@@ -1,7 +1,9 @@
 """Reading packages back: open_package, verify_package, extract_package.
 
-A package is an ``.ova`` (one tar) or an ``.ovf`` with its files in the same folder. Members are
-found by offset from their tar headers and read in place, never extracted to look at them.
+A package is an ``.ova`` (one tar: a path, or a seekable binary file object) or an ``.ovf``
+with its files in the same folder. Members are found by offset from their tar headers and read
+in place, never extracted to look at them. Any member order DSP0243 §5.3 allows is read: the
+manifest (and certificate) right after the descriptor, or at the end of the archive.
 
 Packages come from anywhere, so the tar walk refuses (TarFormatError, SYS.1006) what an attacker
 would use and an OVA never needs: links, devices, FIFOs, absolute names, ``..``, duplicate names,
@@ -23,7 +25,9 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal, cast
 
@@ -63,24 +67,57 @@ _READ_CHUNK = 4 << 20
 _ENV_ISO_MAX = 16 << 20  # environment ISOs are a few blocks; larger ones are CD images
 _CHUNK_NAME = re.compile(r"(.+)\.(\d{9})")
 
+PackageSource = str | os.PathLike[str] | BinaryIO
+"""A package: the path of an .ova or .ovf, or a seekable binary file object holding an .ova."""
+_Pread = Callable[[int, int], bytes]  # (offset in the file, length) -> bytes
+
+
+class _FileObject:
+    """A caller's binary file object holding an .ova, read at offsets from any thread: pread on
+    its descriptor when it is a plain file, else seek + read under a lock (a BytesIO)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.lock = threading.Lock()
+        self.fd: int | None = None
+        if isinstance(f, (io.FileIO, io.BufferedReader, io.BufferedRandom)):
+            with contextlib.suppress(OSError, ValueError):
+                f.flush()
+                self.fd = f.fileno()
+        try:
+            self.size = f.seek(0, io.SEEK_END)
+        except (OSError, ValueError, AttributeError) as exc:
+            raise InvalidArgumentError(f"a package file object must be seekable: {exc}") from None
+        self.name = getattr(f, "name", None)
+
+    def pread(self, offset: int, n: int) -> bytes:
+        if self.fd is not None:
+            return os.pread(self.fd, n, offset)
+        with self.lock:
+            self.f.seek(offset)
+            return self.f.read(n)
+
 
 @dataclass(frozen=True)
 class Member:
     """A file of the package: ``size`` bytes at ``offset`` of ``path`` (the .ova, or the file
-    itself beside an .ovf). ``header_offset`` is the tar header's position (None beside .ovf)."""
+    itself beside an .ovf; None in an .ova opened from a file object). ``header_offset`` is
+    the tar header's position (None beside .ovf)."""
 
     name: str
-    path: str
+    path: str | None
     offset: int
     size: int
     header_offset: int | None = None
+    fileobj: _FileObject | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Package:
-    """An opened package: its members in archive order and its parsed descriptor."""
+    """An opened package: its members in archive order and its parsed descriptor. ``path`` is
+    None for a package opened from a file object."""
 
-    path: str
+    path: str | None
     kind: Literal["ova", "ovf"]
     members: tuple[Member, ...]
     descriptor_name: str
@@ -120,12 +157,11 @@ class Package:
             raise TarFormatError(
                 f"member {member.name!r} is {member.size} bytes; refusing to read more than {limit}"
             )
-        try:
-            with open(member.path, "rb") as f:
-                f.seek(member.offset)
-                data = f.read(member.size)
-        except OSError as exc:
-            raise _read_error(member, exc) from None
+        with _reader(member) as pread:
+            try:
+                data = pread(member.offset, member.size)
+            except OSError as exc:
+                raise _read_error(member, exc) from None
         if len(data) != member.size:
             raise TarFormatError(f"member {member.name!r} is truncated")
         return data
@@ -134,20 +170,38 @@ class Package:
     def open_stream(self, members: tuple[Member, ...]) -> Iterator[BinaryIO]:
         """A seekable read-only stream over the concatenated members (a File's chunks)."""
         with contextlib.ExitStack() as stack:
-            files: dict[str, BinaryIO] = {}
+            readers: dict[object, _Pread] = {}  # one open file per path, however many chunks
             for m in members:
-                if m.path not in files:
-                    try:
-                        files[m.path] = stack.enter_context(open(m.path, "rb"))
-                    except OSError as exc:
-                        raise _read_error(m, exc) from None
-            yield cast(BinaryIO, _Concat([(files[m.path], m.offset, m.size) for m in members]))
+                key = m.fileobj if m.fileobj is not None else m.path
+                if key not in readers:
+                    readers[key] = stack.enter_context(_reader(m))
+            segments = [
+                (readers[m.fileobj if m.fileobj is not None else m.path], m.offset, m.size)
+                for m in members
+            ]
+            yield cast(BinaryIO, _Concat(segments))
+
+
+@contextlib.contextmanager
+def _reader(member: Member) -> Iterator[_Pread]:
+    """pread over the file holding ``member``, open for the ``with`` block."""
+    if member.fileobj is not None:
+        yield member.fileobj.pread
+        return
+    assert member.path is not None
+    try:
+        f = open(member.path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise _read_error(member, exc) from None
+    with f:
+        fd = f.fileno()
+        yield lambda offset, n: os.pread(fd, n, offset)
 
 
 class _Concat(io.RawIOBase):
-    """Segments of open files read as one stream (read/seek/tell only)."""
+    """Segments of files (pread, offset, size) read as one stream (read/seek/tell only)."""
 
-    def __init__(self, segments: list[tuple[BinaryIO, int, int]]) -> None:
+    def __init__(self, segments: list[tuple[_Pread, int, int]]) -> None:
         self.segments = segments
         self.size = sum(s for _, _, s in segments)
         self.pos = 0
@@ -171,14 +225,13 @@ class _Concat(io.RawIOBase):
             n = self.size - self.pos
         out = bytearray()
         start = 0
-        for f, offset, size in self.segments:
+        for pread, offset, size in self.segments:
             end = start + size
             if self.pos < end and n > len(out):
                 rel = self.pos - start if self.pos > start else 0
                 want = min(size - rel, n - len(out))
                 if self.pos >= start:
-                    f.seek(offset + rel)
-                    chunk = f.read(want)
+                    chunk = pread(offset + rel, want)
                     out += chunk
                     self.pos += len(chunk)
                     if len(chunk) < want:
@@ -197,68 +250,99 @@ class _Concat(io.RawIOBase):
 # ---------------------------------------------------------------------------------------------
 
 
-def scan_tar(path: str, directories: list[str] | None = None) -> tuple[list[Member], bool]:
-    """Members of the tar at ``path`` by offset, and whether the end-of-archive blocks are there;
-    directory entries, which an OVA should not hold, are appended to ``directories``. Raises
-    TarFormatError for anything hostile or malformed (see the module docstring)."""
+def scan_tar(
+    source: str | _FileObject, directories: list[str] | None = None
+) -> tuple[list[Member], bool]:
+    """Members of the tar at ``source`` (a path, or a file object) by offset, and whether the
+    end-of-archive blocks are there; directory entries, which an OVA should not hold, are
+    appended to ``directories``. Raises TarFormatError for anything hostile or malformed (see
+    the module docstring)."""
+    if isinstance(source, _FileObject):
+        return _scan(source.pread, source.size, None, source, "the package", directories)
+    try:
+        f = open(source, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        raise NotFoundError(f"package {source!r} does not exist") from None
+    except OSError as exc:
+        raise OvfkitIOError(f"cannot open package {source!r}: {exc.strerror}") from None
+    with f:
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        return _scan(
+            lambda offset, n: os.pread(fd, n, offset), size, source, None, repr(source),
+            directories,
+        )  # fmt: skip
+
+
+def _scan(
+    pread: _Pread,
+    file_size: int,
+    path: str | None,
+    fileobj: _FileObject | None,
+    what: str,
+    directories: list[str] | None,
+) -> tuple[list[Member], bool]:
     members: list[Member] = []
     seen: set[str] = set()
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        raise NotFoundError(f"package {path!r} does not exist") from None
-    except OSError as exc:
-        raise OvfkitIOError(f"cannot open package {path!r}: {exc.strerror}") from None
-    with f:
-        file_size = os.fstat(f.fileno()).st_size
-        pos = 0
-        while True:
-            block = f.read(tar.BLOCK)
-            if len(block) < tar.BLOCK:
-                if block.strip(b"\x00"):
-                    raise TarFormatError(f"package {path!r} ends inside a tar header")
-                return members, False
-            if tar.is_zero_block(block):
-                second = f.read(tar.BLOCK)
-                return members, len(second) == tar.BLOCK and tar.is_zero_block(second)
-            header = tar.decode_header(block)
-            data = pos + tar.BLOCK
-            if data + header.size > file_size:
-                raise TarFormatError(
-                    f"tar member {header.name!r} claims {header.size} bytes at offset {data},"
-                    f" past the end of the {file_size}-byte file"
-                )
-            if header.is_dir:
-                if directories is not None and len(directories) < MAX_MEMBERS:
-                    directories.append(header.name)
-            else:
-                if header.name in seen:
-                    raise TarFormatError(f"tar member {header.name!r} appears twice")
-                seen.add(header.name)
-                members.append(Member(header.name, path, data, header.size, pos))
-                if len(members) > MAX_MEMBERS:
-                    raise TarFormatError(f"package has more than {MAX_MEMBERS} members")
-            pos = data + header.padded_size
-            f.seek(pos)
+    pos = 0
+    while True:
+        block = pread(pos, tar.BLOCK)
+        if len(block) < tar.BLOCK:
+            if block.strip(b"\x00"):
+                raise TarFormatError(f"package {what} ends inside a tar header")
+            return members, False
+        if tar.is_zero_block(block):
+            second = pread(pos + tar.BLOCK, tar.BLOCK)
+            return members, len(second) == tar.BLOCK and tar.is_zero_block(second)
+        header = tar.decode_header(block)
+        data = pos + tar.BLOCK
+        if data + header.size > file_size:
+            raise TarFormatError(
+                f"tar member {header.name!r} claims {header.size} bytes at offset {data},"
+                f" past the end of the {file_size}-byte file"
+            )
+        if header.is_dir:
+            if directories is not None and len(directories) < MAX_MEMBERS:
+                directories.append(header.name)
+        else:
+            if header.name in seen:
+                raise TarFormatError(f"tar member {header.name!r} appears twice")
+            seen.add(header.name)
+            members.append(Member(header.name, path, data, header.size, pos, fileobj))
+            if len(members) > MAX_MEMBERS:
+                raise TarFormatError(f"package has more than {MAX_MEMBERS} members")
+        pos = data + header.padded_size
 
 
-def open_package(path: str | os.PathLike[str]) -> Package:
-    """Open an ``.ova`` (a tar) or an ``.ovf`` whose files sit beside it, and parse the
-    descriptor into the model. Nothing is extracted."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise NotFoundError(f"package {path!r} does not exist")
-    mode = os.stat(path).st_mode
-    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
-        # Reading a FIFO waits for a writer for ever; a directory is no package.
-        raise InvalidArgumentError(f"package {path!r} is not a regular file")
-    if path.lower().endswith(".ovf"):
-        return _open_ovf(path)
+def open_package(source: PackageSource) -> Package:
+    """Open an ``.ova`` (a tar, by path or as a seekable binary file object) or an ``.ovf``
+    whose files sit beside it, and parse the descriptor into the model. Nothing is extracted;
+    a file object is read in place, at offsets, and must stay open while the package is used."""
     directories: list[str] = []
-    members, end = scan_tar(path, directories)
+    if isinstance(source, (str, os.PathLike)):
+        path: str | None = os.fspath(source)
+        assert path is not None
+        if not os.path.exists(path):
+            raise NotFoundError(f"package {path!r} does not exist")
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            # Reading a FIFO waits for a writer for ever; a directory is no package.
+            raise InvalidArgumentError(f"package {path!r} is not a regular file")
+        if path.lower().endswith(".ovf"):
+            return _open_ovf(path)
+        members, end = scan_tar(path, directories)
+        what = repr(path)
+    elif hasattr(source, "read") and hasattr(source, "seek"):
+        path = None
+        members, end = scan_tar(_FileObject(source), directories)
+        what = "file object"
+    else:
+        raise InvalidArgumentError(
+            f"a package is a path or a binary file object, not {type(source).__name__}"
+        )
     descriptor = next((m for m in members if m.name.lower().endswith(".ovf")), None)
     if descriptor is None:
-        raise InvalidArgumentError(f"package {path!r} holds no .ovf descriptor")
+        raise InvalidArgumentError(f"package {what} holds no .ovf descriptor")
     package = Package(
         path=path,
         kind="ova",
@@ -327,9 +411,9 @@ class Report:
     """What verify_package found: ``problems`` with the package (empty = valid as far as
     checked), ``checked`` (what passed) and ``errors``: checks that could not run (the package
     or one of its files missing or unreadable, a tool missing), which say nothing of the
-    package itself."""
+    package itself. ``path`` is None for a package given as a file object."""
 
-    path: str
+    path: str | None
     problems: tuple[str, ...]
     checked: tuple[str, ...] = ()
     vm: VirtualMachine | None = None
@@ -360,47 +444,50 @@ def _digest(
 
 def _member_chunks(member: Member, what: str, cancel: CancelToken | None) -> Iterator[bytes]:
     """A member's bytes in bounded chunks, read straight from the package at its offset."""
-    try:
-        f = open(member.path, "rb")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise _read_error(member, exc) from None
-    with f:
-        f.seek(member.offset)
-        left = member.size
+    with _reader(member) as pread:
+        pos, left = member.offset, member.size
         while left:
             check_cancel(cancel, what)
             try:
-                chunk = f.read(min(_READ_CHUNK, left))
+                chunk = pread(pos, min(_READ_CHUNK, left))
             except OSError as exc:
                 raise _read_error(member, exc) from None
             if not chunk:
                 raise TarFormatError(f"member {member.name!r} is truncated")
+            pos += len(chunk)
             left -= len(chunk)
             yield chunk
 
 
 def _read_error(member: Member, exc: OSError) -> OvfkitIOError:
-    return OvfkitIOError(f"cannot read {member.name!r} from {member.path!r}: {exc.strerror or exc}")
+    where = repr(member.path) if member.path is not None else "the package file object"
+    return OvfkitIOError(f"cannot read {member.name!r} from {where}: {exc.strerror or exc}")
 
 
 def verify_package(
-    path: str | os.PathLike[str],
+    source: PackageSource,
     *,
     check_data: bool = True,
     strict_schema: bool = False,
+    workers: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> Report:
-    """Check a package and list every problem found: tar layout and member order (DSP0243
-    §5.3), descriptor schema, manifest format and every digest, certificate signature, File
-    sizes and chunking, each VMDK's structure (and, with ``check_data``, every grain) through
-    ``ovfkit.vmdk.inspect_vmdk``, disk capacities and populated sizes."""
-    path = os.fspath(path)
+    """Check a package (a path, or a seekable binary file object holding an .ova) and list
+    every problem found: tar layout and member order (DSP0243 §5.3, either order it allows),
+    descriptor schema, manifest format and every digest, certificate signature, File sizes
+    and chunking, each VMDK's structure (and, with ``check_data``, every grain) through
+    ``ovfkit.vmdk.inspect_vmdk``, disk capacities and populated sizes.
+
+    Every core works: the manifest digests are taken in a thread (hashlib releases the GIL)
+    while ``workers`` processes (None = one per core) inflate the grains of each large VMDK
+    (``ovfkit.vmdk.checkers``). ``progress`` may be called from that thread."""
+    path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
     findings = _Findings()
     try:
-        if not os.path.exists(path) or os.path.isdir(path):
+        if path is not None and (not os.path.exists(path) or os.path.isdir(path)):
             raise NotFoundError(f"package {path!r} does not exist or is a folder")
-        package = open_package(path)
+        package = open_package(source)
     except OvfkitError as exc:
         findings.failed("cannot open", exc)
         return findings.report(path)
@@ -417,13 +504,35 @@ def verify_package(
     _check_directories(package, refs, problems)
     _check_order(package, refs, file_members, mf, cert, problems, checked)
     _check_sizes(refs, file_members, problems, checked)
+    mf_bytes = None
     if mf is not None:
         mf_bytes = findings.read(package, mf, limits.MAX_MANIFEST_SIZE, "a manifest")
-        if mf_bytes is not None:
-            with findings.stage(f"{mf_name}: digests"):
-                _check_manifest(
-                    package, mf, mf_bytes, file_members, problems, checked, progress, cancel
-                )
+    digests = _Findings()  # the manifest's digests, in a thread beside the disks' grains
+    disks = _Findings()
+    with ThreadPoolExecutor(1, thread_name_prefix="ovfkit-verify") as pool:
+        running = None
+        if mf is not None and mf_bytes is not None:
+            listed, manifest = mf, mf_bytes
+
+            def check_digests() -> None:
+                with digests.stage(f"{mf_name}: digests"):
+                    _check_manifest(
+                        package, listed, manifest, file_members, digests.problems,
+                        digests.checked, progress, cancel,
+                    )  # fmt: skip
+
+            running = pool.submit(check_digests)
+        try:
+            with disks.stage("disks"):
+                _check_disks(
+                    package, file_members, check_data, workers, disks.problems, disks.checked,
+                    cancel,
+                )  # fmt: skip
+        finally:
+            if running is not None:
+                running.result()
+    findings.add(digests)
+    if mf is not None:
         cert_bytes = (
             findings.read(package, cert, limits.MAX_CERTIFICATE_SIZE, "a certificate file")
             if cert is not None
@@ -438,8 +547,7 @@ def verify_package(
         problems.append(f"{cert_name} present without a manifest")
     else:
         checked.append("no manifest (digests not checked)")
-    with findings.stage("disks"):
-        _check_disks(package, file_members, check_data, problems, checked, cancel)
+    findings.add(disks)
     with findings.stage("ISO images"):
         _check_isos(package, file_members, problems, checked)
     return findings.report(path, package)
@@ -482,7 +590,13 @@ class _Findings:
             return package.read_member(member, limit)
         return None
 
-    def report(self, path: str, package: Package | None = None) -> Report:
+    def add(self, other: _Findings) -> None:
+        """Append what another stage (run in another thread) found."""
+        self.problems += other.problems
+        self.checked += other.checked
+        self.errors += other.errors
+
+    def report(self, path: str | None, package: Package | None = None) -> Report:
         return Report(
             path,
             tuple(self.problems),
@@ -621,6 +735,7 @@ def _check_disks(
     package: Package,
     file_members: dict[str, tuple[Member, ...]],
     check_data: bool,
+    workers: int | None,
     problems: list[str],
     checked: list[str],
     cancel: CancelToken | None,
@@ -641,8 +756,15 @@ def _check_disks(
             continue
         name = disk_file.file.href
         try:
-            with package.open_stream(members) as stream:
-                info = inspect_vmdk(stream, check_data=check_data)
+            with contextlib.ExitStack() as stack:
+                info = inspect_vmdk(
+                    _vmdk_source(package, members, stack),
+                    check_data=check_data,
+                    workers=workers,
+                    cancel=cancel,
+                )
+        except OperationCancelledError:
+            raise
         except OvfkitError as exc:
             problems.append(f"{name}: {exc.details}")
             continue
@@ -662,6 +784,25 @@ def _check_disks(
         if not info.faults:
             what = "structure and every grain" if check_data else "structure"
             checked.append(f"{name}: VMDK {what} valid ({info.grains} grains)")
+
+
+def _vmdk_source(
+    package: Package, members: tuple[Member, ...], stack: contextlib.ExitStack
+) -> tuple[BinaryIO, int, int] | BinaryIO:
+    """A disk member as inspect_vmdk reads it: an open file with the member's offset and size
+    (worker processes can then read it too), or a stream over its chunks."""
+    if len(members) == 1:
+        member = members[0]
+        if member.fileobj is not None:
+            if member.fileobj.fd is not None:
+                return (member.fileobj.f, member.offset, member.size)
+        elif member.path is not None:
+            try:
+                f = stack.enter_context(open(member.path, "rb"))  # noqa: SIM115 - the stack closes it
+            except OSError as exc:
+                raise _read_error(member, exc) from None
+            return (f, member.offset, member.size)
+    return stack.enter_context(package.open_stream(members))
 
 
 def _check_isos(
