@@ -1,7 +1,7 @@
 """The OVA package: writer (``write_ova``), reader and verifier, signing, ISO media.
 
-Wire formats are pure (``tar``, ``manifest``); ``writer``, ``stream`` and ``reader`` are the I/O
-edges that drive them.
+Wire formats and the package plan are pure (``tar``, ``manifest``, ``plan``); ``writer`` (with
+``seekable`` and ``members``), ``stream`` and ``reader`` are the I/O edges that drive them.
 """
 
 from __future__ import annotations
