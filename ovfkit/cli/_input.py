@@ -146,6 +146,7 @@ def _repack_source(path: str) -> VirtualMachine:
             raise InvalidArgumentError(
                 f"{what} {href!r} is {member.size} bytes; the descriptor says {size}"
             )
+        assert member.path is not None  # an .ovf opened by path: its files are paths beside it
         return member.path
 
     disks = []

@@ -29,7 +29,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OperationFailedError
-from .checker import receive, send
+from ._frames import receive, send
 
 if TYPE_CHECKING:
     from ..progress import CancelToken
