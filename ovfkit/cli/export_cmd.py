@@ -61,6 +61,11 @@ def register(sub: Any) -> None:
     parser.add_argument("--threads", type=_positive, metavar="N",
                         help="worker processes (native) or qemu-img processes at once "
                         "(qemu-img engine); default one per core")
+    parser.add_argument("--layout", choices=("default", "one-pass"), default="default",
+                        help="member order of a package path: default (sizes in the descriptor, "
+                        "manifest after it, the package's MD5 in a second pass) or one-pass "
+                        "(descriptor without the disks' sizes, manifest last, hashed while it "
+                        "is written); -o - is always one pass, chunked")
     parser.add_argument("--sign", metavar="KEY", help="RSA private key (PEM) signing the manifest")
     parser.add_argument("--cert", metavar="CERT", help="X.509 certificate (PEM) of --sign's key")
     parser.add_argument("--include-iso", action="store_true",
@@ -246,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
         include_iso=args.include_iso or loaded.kind == "ovf",  # a re-pack keeps its ISOs
         ovf_env=_env_values(args.ovf_env) if args.ovf_env else None,
         force_shared=args.force_shared,
+        layout=args.layout,
     )
     to_stdout = args.output == "-"
     if to_stdout and sys.stdout.isatty():

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # signing code loads only for packages that use it
 
 __all__ = [
     "CHUNK_SUFFIX",
+    "LayoutName",
     "ManifestAlgorithm",
     "OvaOptions",
     "PackageFile",
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 ManifestAlgorithm = Literal["sha1", "sha256", "sha512", "none"]
+LayoutName = Literal["default", "one-pass"]
 _PLACEHOLDER = 2**64 - 1  # widest value an xs:unsignedLong size attribute can take
 CHUNK_SUFFIX = len(".000000000")  # DSP0243 §5.3 chunk member names: <href>.000000000, ...
 
@@ -65,6 +67,13 @@ class OvaOptions:
     ``chunk_size``: ``ovf:chunkSize`` of disks in streaming mode (a non-seekable target; None =
     64 MiB); a path target never chunks (virt-v2v reads only the last chunk, virt-v2v#189).
     ``force_shared``: read disks that a running VM holds locked instead of refusing them.
+    ``layout`` (a path target; a stream is always written in one pass, chunked):
+    "default" puts the descriptor with every ``ovf:size`` and ``ovf:populatedSize`` and the
+    manifest (and certificate) first, then takes the whole-package MD5/xxh128 in a second pass
+    over the finished file; "one-pass" writes the descriptor without the sizes of the disks
+    first, the manifest (and certificate) at the end (DSP0243 §5.3 allows both), and hashes
+    each member as soon as the bytes in front of it are final, while the next one is written
+    (:mod:`.seekable` says what that saves and what it cannot).
     """
 
     ovf_version: Literal["1.0", "2.0"] = "1.0"
@@ -80,6 +89,7 @@ class OvaOptions:
     fsync: bool = True
     chunk_size: int | None = None
     force_shared: bool = False
+    layout: LayoutName = "default"
 
     def __post_init__(self) -> None:
         if self.ovf_version not in ("1.0", "2.0"):
@@ -92,6 +102,8 @@ class OvaOptions:
             raise InvalidArgumentError(f"engine {self.engine!r}: use 'native' or 'qemu-img'")
         if self.signer is not None and self.manifest == "none":
             raise InvalidArgumentError("signing needs a manifest: the certificate signs the .mf")
+        if self.layout not in ("default", "one-pass"):
+            raise InvalidArgumentError(f"layout {self.layout!r}: use 'default' or 'one-pass'")
         if self.mtime is not None and not 0 <= self.mtime < 8**11:
             raise InvalidArgumentError(f"mtime {self.mtime} is out of the tar range")
 

@@ -1,10 +1,14 @@
-"""The seekable layout: a package written once into a file, out of order, then hashed.
+"""The layouts of a package written into a file (``OvaOptions.layout``): "default", written
+out of order then hashed, and "one-pass", hashed while it is written.
 
-Member order (DSP0243 §5.3, docs/interop-rules "Tar container"): descriptor, manifest,
-certificate, then the files in ``References`` order; VMware wants the ``.ovf`` first.
+Both member orders are DSP0243 §5.3's ("the manifest and certificate ... either both placed
+after the OVF descriptor file, or both placed at the end of the archive"; docs/interop-rules
+"Tar container"), the descriptor first (VMware wants the ``.ovf`` first), the files in
+``References`` order.
 
-The descriptor carries each File's exact size and each Disk's populated size, known only once a
-disk is compressed. The package is therefore written out of order into the (temporary) file:
+Default: descriptor, manifest, certificate, files. The descriptor carries each File's exact
+size and each Disk's populated size, known only once a disk is compressed. The package is
+therefore written out of order into the (temporary) file:
 
 1. The front region (descriptor + manifest + certificate, with their headers) is reserved: the
    descriptor is built with placeholder sizes of the widest possible value (2^64 - 1) and
@@ -23,15 +27,23 @@ disk is compressed. The package is therefore written out of order into the (temp
    instead of adding to it. Cost: one MD5 of the package's compressed bytes (2.2 s for the
    1.34 GB package of the reference disk on the 2-core test machine, ~610 MB/s on one core).
 
-   No member order avoids that pass: a tar header holds its member's size and precedes the
-   data (POSIX.1-1988 ustar), so the 512 bytes in front of each disk are known only once the
-   disk is compressed, and every byte after them is hashed from a state that depends on them.
-   Moving the manifest to the end (DSP0243 also allows "both placed at the end of the
-   archive") and leaving ``ovf:size`` out would not change that; only chunking the disks into
-   members of a size fixed in advance would, which :mod:`.stream` does and virt-v2v cannot read
-   (virt-v2v#189).
+One-pass: descriptor, files, manifest, certificate. The descriptor goes out first without the
+disks' ``ovf:size`` and ``ovf:populatedSize`` (optional, DSP0243 §7.1, §9.1; an ISO's size is
+known and kept); the manifest and certificate follow the files. A thread (:class:`_Follower`)
+hashes the package in order from the page cache as soon as the bytes in front are final: the
+descriptor at once, each file once its tar header is written (at its end), while the next file
+is compressed; the manifest at the end. What is left when the last file ends is that file and
+the manifest, hashed beside fsync.
 
-:func:`ovfkit.ova.write_ova` gives this writer the temporary file and renames it over the
+What neither order avoids: a tar header holds its member's size and precedes the data
+(POSIX.1-1988 ustar), so the 512 bytes in front of a disk are known only once the disk is
+compressed, and every byte after them is hashed from a state that depends on them. The last
+disk is therefore always hashed after it is written; only chunking the disks into members of a
+size fixed in advance avoids that, which :mod:`.stream` does and virt-v2v cannot read
+(virt-v2v#189). The one-pass layout saves the MD5 of everything before the last disk (the
+other disks, ISO images) and the front's reservation; for a VM with one disk it saves little.
+
+:func:`ovfkit.ova.write_ova` gives these writers the temporary file and renames it over the
 target; the streaming layout for targets that cannot seek is :mod:`.stream`.
 """
 
@@ -43,7 +55,7 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import xxhash
@@ -137,47 +149,157 @@ class _Sink:
                 offset += n
 
 
-def _hash_file(
-    fd: int, size: int, progress: ProgressCallback | None, cancel: CancelToken | None
-) -> tuple[str, str]:
-    """MD5 and xxh128 of the first ``size`` bytes of ``fd`` in one sequential pass.
+class _Digests:
+    """The whole-package MD5 and xxh128, fed in order with windows of the file at ``fd``.
 
-    The file is mapped ``_HASH_WINDOW`` bytes at a time and each window unmapped before the next:
-    no copy into Python buffers (10% faster than pread here), while RSS stays bounded (mapped
-    page-cache pages count in RSS, so one whole-file map would grow with the package). xxh128
-    runs in a second thread beside MD5 (both release the GIL). pread where mmap is refused.
+    Each window is mapped (``_HASH_WINDOW`` bytes) and unmapped before the next: no copy into
+    Python buffers (10% faster than pread here), while RSS stays bounded (mapped page-cache
+    pages count in RSS, so one whole-file map would grow with the package). xxh128 runs in a
+    second thread beside MD5 (both release the GIL). pread where mmap is refused.
     """
-    md5 = hashlib.md5(usedforsecurity=False)
-    xxh = xxhash.xxh128()
-    with ThreadPoolExecutor(1, thread_name_prefix="ovfkit-xxh128") as pool:
 
-        def feed(part: bytes | memoryview, end: int) -> None:
-            check_cancel(cancel, "checksum")
-            beside = pool.submit(xxh.update, part)
-            md5.update(part)
-            beside.result()
-            report(progress, "checksum", end, size)
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.xxh = xxhash.xxh128()
+        self.done = 0  # bytes hashed so far, from the start of the file
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ovfkit-xxh128")
 
-        for start in range(0, size, _HASH_WINDOW):
-            length = min(_HASH_WINDOW, size - start)
+    def close(self) -> None:
+        self._pool.shutdown()
+
+    def hexdigests(self) -> tuple[str, str]:
+        return self.md5.hexdigest(), self.xxh.hexdigest()
+
+    def feed(self, end: int, window_done: Callable[[int], None]) -> None:
+        """Hash the file from ``done`` to ``end``; ``window_done(position)`` after each window
+        (progress, cancellation)."""
+        while self.done < end:
+            start = self.done
+            # Windows start on multiples of the window size, as mmap offsets must be aligned.
+            length = min(_HASH_WINDOW - start % _HASH_WINDOW, end - start)
+            aligned = start - start % mmap.ALLOCATIONGRANULARITY
             try:
-                mm: mmap.mmap | None = mmap.mmap(fd, length, prot=mmap.PROT_READ, offset=start)
+                mm: mmap.mmap | None = mmap.mmap(
+                    self.fd, start + length - aligned, prot=mmap.PROT_READ, offset=aligned
+                )
             except (OSError, ValueError):
                 mm = None
             if mm is None:
-                data = os.pread(fd, length, start)
+                data = os.pread(self.fd, length, start)
                 if len(data) != length:
                     raise OvfkitIOError(f"the package shrank while it was hashed (at byte {start})")
-                feed(data, start + length)
-                continue
-            with mm:
-                with contextlib.suppress(AttributeError, OSError):
-                    mm.madvise(mmap.MADV_SEQUENTIAL)
-                with memoryview(mm) as window:
-                    feed(window, start + length)
-    return md5.hexdigest(), xxh.hexdigest()
+                self._update(data)
+            else:
+                with mm:
+                    with contextlib.suppress(AttributeError, OSError):
+                        mm.madvise(mmap.MADV_SEQUENTIAL)
+                    with memoryview(mm) as window:
+                        self._update(window[start - aligned :])
+            self.done = start + length
+            window_done(self.done)
+
+    def _update(self, part: bytes | memoryview) -> None:
+        beside = self._pool.submit(self.xxh.update, part)
+        self.md5.update(part)
+        beside.result()
 
 
+def _hash_file(
+    fd: int, size: int, progress: ProgressCallback | None, cancel: CancelToken | None
+) -> tuple[str, str]:
+    """MD5 and xxh128 of the first ``size`` bytes of ``fd`` in one sequential pass."""
+    digests = _Digests(fd)
+    try:
+
+        def window_done(position: int) -> None:
+            report(progress, "checksum", position, size)
+            check_cancel(cancel, "checksum")
+
+        check_cancel(cancel, "checksum")
+        digests.feed(size, window_done)
+        return digests.hexdigests()
+    finally:
+        digests.close()
+
+
+class _Follower:
+    """The one-pass layout's digests: a thread hashes the package in order, up to the point
+    where every byte before is final (``advance``), while the writer goes on."""
+
+    def __init__(self, fd: int) -> None:
+        self._digests = _Digests(fd)
+        self._cond = threading.Condition()
+        self._final = 0
+        self._closing = False
+        self._stop = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ovfkit-package-md5")
+        self._thread.start()
+
+    def advance(self, final: int) -> None:
+        """Every byte before ``final`` is written and will not change."""
+        with self._cond:
+            self._final = max(self._final, final)
+            self._cond.notify_all()
+
+    def finish(
+        self, size: int, progress: ProgressCallback | None, cancel: CancelToken | None
+    ) -> tuple[str, str]:
+        """Wait for the digests of the first ``size`` bytes (the whole package)."""
+        self.advance(size)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        try:
+            while self._thread.is_alive():
+                check_cancel(cancel, "checksum")
+                report(progress, "checksum", self._digests.done, size)
+                self._thread.join(0.1)
+        except BaseException:
+            self.stop()
+            raise
+        if self._error is not None:
+            raise self._error
+        report(progress, "checksum", self._digests.done, size)
+        if self._digests.done != size:
+            raise OvfkitIOError(f"hashed {self._digests.done} bytes of a {size}-byte package")
+        return self._digests.hexdigests()
+
+    def stop(self) -> None:
+        """Stop hashing (the package failed); returns once the thread has ended."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join()
+        self._digests.close()
+
+    def _run(self) -> None:
+        def window_done(_position: int) -> None:
+            if self._stop:
+                raise _Stopped
+
+        try:
+            while True:
+                with self._cond:
+                    while not self._stop and self._final <= self._digests.done:
+                        if self._closing:
+                            return
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                    final = self._final
+                self._digests.feed(final, window_done)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # handed to the writer by finish()
+            self._error = exc
+        finally:
+            self._digests.close()
+
+
+class _Stopped(Exception):
+    pass
 
 
 def write_seekable(
@@ -187,8 +309,27 @@ def write_seekable(
     progress: ProgressCallback | None,
     cancel: CancelToken | None,
 ) -> PackageResult:
-    """Write ``vm``'s package into the empty file open at ``fd``; ``path`` of the result is
-    None (the caller knows where the file goes)."""
+    """Write ``vm``'s package into the empty file open at ``fd``, in ``options.layout``;
+    ``path`` of the result is None (the caller knows where the file goes)."""
+    if options.layout == "one-pass":
+        return _write_one_pass(vm, fd, options, progress, cancel)
+    return _write_default(vm, fd, options, progress, cancel)
+
+
+def _sync(fd: int, errors: list[BaseException]) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        errors.append(exc)
+
+
+def _write_default(
+    vm: VirtualMachine,
+    fd: int,
+    options: OvaOptions,
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+) -> PackageResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     mtime = int(time.time()) if options.mtime is None else options.mtime
@@ -239,15 +380,9 @@ def write_seekable(
     # Hash from the page cache while the kernel writes the file back (see module docstring).
     t2 = time.perf_counter()
     sync_error: list[BaseException] = []
-
-    def sync() -> None:
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            sync_error.append(exc)
-
-    syncer = threading.Thread(target=sync, name="ovfkit-fsync") if options.fsync else None
-    if syncer is not None:
+    syncer = None
+    if options.fsync:
+        syncer = threading.Thread(target=_sync, args=(fd, sync_error), name="ovfkit-fsync")
         syncer.start()
     try:
         md5, xxh = _hash_file(fd, total, progress, cancel)
@@ -261,4 +396,84 @@ def write_seekable(
     files = tuple(PackageFile(n, len(d), dg) for n, d, dg in members) + written.files
     return PackageResult(
         path=None, size=total, md5=md5, xxh128=xxh, files=files, timings=timings
+    )
+
+
+def _write_one_pass(
+    vm: VirtualMachine,
+    fd: int,
+    options: OvaOptions,
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+) -> PackageResult:
+    """The one-pass layout (see the module docstring): descriptor without the disks' sizes,
+    the files, then the manifest and certificate; hashed by a :class:`_Follower`."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    mtime = int(time.time()) if options.mtime is None else options.mtime
+    plan = plan_package(vm, options, measure_isos(vm, options))
+    # Only the ISO sizes are known before the files are written (the stream layout's rule).
+    descriptor = build_package_descriptor(plan, plan.iso_sizes, {}, {})
+    descriptor_digests = digest_all(descriptor, plan.algorithms)
+    timings["plan"] = time.perf_counter() - t0
+    sink = _Sink(fd)
+    sink.write(
+        tar.encode_header(plan.descriptor_name, len(descriptor), mtime)
+        + descriptor
+        + bytes(tar.padding(len(descriptor)))
+    )
+    sink.flush()
+    follower = _Follower(fd)
+    try:
+        follower.advance(sink.count)
+        header_at = 0
+
+        def begin(_name: str) -> None:
+            nonlocal header_at
+            header_at = sink.count
+            sink.seek(header_at + tar.BLOCK)
+
+        def end(name: str, size: int) -> None:
+            sink.write(bytes(tar.padding(size)))
+            sink.flush()
+            os.pwrite(fd, tar.encode_header(name, size, mtime), header_at)
+            follower.advance(sink.count)  # the file and everything before it are final
+
+        written = write_files(plan, sink, options, progress, cancel, begin, end, timings)
+        check_cancel(cancel, "package")
+        t1 = time.perf_counter()
+        files = [PackageFile(plan.descriptor_name, len(descriptor), descriptor_digests)]
+        files += written.files
+        if options.manifest != "none":
+            entries = [(plan.descriptor_name, descriptor_digests[options.manifest])]
+            entries += [(f.name, f.digests[options.manifest]) for f in written.files]
+            for name, data in manifest_members(plan, options, entries):
+                sink.write(tar.encode_header(name, len(data), mtime))
+                sink.write(data)
+                sink.write(bytes(tar.padding(len(data))))
+                files.append(PackageFile(name, len(data), digest_all(data, plan.algorithms)))
+        sink.write(tar.END_OF_ARCHIVE)
+        sink.flush()
+        total = sink.count
+        timings["descriptor"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        sync_error: list[BaseException] = []
+        syncer = None
+        if options.fsync:
+            syncer = threading.Thread(target=_sync, args=(fd, sync_error), name="ovfkit-fsync")
+            syncer.start()
+        try:
+            md5, xxh = follower.finish(total, progress, cancel)
+        finally:
+            if syncer is not None:
+                syncer.join()
+    except BaseException:
+        follower.stop()
+        raise
+    if sync_error:
+        raise sync_error[0]
+    timings["checksum+sync"] = time.perf_counter() - t2
+    timings["total"] = time.perf_counter() - t0
+    return PackageResult(
+        path=None, size=total, md5=md5, xxh128=xxh, files=tuple(files), timings=timings
     )

@@ -1,12 +1,13 @@
 """write_ova: an OVA package for a VM, to a path (appearing atomically) or to a stream.
 
-A path target gets the seekable layout (:mod:`.seekable`: descriptor, manifest, certificate,
-then the files, with exact ``ovf:size``), written into a temporary file in the target's folder
-that is renamed over the target once complete and flushed; on any failure, cancellation or
-KeyboardInterrupt the temporary file is removed and the target is left untouched. The temporary
-file is locked while it is written (:mod:`.tempfiles`): if the process is killed outright, the
-next export to the folder removes it. A writable stream gets the streaming layout
-(:mod:`.stream`: chunked disks, manifest last).
+A path target gets the layout ``options.layout`` names (:mod:`.seekable`: "default" is
+descriptor, manifest, certificate, then the files, with exact ``ovf:size``; "one-pass" is
+descriptor, files, manifest, certificate, hashed while it is written), written into a
+temporary file in the target's folder that is renamed over the target once complete and
+flushed; on any failure, cancellation or KeyboardInterrupt the temporary file is removed and
+the target is left untouched. The temporary file is locked while it is written
+(:mod:`.tempfiles`): if the process is killed outright, the next export to the folder removes
+it. A writable stream gets the streaming layout (:mod:`.stream`: chunked disks, manifest last).
 """
 
 from __future__ import annotations
