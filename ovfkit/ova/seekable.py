@@ -316,11 +316,28 @@ def write_seekable(
     return _write_default(vm, fd, options, progress, cancel)
 
 
-def _sync(fd: int, errors: list[BaseException]) -> None:
+def _beside_fsync(fd: int, fsync: bool, digests: Callable[[], tuple[str, str]]) -> tuple[str, str]:
+    """``digests()`` (from the page cache) while a second thread flushes ``fd`` to disk, so the
+    hashing overlaps the writeback instead of adding to it (see the module docstring)."""
+    errors: list[OSError] = []
+
+    def sync() -> None:
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            errors.append(exc)
+
+    syncer = threading.Thread(target=sync, name="ovfkit-fsync") if fsync else None
+    if syncer is not None:
+        syncer.start()
     try:
-        os.fsync(fd)
-    except OSError as exc:
-        errors.append(exc)
+        result = digests()
+    finally:
+        if syncer is not None:
+            syncer.join()
+    if errors:
+        raise errors[0]
+    return result
 
 
 def _write_default(
@@ -377,26 +394,12 @@ def _write_default(
         os.pwrite(fd, header, offset)
     timings["descriptor"] = time.perf_counter() - t1
     check_cancel(cancel, "package")
-    # Hash from the page cache while the kernel writes the file back (see module docstring).
     t2 = time.perf_counter()
-    sync_error: list[BaseException] = []
-    syncer = None
-    if options.fsync:
-        syncer = threading.Thread(target=_sync, args=(fd, sync_error), name="ovfkit-fsync")
-        syncer.start()
-    try:
-        md5, xxh = _hash_file(fd, total, progress, cancel)
-    finally:
-        if syncer is not None:
-            syncer.join()
-    if sync_error:
-        raise sync_error[0]
+    md5, xxh = _beside_fsync(fd, options.fsync, lambda: _hash_file(fd, total, progress, cancel))
     timings["checksum+sync"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
     files = tuple(PackageFile(n, len(d), dg) for n, d, dg in members) + written.files
-    return PackageResult(
-        path=None, size=total, md5=md5, xxh128=xxh, files=files, timings=timings
-    )
+    return PackageResult(path=None, size=total, md5=md5, xxh128=xxh, files=files, timings=timings)
 
 
 def _write_one_pass(
@@ -457,21 +460,12 @@ def _write_one_pass(
         total = sink.count
         timings["descriptor"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        sync_error: list[BaseException] = []
-        syncer = None
-        if options.fsync:
-            syncer = threading.Thread(target=_sync, args=(fd, sync_error), name="ovfkit-fsync")
-            syncer.start()
-        try:
-            md5, xxh = follower.finish(total, progress, cancel)
-        finally:
-            if syncer is not None:
-                syncer.join()
+        md5, xxh = _beside_fsync(
+            fd, options.fsync, lambda: follower.finish(total, progress, cancel)
+        )
     except BaseException:
         follower.stop()
         raise
-    if sync_error:
-        raise sync_error[0]
     timings["checksum+sync"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
     return PackageResult(
