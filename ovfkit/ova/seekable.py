@@ -56,7 +56,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import xxhash
 
@@ -194,14 +194,19 @@ class _Digests:
                 with mm:
                     with contextlib.suppress(AttributeError, OSError):
                         mm.madvise(mmap.MADV_SEQUENTIAL)
-                    with memoryview(mm) as window:
-                        self._update(window[start - aligned :])
+                    # Both views released on the way out, even by an exception (a signal
+                    # handler's), before the map is closed.
+                    with memoryview(mm) as whole, whole[start - aligned :] as window:
+                        self._update(window)
             self.done = start + length
             window_done(self.done)
 
     def _update(self, part: bytes | memoryview) -> None:
         beside = self._pool.submit(self.xxh.update, part)
-        self.md5.update(part)
+        try:
+            self.md5.update(part)
+        finally:
+            wait([beside])  # the window stays mapped until xxh128 is done with it
         beside.result()
 
 
