@@ -9,7 +9,10 @@ each as its own process, alternating the layouts ``--repeat`` times (median repo
   the export of the same package).
 
 For each: wall seconds, CPU seconds (user + system of the process and the children it waited
-for, ``os.wait4``), the 1-minute load average at its start. The one-pass layout hashes each
+for, ``os.wait4``), the 1-minute load average at its start. Then, to show where the time goes,
+``write_ova`` in a forked child per layout (alternating, ``--repeat`` times): the seconds of each
+file (compression while the one-pass layout's hashing thread runs beside) and of the tail after
+the last file (the digests left to take, beside fsync), medians. The one-pass layout hashes each
 member while the next is written; the last disk is hashed after it ends in both layouts
 (ovfkit/ova/seekable.py says why), so the gain should show with two disks and stay small with
 one. Every verify must find the package valid, and each export's md5 must be the file's.
@@ -35,10 +38,11 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 from benchmarks.bench_ova import inventory
 from benchmarks.bench_verify import Run, _median, _note, _run
-from benchmarks.harness import Report
+from benchmarks.harness import Report, run_forked
 from benchmarks.source import data_bytes, reference_disk, warm
+from ovfkit.ova.plan import LayoutName
 
-LAYOUTS = ("default", "one-pass")
+LAYOUTS: tuple[LayoutName, ...] = ("default", "one-pass")
 
 
 def two_disk_inventory(disk: str) -> dict[str, object]:
@@ -59,6 +63,22 @@ def _md5_of(path: Path) -> str:
         while chunk := f.read(16 << 20):
             md5.update(chunk)
     return md5.hexdigest()
+
+
+def _timings(inv: Path, layout: LayoutName, out: Path) -> dict[str, float]:
+    """``write_ova`` of the inventory's VM in a forked child: its stage timings."""
+    from ovfkit import OvaOptions, vm_from_zstack, write_ova
+
+    vm = vm_from_zstack(inv.read_text())
+
+    def export() -> dict[str, float]:
+        return dict(write_ova(vm, str(out), OvaOptions(layout=layout)).timings)
+
+    out.unlink(missing_ok=True)
+    os.sync()
+    timings, _, _ = run_forked(export)
+    out.unlink()
+    return timings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +127,24 @@ def main(argv: list[str] | None = None) -> int:
                        statistics.median(r.cpu_seconds for r in runs[layout]), "s")
         report.ratio(f"{tag}: one-pass time vs default", medians["one-pass"].seconds,
                      medians["default"].seconds, "target < 1")
+        stages: dict[str, list[dict[str, float]]] = {layout: [] for layout in LAYOUTS}
+        for _ in range(args.repeat):
+            for layout in LAYOUTS:
+                stages[layout].append(_timings(inv, layout, work / "inproc.ova"))
+        for layout in LAYOUTS:
+            runs_ = stages[layout]
+            files = sorted(k for k in runs_[0] if k.startswith("file "))
+            each = ", ".join(
+                f"{statistics.median(t[k] for t in runs_):.2f}" for k in files
+            )
+            report.add(f"{tag}: {layout} files (in-process)",
+                       statistics.median(sum(t[k] for k in files) for t in runs_), "s",
+                       f"each file: {each}")
+            report.add(f"{tag}: {layout} tail after the last file (in-process)",
+                       statistics.median(t["checksum+sync"] for t in runs_), "s",
+                       "digests left + fsync")
+            report.add(f"{tag}: {layout} total (in-process)",
+                       statistics.median(t["total"] for t in runs_), "s")
         for layout in LAYOUTS:
             out = work / f"{layout}-{disks}.ova"
             checks = []
