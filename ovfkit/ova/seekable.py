@@ -41,7 +41,9 @@ compressed, and every byte after them is hashed from a state that depends on the
 disk is therefore always hashed after it is written; only chunking the disks into members of a
 size fixed in advance avoids that, which :mod:`.stream` does and virt-v2v cannot read
 (virt-v2v#189). The one-pass layout saves the MD5 of everything before the last disk (the
-other disks, ISO images) and the front's reservation; for a VM with one disk it saves little.
+other disks, ISO images) and the front's reservation, and only where cores are idle during
+compression: a VM with one disk gains nothing, and on 2 busy cores the MD5 thread slows the
+next disk's compression by about what it saves (benchmarks/README.md, bench_layout).
 
 :func:`ovfkit.ova.write_ova` gives these writers the temporary file and renames it over the
 target; the streaming layout for targets that cannot seek is :mod:`.stream`.
