@@ -106,9 +106,12 @@ def test_export_url_with_service_base_url(ctx: ExportContext) -> None:
     ctx.base_url = "http://127.0.0.1:8080/"
     reply = export_vm_ova_package(body(), context=ctx)
     assert reply.inventory is not None
+    record = ctx.records.get(reply.inventory.uuid)
+    assert record is not None and record.download_token is not None
     assert reply.inventory.export_url == (
-        "http://127.0.0.1:8080" + package_download_path(reply.inventory.uuid)
+        "http://127.0.0.1:8080" + package_download_path(reply.inventory.uuid, record.download_token)
     )
+    assert len(record.download_token) >= 43 and record.download_token not in record.inventory.uuid
 
 
 def test_records_query_update_delete_and_restart(ctx: ExportContext) -> None:

@@ -393,3 +393,10 @@ def test_two_api_nodes_share_sessions_jobs_and_packages(site: Site) -> None:
         path = site.bs(inv["backupStorageUuid"]) / f"{inv['uuid']}.ova"
         assert ovfkit.verify_package(path).ok
         assert hashlib.md5(path.read_bytes()).hexdigest() == inv["md5Sum"]
+    # Whichever node took the request and whichever worker ran it, the package is the
+    # caller's account's and has its download token (the secret of exportUrl).
+    from ovfkit.db.packages import PackageStore
+
+    [account] = AuthStore(site.base, database=site.db).list_accounts()
+    records = PackageStore(site.db).query()
+    assert [(r.account_uuid, bool(r.download_token)) for r in records] == [(account.uuid, True)] * 2

@@ -250,7 +250,9 @@ def test_reference_page_curl_example_unchanged(server: LiveServer, token: str) -
     assert inv["state"] == "Exported" and inv["format"] == "OVA"
     assert isinstance(inv["size"], int) and inv["size"] > 0
     assert re.fullmatch(r"[0-9a-f]{32}", inv["md5Sum"])
-    assert inv["exportUrl"] == f"{server.url}/ova-packages/{resource}.ova"
+    assert re.fullmatch(
+        re.escape(f"{server.url}/ova-packages/") + rf"[\w-]{{43}}/{resource}\.ova", inv["exportUrl"]
+    ), inv["exportUrl"]
 
 
 def test_export_defaults_and_shape(exported: dict[str, Any], server: LiveServer) -> None:
@@ -723,4 +725,4 @@ def test_openapi_document_served(server: LiveServer) -> None:
     assert doc["openapi"].startswith("3.")
     ops = {(p, m) for p, item in doc["paths"].items() for m in item if m != "parameters"}
     assert ("/zstack/v1/ovf/ova-packages", "post") in ops
-    assert ("/ova-packages/{uuid}.ova", "get") in ops
+    assert ("/ova-packages/{token}/{uuid}.ova", "get") in ops

@@ -92,7 +92,7 @@ def test_multiple_ranges_as_the_openapi_document_says(
         r = _get(live, inv, rng)
         assert r.status_code == 200 and r.content == whole
     # The document says so.
-    op = openapi_document()["paths"]["/ova-packages/{uuid}.ova"]["get"]
+    op = openapi_document()["paths"]["/ova-packages/{token}/{uuid}.ova"]["get"]
     assert "multipart/byteranges" in op["responses"]["206"]["content"]
     for word in ("multipart/byteranges", "merged", "416", "ignored", "400"):
         assert word in op["description"], word

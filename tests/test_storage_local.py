@@ -31,8 +31,8 @@ def test_capacity_and_urls(tmp_path: Path) -> None:
     assert abs(storage.available_capacity() - st.f_bavail * st.f_frsize) < 64 << 20
     assert storage.export_url("a.ova", "u") == (tmp_path / "bs" / "a.ova").resolve().as_uri()
     served = LocalBackupStorage(LocalStorageConfig(BS, str(tmp_path / "bs")), "http://h:1/")
-    assert served.export_url("a.ova", "u") == "http://h:1" + package_download_path("u")
-    assert package_download_path("u") == "/ova-packages/u.ova"
+    assert served.export_url("a.ova", "u", "t") == "http://h:1" + package_download_path("u", "t")
+    assert package_download_path("u", "t") == "/ova-packages/t/u.ova"
 
 
 def test_upload_commit_abort_and_leftovers(tmp_path: Path) -> None:

@@ -74,6 +74,15 @@ def register(sub: Any) -> None:
         help="session lifetime (default 7200, ZStack's identity.session.timeout)",
     )
     parser.add_argument(
+        "--download-ttl",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="a local package's exportUrl (a capability URL: its token, no session, opens it) "
+        "works this long after the export or the package's last UpdateImagePackage "
+        "(default: no expiry)",
+    )
+    parser.add_argument(
         "--ssl-certfile",
         metavar="PEM",
         help="serve HTTPS with this certificate (chain); the session and the password digest "
@@ -155,9 +164,11 @@ def run(args: argparse.Namespace) -> int:
         or public_url(args.host, args.port, scheme)
     )
     ttl = args.session_ttl if args.session_ttl is not None else DEFAULT_SESSION_TTL
-    config = ServiceConfig()
+    if args.download_ttl is not None and not args.download_ttl > 0:
+        raise InvalidArgumentError("--download-ttl must be more than 0 s")
+    config = ServiceConfig(download_ttl=args.download_ttl)
     if args.export_workers is not None:
-        config = ServiceConfig(export_workers=args.export_workers)
+        config = dataclasses.replace(config, export_workers=args.export_workers)
     if (args.database is None) != (args.broker is None):
         raise InvalidArgumentError(
             "--database and --broker go together (an API node of a many-host service)"

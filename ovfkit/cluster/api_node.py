@@ -22,14 +22,19 @@ class ClusterBackend(Backend):
         self.service = service
 
     def export(
-        self, request: ExportVmOvaPackageRequest, *, cancel: CancelToken | None = None
+        self,
+        request: ExportVmOvaPackageRequest,
+        *,
+        account_uuid: str | None = None,
+        cancel: CancelToken | None = None,
     ) -> Reply:
         """Queue the export (as the HTTP job's uuid when it runs in the job form, so every
         node can answer its polls) and wait for a worker to finish it."""
         job = current_job.get()
+        owner = account_uuid if account_uuid is not None else job.owner if job else ""
         return self.service.export(
             request,
-            job.owner if job is not None else "",
+            owner,
             job_uuid=job.uuid if job is not None else None,
             cancel=cancel,
         )

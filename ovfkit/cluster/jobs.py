@@ -96,7 +96,8 @@ class JobStore:
             if conn.execute(select(J.c.uuid).where(J.c.uuid == job_uuid)).first() is not None:
                 raise InvalidArgumentError(f"api job[uuid:{job_uuid}] already exists")
             self.packages.insert_exporting(
-                conn, package, install_path, system_tags=system_tags, user_tags=user_tags
+                conn, package, install_path, account_uuid=account_uuid or None,
+                system_tags=system_tags, user_tags=user_tags,
             )
             conn.execute(
                 insert(J).values(
@@ -149,10 +150,11 @@ class JobStore:
 
     def finish_exported(
         self, job: Job, worker: str, *, export_url: str, md5_sum: str, size: int,
-        body: Mapping[str, Any] | None = None,
+        download_token: str | None = None, body: Mapping[str, Any] | None = None,
     ) -> bool:
         """Mark the package Exported and the job done with a 200 answer, together; False (and
-        nothing changed) if the lease was lost. ``body`` defaults to the package's inventory."""
+        nothing changed) if the lease was lost. ``body`` defaults to the package's inventory;
+        ``download_token``: the secret in ``export_url``."""
         now = now_ms()
         with self.db.begin() as conn:
             done = conn.execute(
@@ -162,7 +164,8 @@ class JobStore:
             if done != 1:
                 return False
             self.packages.mark_exported(
-                job.package_uuid, export_url=export_url, md5_sum=md5_sum, size=size, conn=conn
+                job.package_uuid, export_url=export_url, md5_sum=md5_sum, size=size,
+                download_token=download_token, conn=conn,
             )
             if body is None:
                 record = self.packages.get_in(conn, job.package_uuid)

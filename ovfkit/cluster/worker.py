@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..db.packages import new_download_token
 from ..errors import InternalError, OperationFailedError, OvfkitError, OvfkitIOError
 from ..zstack.config import Config, load_config
 from ..zstack.inventory import ExportVmOvaPackageRequest, Reply
@@ -236,7 +237,7 @@ class WorkerRuntime:
             self._fail(job, err)
             return
         try:
-            md5, size, export_url = self._export(run)
+            md5, size, export_url, token = self._export(run)
         except OvfkitError as exc:
             if run.lost:
                 _log.warning("job %s: lease lost, left to the node that took it", job.uuid)
@@ -249,7 +250,8 @@ class WorkerRuntime:
             return
         if not self._patiently(
             lambda: self.store.finish_exported(
-                job, self.uuid, export_url=export_url, md5_sum=md5, size=size
+                job, self.uuid, export_url=export_url, md5_sum=md5, size=size,
+                download_token=token,
             ),
             run.deadline,
         ):
@@ -294,7 +296,7 @@ class WorkerRuntime:
             return
         self.store.packages.cleanup_done(bs_uuid, install_path)
 
-    def _export(self, run: _Running) -> tuple[str, int, str]:
+    def _export(self, run: _Running) -> tuple[str, int, str, str | None]:
         from ..zstack.api import _vm_model, _write, estimate_package_size
         from ..zstack.context import remove_spooled
 
@@ -321,7 +323,8 @@ class WorkerRuntime:
                     f"capacity is: {required}"
                 )
             md5, size = _write(vm, storage, install_path, self.spool, None, None, run.cancel)
-            return md5, size, storage.export_url(install_path, job.package_uuid)
+            token = None if storage.remote else new_download_token()
+            return md5, size, storage.export_url(install_path, job.package_uuid, token), token
         finally:
             storage.close()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import operator
 import os
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,13 +60,14 @@ __all__ = [
     "PackageRecord",
     "PackageStore",
     "already_exported_message",
+    "new_download_token",
     "now_ms",
 ]
 
 _COLUMNS = (
     T.c.uuid, T.c.name, T.c.description, T.c.vm_uuid, T.c.backup_storage_uuid, T.c.state,
     T.c.export_url, T.c.md5_sum, T.c.format, T.c.size, T.c.create_date, T.c.last_op_date,
-    T.c.install_path,
+    T.c.install_path, T.c.account_uuid, T.c.download_token,
 )
 
 
@@ -86,10 +88,19 @@ class DuplicateUuidError(InvalidArgumentError):
 
 @dataclass(frozen=True)
 class PackageRecord:
-    """A row: the inventory plus where the package lives on its backup storage."""
+    """A row: the inventory plus where the package lives on its backup storage, the account
+    that owns it (None: made before packages had owners; the admin's) and the secret of its
+    download URL (None until Exported, and for packages on remote storages)."""
 
     inventory: ImagePackageInventory
     install_path: str
+    account_uuid: str | None = None
+    download_token: str | None = None
+
+
+def new_download_token() -> str:
+    """The secret part of a local package's exportUrl: 256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
 
 
 def now_ms() -> int:
@@ -120,7 +131,7 @@ def _record(row: Any) -> PackageRecord:
         create_date=_to_datetime(m["create_date"]),
         last_op_date=_to_datetime(m["last_op_date"]),
     )
-    return PackageRecord(inv, m["install_path"])
+    return PackageRecord(inv, m["install_path"], m["account_uuid"], m["download_token"])
 
 
 class PackageStore:
@@ -138,12 +149,14 @@ class PackageStore:
         install_path: str,
         *,
         owner_pid: int | None = None,
+        account_uuid: str | None = None,
         system_tags: Sequence[str] = (),
         user_tags: Sequence[str] = (),
     ) -> None:
-        """Insert the ``Exporting`` row and the package's tags (checked already, see
-        :mod:`ovfkit.zstack.tags`) inside the caller's transaction (the cluster adds its job in
-        the same one). DuplicateVmError / DuplicateUuidError when the constraint refuses."""
+        """Insert the ``Exporting`` row of ``account_uuid``'s package and its tags (checked
+        already, see :mod:`ovfkit.zstack.tags`) inside the caller's transaction (the cluster adds
+        its job in the same one). DuplicateVmError / DuplicateUuidError when the constraint
+        refuses."""
         now = now_ms()
         # A new package replaces any queued removal of the same file name.
         conn.execute(
@@ -161,7 +174,7 @@ class PackageStore:
                         backup_storage_uuid=inventory.backup_storage_uuid,
                         state=ImagePackageState.EXPORTING.value, format=inventory.format,
                         create_date=now, last_op_date=now, install_path=install_path,
-                        owner_pid=owner_pid,
+                        owner_pid=owner_pid, account_uuid=account_uuid,
                     )
                 )
         except IntegrityError:
@@ -191,14 +204,15 @@ class PackageStore:
         inventory: ImagePackageInventory,
         install_path: str,
         *,
+        account_uuid: str | None = None,
         system_tags: Sequence[str] = (),
         user_tags: Sequence[str] = (),
     ) -> None:
-        """Insert the ``Exporting`` row and its tags, owned by this process."""
+        """Insert the ``Exporting`` row and its tags, run by this process."""
         with self.db.begin() as conn:
             self.insert_exporting(
-                conn, inventory, install_path, owner_pid=os.getpid(), system_tags=system_tags,
-                user_tags=user_tags,
+                conn, inventory, install_path, owner_pid=os.getpid(), account_uuid=account_uuid,
+                system_tags=system_tags, user_tags=user_tags,
             )
 
     def mark_exported(
@@ -208,14 +222,16 @@ class PackageStore:
         export_url: str,
         md5_sum: str,
         size: int,
+        download_token: str | None = None,
         conn: Connection | None = None,
     ) -> None:
+        """``download_token``: the secret in ``export_url`` (see :func:`new_download_token`)."""
         stmt = (
             update(T)
             .where(T.c.uuid == uuid, T.c.state == ImagePackageState.EXPORTING.value)
             .values(
                 state=ImagePackageState.EXPORTED.value, export_url=export_url, md5_sum=md5_sum,
-                size=size, last_op_date=now_ms(), owner_pid=None,
+                size=size, last_op_date=now_ms(), owner_pid=None, download_token=download_token,
             )
         )
         if conn is None:
@@ -321,11 +337,13 @@ class PackageStore:
         sort_by: str | None = None,
         sort_direction: str = "asc",
         group_by: str | None = None,
+        account_uuid: str | None = None,
     ) -> list[PackageRecord]:
-        """Rows matching every condition (ANDed, as several ``q=`` are in ZStack). ``group_by``
-        keeps one row per distinct value of that field (the first in the sort order), as the
-        ``group by`` ZStack's query builder appends does."""
-        where = [_condition(c) for c in conditions]
+        """Rows matching every condition (ANDed, as several ``q=`` are in ZStack); only those
+        of ``account_uuid`` when given. ``group_by`` keeps one row per distinct value of that
+        field (the first in the sort order), as the ``group by`` ZStack's query builder
+        appends does."""
+        where = _owned(account_uuid, [_condition(c) for c in conditions])
         order = _order_by(sort_by, sort_direction, _PACKAGES)
         if group_by is None:
             stmt = select(*_COLUMNS).where(*where).order_by(*order)
@@ -343,9 +361,15 @@ class PackageStore:
         with self.db.connect() as conn:
             return [_record(r) for r in conn.execute(_paged(stmt, limit, start))]
 
-    def count(self, conditions: Sequence[Condition] = (), *, group_by: str | None = None) -> int:
+    def count(
+        self,
+        conditions: Sequence[Condition] = (),
+        *,
+        group_by: str | None = None,
+        account_uuid: str | None = None,
+    ) -> int:
         """How many rows :meth:`query` would give without paging."""
-        where = [_condition(c) for c in conditions]
+        where = _owned(account_uuid, [_condition(c) for c in conditions])
         if group_by is None:
             stmt = select(func.count()).select_from(T).where(*where)
         else:
@@ -371,10 +395,12 @@ class PackageStore:
         start: int = 0,
         sort_by: str | None = None,
         sort_direction: str = "asc",
+        account_uuid: str | None = None,
     ) -> list[TagRecord]:
-        """Tags of ``kind`` (tags.SYSTEM / tags.USER, None: both) matching every condition."""
+        """Tags of ``kind`` (tags.SYSTEM / tags.USER, None: both) matching every condition;
+        only tags of ``account_uuid``'s packages when given."""
         stmt = (
-            select(G).where(*_tag_where(kind, conditions))
+            select(G).where(*_tag_where(kind, conditions, account_uuid))
             .order_by(*_order_by(sort_by, sort_direction, _TAGS))
         )
         with self.db.connect() as conn:
@@ -388,14 +414,34 @@ class PackageStore:
             for r in rows
         ]
 
-    def count_tags(self, kind: str | None, conditions: Sequence[Condition] = ()) -> int:
-        stmt = select(func.count()).select_from(G).where(*_tag_where(kind, conditions))
+    def count_tags(
+        self,
+        kind: str | None,
+        conditions: Sequence[Condition] = (),
+        *,
+        account_uuid: str | None = None,
+    ) -> int:
+        stmt = select(func.count()).select_from(G).where(
+            *_tag_where(kind, conditions, account_uuid)
+        )
         with self.db.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
 
 
-def _tag_where(kind: str | None, conditions: Sequence[Condition]) -> list[ColumnElement[bool]]:
+def _owned(
+    account_uuid: str | None, where: list[ColumnElement[bool]]
+) -> list[ColumnElement[bool]]:
+    """``where`` and, for an account, "the package is that account's"."""
+    return where if account_uuid is None else [T.c.account_uuid == account_uuid, *where]
+
+
+def _tag_where(
+    kind: str | None, conditions: Sequence[Condition], account_uuid: str | None = None
+) -> list[ColumnElement[bool]]:
     where = [_condition(c, _TAGS) for c in conditions]
+    if account_uuid is not None:
+        owned = select(T.c.uuid).where(T.c.account_uuid == account_uuid)
+        where.insert(0, G.c.resource_uuid.in_(owned.scalar_subquery()))
     return [G.c.type == kind, *where] if kind is not None else where
 
 

@@ -42,7 +42,9 @@ UUID = String(32)
 
 # ImagePackageVO. vm_uuid UNIQUE: ZStack allows one package per VM, and the database (not a
 # lock of one host) decides which of two requests for the same VM wins, whichever API node
-# they reached.
+# they reached. account_uuid: the owning account (ZStack's AccountResourceRefVO; NULL for rows
+# made before ownership, which only the admin sees); download_token: the secret part of a local
+# package's exportUrl (NULL until Exported, and for remote storages' packages).
 image_packages = Table(
     "image_packages",
     metadata,
@@ -61,6 +63,9 @@ image_packages = Table(
     Column("last_op_date", BigInteger, nullable=False),
     Column("install_path", Text, nullable=False),
     Column("owner_pid", Integer),
+    Column("account_uuid", UUID),
+    Column("download_token", String(64)),
+    Index("image_packages_account", "account_uuid"),
 )
 
 # Files to remove from a backup storage: a durable to-do list (see zstack/records.py).

@@ -16,7 +16,7 @@ Endpoints (the OpenAPI document at ``GET /zstack/v1/openapi.json`` has every sch
     DELETE /zstack/v1/image-packages/{uuid}          DeleteImagePackage (deleteMode accepted)
     GET    /zstack/v1/user-tags, /system-tags        QueryUserTag / QuerySystemTag
     POST   /zstack/v1/ovf/parse                      {"params": {"xmlBase64": ...}} -> {"ovfInfo"}
-    GET    /ova-packages/{uuid}.ova                  download (HEAD too; one byte range)
+    GET    /ova-packages/{token}/{uuid}.ova          download = exportUrl (HEAD, byte ranges)
     GET    /zstack/v1/openapi.json                   this API's OpenAPI 3.0 document
 
 Choices:
@@ -42,9 +42,14 @@ Choices:
 - Slow and hostile clients (:mod:`.runner`): header and body timeouts (408), a connection limit
   below the file-descriptor limit (503), malformed HTTP (400), all in ZStack JSON, one log line
   per condition. Failed logins back off per (account, client address) (429).
+- Packages belong to the account that exported them, as ZStack's resources do: queries (tags
+  too), updates and deletes see only the caller's packages; the account named ``admin`` sees
+  all. Another account's package is not found, as an unknown one.
 - Downloads need no session: exportUrl is what importers and ``wget`` fetch, as ZStack's
-  exportUrl is plain HTTP on the backup storage host; the random 128-bit package uuid in the path
-  is the capability. Only Exported packages of local backup storages are served.
+  exportUrl is plain HTTP on the backup storage host. It is a capability URL: the random
+  256-bit download token in its path opens it, not the package uuid that queries list; with
+  ``--download-ttl`` it expires that long after the export or the last UpdateImagePackage.
+  Only Exported packages of local backup storages are served.
 - ``--ssl-certfile``/``--ssl-keyfile`` serve HTTPS (the session uuid and the password digest
   are replayable, so use it off localhost); exportUrl then starts with https.
 - Bodies are limited to 1 MiB. Fields and query parameters an API does not know are ignored and

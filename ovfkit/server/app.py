@@ -88,6 +88,8 @@ class ServiceConfig:
     export_workers: int = max(2, min(4, os.cpu_count() or 2))
     job_keep: float = 3600.0
     webhook_retry_interval: float = webhook.RETRY_INTERVAL
+    # A package's download URL works this long after its export or last update (None: always).
+    download_ttl: float | None = None
 
 
 class JobNotFoundError(NotFoundError):
@@ -133,10 +135,17 @@ def _log_ignored(request: Request, names: list[str] | tuple[str, ...], where: st
 @dataclass(frozen=True)
 class Caller:
     """Who makes a request: the account, and the session when it came with one (None for an
-    AccessKey-signed request)."""
+    AccessKey-signed request). ``admin``: the account is the administrator (named ``admin``,
+    as ZStack's initial system admin), which sees every account's packages."""
 
     account_uuid: str
     session: Session | None = None
+    admin: bool = False
+
+    @property
+    def scope(self) -> str | None:
+        """The account whose packages this caller sees; None: all of them."""
+        return None if self.admin else self.account_uuid
 
 
 def _signed_path(request: Request) -> str:
@@ -161,13 +170,14 @@ async def require_session(request: Request) -> Caller:
         if not token or any(c.isspace() for c in token):
             raise InvalidSessionError("Session expired")
         session = await run_in_threadpool(state.auth.validate, token)
-        return Caller(session.account_uuid, session)
+        admin = await run_in_threadpool(state.auth.is_admin, session.account_uuid)
+        return Caller(session.account_uuid, session, admin)
     if scheme == "zstack":
         account = await run_in_threadpool(
             state.access_keys.authenticate, auth[6:].strip(), request.method,
             request.headers.get("date"), _signed_path(request),
         )
-        return Caller(account)
+        return Caller(account, None, await run_in_threadpool(state.auth.is_admin, account))
     raise PlainRequestError("Authorization type must be 'OAuth'")
 
 
@@ -383,12 +393,17 @@ def reply_answer(reply: Reply) -> tuple[int, dict[str, Any]]:
     return (200 if reply.success else 503), reply.to_json()
 
 
-async def _run_export(state: _State, req: ExportVmOvaPackageRequest) -> tuple[int, dict[str, Any]]:
+async def _run_export(
+    state: _State, req: ExportVmOvaPackageRequest, caller: Caller
+) -> tuple[int, dict[str, Any]]:
     gate = state.gate
     try:
         async with gate.running():
             reply = await anyio.to_thread.run_sync(
-                lambda: state.backend.export(req, cancel=gate.stopping), limiter=state.limiter
+                lambda: state.backend.export(
+                    req, account_uuid=caller.account_uuid, cancel=gate.stopping
+                ),
+                limiter=state.limiter,
             )
     except OvfkitError as exc:
         return status_for(exc), {"error": exc.to_error_code()}
@@ -410,7 +425,7 @@ async def export_package(request: Request) -> Response:
     req = export_request_from_body(body)
     _log_ignored(request, sorted(set(req.extra) - set(_COMMON)), "body field(s)")
     return await answer(
-        request, caller, "ExportVmOvaPackage", lambda: _run_export(state, req)
+        request, caller, "ExportVmOvaPackage", lambda: _run_export(state, req, caller)
     )
 
 
@@ -435,8 +450,9 @@ def _query_answer(
 
 
 async def query_packages(request: Request) -> Response:
+    """QueryImagePackage: the caller's packages (the admin: everyone's)."""
     state = _state(request)
-    await require_session(request)
+    caller = await require_session(request)
     spec = query_spec(
         list(request.query_params.multi_items()), _PACKAGE_FIELDS,
         condition_fields=(*_PACKAGE_FIELDS, *TAG_FIELDS),
@@ -450,7 +466,7 @@ async def query_packages(request: Request) -> Response:
 
     def run() -> dict[str, Any]:
         total = (
-            backend.count(conditions, group_by=spec.group_by)
+            backend.count(conditions, group_by=spec.group_by, account_uuid=caller.scope)
             if spec.count_only or spec.with_count else None
         )
         if spec.count_only:
@@ -458,6 +474,7 @@ async def query_packages(request: Request) -> Response:
         rows = backend.query(
             conditions, limit=spec.limit, start=spec.start, sort_by=spec.sort_by,
             sort_direction="desc" if spec.descending else "asc", group_by=spec.group_by,
+            account_uuid=caller.scope,
         )
         return _query_answer(spec, [inv.to_json() for inv in rows], total)
 
@@ -466,11 +483,11 @@ async def query_packages(request: Request) -> Response:
 
 def _tag_query(kind: str) -> Callable[[Request], Awaitable[Response]]:
     """QueryUserTag (``GET /user-tags``) / QuerySystemTag (``GET /system-tags``), e.g.
-    ``q=resourceUuid=<package uuid>``."""
+    ``q=resourceUuid=<package uuid>``; tags of the caller's packages (the admin: all)."""
 
     async def handler(request: Request) -> Response:
         state = _state(request)
-        await require_session(request)
+        caller = await require_session(request)
         spec = query_spec(
             list(request.query_params.multi_items()), tuple(TAG_QUERY_FIELDS), what="TagInventory"
         )
@@ -481,7 +498,7 @@ def _tag_query(kind: str) -> Callable[[Request], Awaitable[Response]]:
 
         def run() -> dict[str, Any]:
             total = (
-                backend.count_tags(kind, spec.conditions)
+                backend.count_tags(kind, spec.conditions, account_uuid=caller.scope)
                 if spec.count_only or spec.with_count else None
             )
             if spec.count_only:
@@ -489,6 +506,7 @@ def _tag_query(kind: str) -> Callable[[Request], Awaitable[Response]]:
             rows = backend.query_tags(
                 kind, spec.conditions, limit=spec.limit, start=spec.start,
                 sort_by=spec.sort_by, sort_direction="desc" if spec.descending else "asc",
+                account_uuid=caller.scope,
             )
             return _query_answer(spec, [t.to_json() for t in rows], total)
 
@@ -507,7 +525,9 @@ async def update_package(request: Request) -> Response:
     uuid = request.path_params["uuid"]
 
     def update() -> dict[str, Any]:
-        inventory = state.backend.update(uuid, name=name, description=description)
+        inventory = state.backend.update(
+            uuid, name=name, description=description, account_uuid=caller.scope
+        )
         return {"inventory": inventory.to_json()}
 
     return await answer(
@@ -532,7 +552,7 @@ async def delete_package(request: Request) -> Response:
     uuid = request.path_params["uuid"]
 
     def delete() -> dict[str, Any]:
-        state.backend.delete(uuid)
+        state.backend.delete(uuid, account_uuid=caller.scope)
         return {}
 
     return await answer(
@@ -566,9 +586,13 @@ async def parse_ovf(request: Request) -> Response:
 
 
 async def download_package(request: Request) -> Response:
+    """exportUrl of a local package: a capability URL, fetched with no session (as from a
+    ZStack backup storage); its token, not the listable uuid, is what opens it."""
     state = _state(request)
-    uuid = request.path_params["uuid"]
-    path, filename, size = await run_in_threadpool(state.backend.package_file, uuid)
+    uuid, token = request.path_params["uuid"], request.path_params["token"]
+    path, filename, size = await run_in_threadpool(
+        lambda: state.backend.package_file(uuid, token, ttl=state.config.download_ttl)
+    )
     stat = await anyio.to_thread.run_sync(os.stat, path)
     if stat.st_size != size:
         raise NotFoundError(f"ova package[uuid:{uuid}] is being replaced; try again")
@@ -578,6 +602,14 @@ async def download_package(request: Request) -> Response:
         filename=filename,
         stat_result=stat,
         content_disposition_type="attachment",
+    )
+
+
+async def untokened_download(request: Request) -> Response:
+    """The download URL of versions before tokens: refused, and said why."""
+    raise NotFoundError(
+        "package download URLs carry a token now (/ova-packages/<token>/<uuid>.ova): "
+        "QueryImagePackage gives the package's exportUrl"
     )
 
 
@@ -694,7 +726,8 @@ def create_app(
         Route(f"{V1}/ovf/parse", parse_ovf, methods=["POST"]),
         Route(f"{V1}/user-tags", _tag_query(USER), methods=["GET"]),
         Route(f"{V1}/system-tags", _tag_query(SYSTEM), methods=["GET"]),
-        Route("/ova-packages/{uuid}.ova", download_package, methods=["GET"]),
+        Route("/ova-packages/{token}/{uuid}.ova", download_package, methods=["GET"]),
+        Route("/ova-packages/{uuid}.ova", untokened_download, methods=["GET"]),
         Route(f"{V1}/openapi.json", openapi, methods=["GET"]),
     ]
 

@@ -36,10 +36,19 @@ class Backend:
     def __init__(self, context: ExportContext) -> None:
         self.context = context
 
+    # ``account_uuid``: the caller's account; in queries, updates and deletes the account whose
+    # packages the call sees (None: every account's, for the admin).
+
     def export(
-        self, request: ExportVmOvaPackageRequest, *, cancel: CancelToken | None = None
+        self,
+        request: ExportVmOvaPackageRequest,
+        *,
+        account_uuid: str | None = None,
+        cancel: CancelToken | None = None,
     ) -> Reply:
-        return api.export_vm_ova_package(request, context=self.context, cancel=cancel)
+        return api.export_vm_ova_package(
+            request, context=self.context, cancel=cancel, account_uuid=account_uuid
+        )
 
     def query(
         self,
@@ -50,6 +59,7 @@ class Backend:
         sort_by: str | None = None,
         sort_direction: str = "asc",
         group_by: str | None = None,
+        account_uuid: str | None = None,
     ) -> list[ImagePackageInventory]:
         return api.query_image_packages(
             self.context,
@@ -59,10 +69,19 @@ class Backend:
             sort_by=sort_by,
             sort_direction=sort_direction,
             group_by=group_by,
+            account_uuid=account_uuid,
         )
 
-    def count(self, conditions: Sequence[str], *, group_by: str | None = None) -> int:
-        return api.count_image_packages(self.context, conditions, group_by=group_by)
+    def count(
+        self,
+        conditions: Sequence[str],
+        *,
+        group_by: str | None = None,
+        account_uuid: str | None = None,
+    ) -> int:
+        return api.count_image_packages(
+            self.context, conditions, group_by=group_by, account_uuid=account_uuid
+        )
 
     def query_tags(
         self,
@@ -73,32 +92,45 @@ class Backend:
         start: int = 0,
         sort_by: str | None = None,
         sort_direction: str = "asc",
+        account_uuid: str | None = None,
     ) -> list[TagRecord]:
         return api.query_tags(
             self.context, kind, conditions, limit=limit, start=start, sort_by=sort_by,
-            sort_direction=sort_direction,
+            sort_direction=sort_direction, account_uuid=account_uuid,
         )
 
-    def count_tags(self, kind: str, conditions: Sequence[str]) -> int:
-        return api.count_tags(self.context, kind, conditions)
+    def count_tags(
+        self, kind: str, conditions: Sequence[str], *, account_uuid: str | None = None
+    ) -> int:
+        return api.count_tags(self.context, kind, conditions, account_uuid=account_uuid)
 
     def update(
-        self, uuid: str, *, name: str | None, description: str | None
+        self,
+        uuid: str,
+        *,
+        name: str | None,
+        description: str | None,
+        account_uuid: str | None = None,
     ) -> ImagePackageInventory:
-        return api.update_image_package(self.context, uuid, name=name, description=description)
+        return api.update_image_package(
+            self.context, uuid, name=name, description=description, account_uuid=account_uuid
+        )
 
-    def delete(self, uuid: str) -> None:
-        api.delete_image_package(self.context, uuid)
+    def delete(self, uuid: str, *, account_uuid: str | None = None) -> None:
+        api.delete_image_package(self.context, uuid, account_uuid=account_uuid)
 
     def parse_ovf(self, xml: bytes) -> ParsedDescriptor:
         from ..ovf.reader import parse_package_descriptor
 
         return parse_package_descriptor(xml)
 
-    def package_file(self, uuid: str) -> tuple[Path, str, int]:
-        """(path, download file name, size) of an Exported package on a local backup storage;
-        SYS.1003 if there is none (unknown, still exporting, or on a remote storage)."""
-        inventory, path = api.package_file(self.context, uuid)
+    def package_file(
+        self, uuid: str, token: str, *, ttl: float | None = None
+    ) -> tuple[Path, str, int]:
+        """(path, download file name, size) of an Exported package on a local backup storage,
+        whose download token is ``token`` and whose URL has not expired (``ttl``); SYS.1003
+        otherwise (see :func:`ovfkit.zstack.api.package_file`)."""
+        inventory, path = api.package_file(self.context, uuid, token, ttl=ttl)
         if inventory.size is None:
             raise NotFoundError(f"image package[uuid: {uuid}] has no size yet")
         return path, f"{inventory.uuid}.ova", inventory.size

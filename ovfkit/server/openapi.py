@@ -625,14 +625,21 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _json(_ref("ParseOvfReply"), "The VM"), **_ERRORS},
             }
         },
-        "/ova-packages/{uuid}.ova": {
-            "parameters": [_UUID_PARAM],
+        "/ova-packages/{token}/{uuid}.ova": {
+            "parameters": [
+                {"name": "token", "in": "path", "required": True, "schema": {"type": "string"},
+                 "description": "The package's download token (only in its exportUrl)"},
+                _UUID_PARAM,
+            ],
             "get": {
                 "operationId": "DownloadOvaPackage",
                 "security": [],
                 "description": "The package file of a local backup storage (exportUrl). No "
-                "session: the unguessable package uuid is the capability, as ZStack's exportUrl "
-                "is plain HTTP on the backup storage host. Byte ranges (RFC 9110 14): one range "
+                "session, as ZStack's exportUrl is plain HTTP on the backup storage host: the "
+                "token in the path is the capability (256 random bits, shown only to the "
+                "package's account and the admin; the package uuid alone opens nothing). With "
+                "`ovfkit serve --download-ttl`, the URL works that long after the export or the "
+                "package's last UpdateImagePackage; then 404. Byte ranges (RFC 9110 14): one range "
                 "gives 206 with Content-Range; several give 206 multipart/byteranges, "
                 "overlapping ones merged; ranges past the end are dropped, 416 only when none "
                 "is left; a unit other than bytes, or more than 100 ranges, is ignored (200, "
@@ -667,6 +674,18 @@ def _paths() -> dict[str, Any]:
                     },
                     "503": {"$ref": "#/components/responses/Failed"},
                 },
+            },
+        },
+        "/ova-packages/{uuid}.ova": {
+            "parameters": [_UUID_PARAM],
+            "get": {
+                "operationId": "DownloadOvaPackageWithoutToken",
+                "deprecated": True,
+                "security": [],
+                "description": "The download URL of versions before download tokens: always "
+                "404, with the hint that the package's exportUrl (QueryImagePackage) is the URL "
+                "to fetch now.",
+                "responses": {"404": {"$ref": "#/components/responses/NotFound"}},
             },
         },
         "/zstack/v1/openapi.json": {

@@ -10,14 +10,21 @@ fields, UUID syntax, lengths, then VM and backup storage found (SYS.1003), VM St
 per VM, resourceUuid free, paths under storage roots, and the capacity on the backup storage
 (``qemu-img measure`` of every disk). Then the record is created ``Exporting``; from there on
 any failure rolls back (partial files removed, record deleted) before the error is returned.
+
+Packages belong to the account that exported them (``account_uuid``), as ZStack's resources do:
+given an ``account_uuid``, the query, update, delete and tag functions see only that account's
+packages, and another account's package is not found (SYS.1003), as an unknown one. None (the
+admin, or a library caller with no accounts) sees them all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +55,13 @@ from .inventory import (
     new_zstack_uuid,
     parse_condition,
 )
-from .records import DuplicateVmError, ExportLock, already_exported_message
+from .records import (
+    DuplicateVmError,
+    ExportLock,
+    PackageRecord,
+    already_exported_message,
+    new_download_token,
+)
 from .storage import BackupStorage
 from .tags import TAG_QUERY_FIELDS, TagRecord, check_system_tags, check_user_tags
 
@@ -200,6 +213,7 @@ def _export(
     options: OvaOptions | None,
     progress: ProgressCallback | None,
     cancel: CancelToken | None,
+    account_uuid: str | None = None,
 ) -> ImagePackageInventory:
     vm_uuid, bs_uuid, system_tags, user_tags = _validate_request(req)
     inventory = context.resolve_vm(vm_uuid)
@@ -265,6 +279,7 @@ def _export(
                 options=options,
                 system_tags=tuple(system_tags),
                 user_tags=tuple(user_tags),
+                account_uuid=account_uuid,
             )
             return _export_reserved(context, storage, job, progress, cancel)
     finally:
@@ -294,6 +309,7 @@ class _ExportJob:
     options: OvaOptions | None = None
     system_tags: tuple[str, ...] = ()
     user_tags: tuple[str, ...] = ()
+    account_uuid: str | None = None
 
     @property
     def install_path(self) -> str:
@@ -327,17 +343,20 @@ def _export_reserved(
             state=ImagePackageState.EXPORTING,
         )
         context.records.create_exporting(
-            record, install_path, system_tags=job.system_tags, user_tags=job.user_tags
+            record, install_path, account_uuid=job.account_uuid, system_tags=job.system_tags,
+            user_tags=job.user_tags,
         )
         try:
             md5, size = _write(
                 job.vm, storage, install_path, job.spool, job.options, progress, cancel
             )
+            token = None if storage.remote else new_download_token()
             context.records.mark_exported(
                 package_uuid,
-                export_url=storage.export_url(install_path, package_uuid),
+                export_url=storage.export_url(install_path, package_uuid, token),
                 md5_sum=md5,
                 size=size,
+                download_token=token,
             )
         except BaseException:
             deleted = context.records.delete(package_uuid)
@@ -360,9 +379,11 @@ def export_vm_ova_package(
     options: OvaOptions | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    account_uuid: str | None = None,
 ) -> Reply:
     """ExportVmOvaPackage: export VM ``vmUuid`` to an OVA on backup storage
-    ``backupStorageUuid`` and return ``Reply(success, error, inventory)``.
+    ``backupStorageUuid`` and return ``Reply(success, error, inventory)``; the package is
+    ``account_uuid``'s (None: no account's, seen only unscoped).
 
     ``request`` is an :class:`ExportVmOvaPackageRequest` or a JSON body (ZStack's
     ``{"params": {...}}`` form or the flat form). ``options`` are the OVA writer's options;
@@ -375,7 +396,7 @@ def export_vm_ova_package(
             if isinstance(request, ExportVmOvaPackageRequest)
             else ExportVmOvaPackageRequest.from_json(request)
         )
-        return Reply.ok(_export(req, context, options, progress, cancel))
+        return Reply.ok(_export(req, context, options, progress, cancel, account_uuid))
     except OvfkitError as exc:
         return Reply.failure(exc)
     except Exception as exc:
@@ -395,15 +416,16 @@ def query_image_packages(
     sort_by: str | None = None,
     sort_direction: str = "asc",
     group_by: str | None = None,
+    account_uuid: str | None = None,
 ) -> list[ImagePackageInventory]:
     """QueryImagePackage: records matching every ``q=`` condition (``name=x``, ``size>5``,
     ``name~=web%``, ``state!=Exporting``, ``uuid?=a,b``, ``description is null``,
     ``__userTag__=blue``); one per distinct ``group_by`` value when given; SYS.1007 for a
-    malformed condition or unknown field."""
+    malformed condition or unknown field. Only ``account_uuid``'s packages when given."""
     conds = conditions_from_query(conditions)
     records = context.records.query(
         conds, limit=limit, start=start, sort_by=sort_by, sort_direction=sort_direction,
-        group_by=group_by,
+        group_by=group_by, account_uuid=account_uuid,
     )
     return [r.inventory for r in records]
 
@@ -413,9 +435,12 @@ def count_image_packages(
     conditions: Sequence[str | Condition] = (),
     *,
     group_by: str | None = None,
+    account_uuid: str | None = None,
 ) -> int:
     """QueryImagePackage with ``count=true``: how many records (or groups) match."""
-    return context.records.count(conditions_from_query(conditions), group_by=group_by)
+    return context.records.count(
+        conditions_from_query(conditions), group_by=group_by, account_uuid=account_uuid
+    )
 
 
 def query_tags(
@@ -427,19 +452,27 @@ def query_tags(
     start: int = 0,
     sort_by: str | None = None,
     sort_direction: str = "asc",
+    account_uuid: str | None = None,
 ) -> list[TagRecord]:
     """QueryUserTag (``kind`` tags.USER) / QuerySystemTag (tags.SYSTEM) over the packages'
-    tags, e.g. ``resourceUuid=<package uuid>``."""
+    tags, e.g. ``resourceUuid=<package uuid>``; only tags of ``account_uuid``'s packages when
+    given."""
     return context.records.query_tags(
         kind, _tag_conditions(conditions), limit=limit, start=start, sort_by=sort_by,
-        sort_direction=sort_direction,
+        sort_direction=sort_direction, account_uuid=account_uuid,
     )
 
 
 def count_tags(
-    context: ExportContext, kind: str, conditions: Sequence[str | Condition] = ()
+    context: ExportContext,
+    kind: str,
+    conditions: Sequence[str | Condition] = (),
+    *,
+    account_uuid: str | None = None,
 ) -> int:
-    return context.records.count_tags(kind, _tag_conditions(conditions))
+    return context.records.count_tags(
+        kind, _tag_conditions(conditions), account_uuid=account_uuid
+    )
 
 
 def _tag_conditions(conditions: Sequence[str | Condition]) -> list[Condition]:
@@ -449,13 +482,21 @@ def _tag_conditions(conditions: Sequence[str | Condition]) -> list[Condition]:
     ]
 
 
-def get_image_package(context: ExportContext, uuid: str) -> ImagePackageInventory:
+def _record_of(context: ExportContext, uuid: str, account_uuid: str | None) -> PackageRecord:
+    """The record ``uuid``, if ``account_uuid`` (None: anyone) may see it; else SYS.1003, the
+    same for another account's package as for none, so uuids of others tell nothing."""
     record = context.records.get(uuid)
-    if record is None:
+    if record is None or (account_uuid is not None and record.account_uuid != account_uuid):
         raise NotFoundError(
             f"invalid field[uuid], resource[uuid:{uuid}, type:ImagePackageVO] not found"
         )
-    return record.inventory
+    return record
+
+
+def get_image_package(
+    context: ExportContext, uuid: str, *, account_uuid: str | None = None
+) -> ImagePackageInventory:
+    return _record_of(context, uuid, account_uuid).inventory
 
 
 _UPDATE_MESSAGE = "APIUpdateImagePackageMsg"
@@ -466,8 +507,12 @@ def update_image_package(
     uuid: str,
     name: str | None = None,
     description: str | None = None,
+    *,
+    account_uuid: str | None = None,
 ) -> ImagePackageInventory:
-    """UpdateImagePackage: change name and/or description (same length limits as export)."""
+    """UpdateImagePackage: change name and/or description (same length limits as export).
+    Any update, even of nothing, restarts the validity period of the package's download URL
+    (``lastOpDate``, see :func:`package_file`)."""
     if name is not None:
         if not isinstance(name, str):
             raise InvalidArgumentError("field[name] must be a string")
@@ -478,7 +523,7 @@ def update_image_package(
         if not isinstance(description, str):
             raise InvalidArgumentError("field[description] must be a string")
         _check_length("description", description, DESCRIPTION_MAX, _UPDATE_MESSAGE)
-    get_image_package(context, uuid)
+    _record_of(context, uuid, account_uuid)
     record = context.records.update(uuid, name=name, description=description)
     if record is None:
         raise NotFoundError(
@@ -487,17 +532,15 @@ def update_image_package(
     return record.inventory
 
 
-def delete_image_package(context: ExportContext, uuid: str) -> None:
+def delete_image_package(
+    context: ExportContext, uuid: str, *, account_uuid: str | None = None
+) -> None:
     """DeleteImagePackage: remove the record and the package file from its backup storage.
 
     A package still ``Exporting`` is refused (SYS.1007), as deleting it would pull the file from
     under the running export. If the storage cannot be reached, the record goes now and the
     file removal is retried at the next start-up."""
-    record = context.records.get(uuid)
-    if record is None:
-        raise NotFoundError(
-            f"invalid field[uuid], resource[uuid:{uuid}, type:ImagePackageVO] not found"
-        )
+    record = _record_of(context, uuid, account_uuid)
     if record.inventory.state is ImagePackageState.EXPORTING:
         raise InvalidArgumentError(
             f"image package[uuid: {uuid}] is still exporting; it cannot be deleted now"
@@ -521,15 +564,42 @@ def delete_image_package(context: ExportContext, uuid: str) -> None:
     context.records.cleanup_done(bs, deleted.install_path)
 
 
-def package_file(context: ExportContext, uuid: str) -> tuple[ImagePackageInventory, Path]:
-    """The local file of an ``Exported`` package, for the service's download route.
+def package_file(
+    context: ExportContext,
+    uuid: str,
+    token: str | None = None,
+    *,
+    ttl: float | None = None,
+    clock: Callable[[], float] = time.time,
+) -> tuple[ImagePackageInventory, Path]:
+    """The local file of an ``Exported`` package, for the service's download route
+    (``/ova-packages/<token>/<uuid>.ova``, the package's exportUrl).
 
-    SYS.1003 if there is no such exported package, or when the package lives on a remote
-    (SFTP) storage: the details then name its exportUrl."""
-    inventory = get_image_package(context, uuid)
+    ``token``, the service's caller's, must be the package's download token: exportUrl is a
+    capability URL, fetched without a session, and the uuid alone (which queries list) does
+    not open it. None: no check, for a library caller that owns the data folder. ``ttl``: the
+    URL works that many seconds after the package was exported or last updated (lastOpDate).
+    SYS.1003 for a wrong token (packages of remote storages have none), an expired URL, or a
+    package not exported yet."""
     record = context.records.get(uuid)
-    if record is None or inventory.state is not ImagePackageState.EXPORTED:
+    stored = record.download_token if record is not None else None
+    # compare_digest: the time taken does not tell how much of a guessed token was right.
+    if record is None or (token is not None and (
+        stored is None or not hmac.compare_digest(stored.encode(), token.encode())
+    )):
+        raise NotFoundError(
+            f"no image package to download at this URL (uuid {uuid}): a package's exportUrl "
+            "carries its download token; QueryImagePackage gives it"
+        )
+    inventory = record.inventory
+    if inventory.state is not ImagePackageState.EXPORTED:
         raise NotFoundError(f"image package[uuid: {uuid}] is not exported yet")
+    changed = inventory.last_op_date
+    if ttl is not None and changed is not None and clock() > changed.timestamp() + ttl:
+        raise NotFoundError(
+            f"the download URL of image package[uuid: {uuid}] expired ({ttl:.0f} s after its "
+            "last update); UpdateImagePackage renews it"
+        )
     storage = context.open_storage(inventory.backup_storage_uuid)
     try:
         path = storage.local_file(record.install_path)

@@ -43,6 +43,7 @@ from .private import private_database, private_folder
 from .throttle import LoginThrottle
 
 __all__ = [
+    "ADMIN_ACCOUNT",
     "DEFAULT_SESSION_TTL",
     "Account",
     "AuthStore",
@@ -56,6 +57,9 @@ __all__ = [
 ]
 
 DEFAULT_SESSION_TTL = 7200.0
+# ZStack's AccountConstant.INITIAL_SYSTEM_ADMIN_NAME: the account that sees every account's
+# resources; the others see their own.
+ADMIN_ACCOUNT = "admin"
 AUTH_DB_NAME = "auth.sqlite"
 
 # scrypt cost: 16 MiB of memory and ~50 ms per login on one core (RFC 7914 section 2 suggests
@@ -229,6 +233,13 @@ class AuthStore:
                 raise NotFoundError(f"account {name!r} not found")
             conn.execute(delete(S).where(S.c.account_uuid == row[0]))
             conn.execute(delete(A).where(A.c.uuid == row[0]))
+
+    def is_admin(self, account_uuid: str) -> bool:
+        """Whether ``account_uuid`` is the administrator: the account named
+        :data:`ADMIN_ACCOUNT`, as ZStack's initial system admin is."""
+        with self.db.connect() as conn:
+            name = conn.execute(select(A.c.name).where(A.c.uuid == account_uuid)).scalar()
+        return name == ADMIN_ACCOUNT
 
     def list_accounts(self) -> list[Account]:
         with self.db.connect() as conn:

@@ -32,6 +32,7 @@ from ..db.packages import (
     PackageRecord,
     PackageStore,
     already_exported_message,
+    new_download_token,
 )
 from ..errors import OvfkitIOError
 from .private import private_database, private_folder
@@ -44,6 +45,7 @@ __all__ = [
     "PackageRecord",
     "PackageRecords",
     "already_exported_message",
+    "new_download_token",
 ]
 
 DB_NAME = "packages.db"

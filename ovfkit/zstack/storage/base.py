@@ -79,8 +79,9 @@ class BackupStorage(Protocol):
         """Size of the published package ``name``, None if it does not exist."""
         ...
 
-    def export_url(self, name: str, package_uuid: str) -> str:
-        """Where the published package can be fetched."""
+    def export_url(self, name: str, package_uuid: str, token: str | None = None) -> str:
+        """Where the published package can be fetched; ``token``: the download token a URL of
+        the service's download route carries (local storages)."""
         ...
 
     def local_file(self, name: str) -> Path | None:

@@ -1,7 +1,8 @@
 """The local backup storage: a folder on this machine (the embedded default).
 
 exportUrl is the service's download URL when a base URL is configured (``ovfkit serve`` serves
-the folder, with HTTP Range), else a ``file://`` URL of the package.
+the folder, with HTTP Range, to whoever has the URL and its token), else a ``file://`` URL of
+the package.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from .base import PART_SUFFIX, check_package_name, fsync_dir
 __all__ = ["LocalBackupStorage", "package_download_path"]
 
 
-def package_download_path(package_uuid: str) -> str:
-    """The path, under the service's base URL, where ``ovfkit serve`` offers a local package.
-
-    The HTTP service routes ``GET /ova-packages/{uuid}.ova`` to the file of that record."""
-    return f"/ova-packages/{package_uuid}.ova"
+def package_download_path(package_uuid: str, token: str) -> str:
+    """The path, under the service's base URL, where ``ovfkit serve`` offers a local package:
+    ``/ova-packages/{token}/{uuid}.ova``. The token (the record's download token) makes it a
+    capability URL; the file name stays ``{uuid}.ova`` for tools that name what they fetch
+    after the URL's last segment."""
+    return f"/ova-packages/{token}/{package_uuid}.ova"
 
 
 class _LocalUpload:
@@ -114,9 +116,9 @@ class LocalBackupStorage:
         except FileNotFoundError:
             return None
 
-    def export_url(self, name: str, package_uuid: str) -> str:
-        if self.base_url:
-            return self.base_url.rstrip("/") + package_download_path(package_uuid)
+    def export_url(self, name: str, package_uuid: str, token: str | None = None) -> str:
+        if self.base_url and token is not None:
+            return self.base_url.rstrip("/") + package_download_path(package_uuid, token)
         return (self.folder / check_package_name(name)).resolve().as_uri()
 
     def local_file(self, name: str) -> Path:

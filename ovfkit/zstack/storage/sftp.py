@@ -206,7 +206,7 @@ class SftpBackupStorage:
         except (OSError, paramiko.SSHException) as exc:
             raise _io_error(f"cannot stat {self.url_of(self.remote_path(name))}", exc) from None
 
-    def export_url(self, name: str, package_uuid: str) -> str:
+    def export_url(self, name: str, package_uuid: str, token: str | None = None) -> str:
         return self.url_of(self.remote_path(name))
 
     def local_file(self, name: str) -> Path | None:
