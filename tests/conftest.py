@@ -178,3 +178,47 @@ def _make_chain(stem: Path, size: int, chunks: Chunks, base: Path, top: Path) ->
         _qemu_io(top, "qcow2", f"write -z {64 * KiB} {64 * KiB}")
     base_raw.unlink()
     top_raw.unlink()
+
+
+def _qemu_nbds_serving(under: str) -> set[int]:
+    """Live qemu-nbd processes serving an image under ``under`` (this test run's temp root),
+    whoever started them: the test, an ``ovfkit serve`` it ran, a child it killed."""
+    found = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                head, _, rest = f.read().rpartition(b")")
+            if not head.endswith(b"(qemu-nbd") or rest.split()[0] == b"Z":
+                continue
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                if under.encode() in f.read():
+                    found.add(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_qemu_nbd_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every qemu-nbd a test (or what it runs) starts is ended on every path: one still
+    serving a few seconds after a test module's last test is a leak, reported as an error of
+    that module (and ended, so one leak does not pile up). Per module, not per test: a look
+    through /proc costs ~5 ms."""
+    under = str(tmp_path_factory.getbasetemp())
+    before = _qemu_nbds_serving(under)
+    yield
+    left = _qemu_nbds_serving(under) - before
+    deadline = time.monotonic() + 5
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left &= _qemu_nbds_serving(under)
+    if left:
+        described = []
+        for pid in sorted(left):
+            with contextlib.suppress(OSError):
+                described.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" "))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        pytest.fail(f"qemu-nbd left running by this module's tests: {described}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -234,20 +236,18 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _nbd_dirs(where: Path) -> set[str]:
-    return {p.name for p in where.iterdir() if p.name.startswith("ovfkit-nbd-")}
+    return {p.name for p in where.iterdir()}
 
 
-def test_qemu_nbd_ends_and_socket_dir_goes(make_image: MakeImage, private_tmp: Path) -> None:
+def test_qemu_nbd_ends_and_leaves_nothing(make_image: MakeImage, private_tmp: Path) -> None:
+    """qemu-nbd listens on an abstract unix address: no socket file, no directory, ever."""
     image = make_image("qcow2")
     with open_source(DiskSource(str(image.path), "qcow2")) as source:
         server = _server(source)
         pid = server.pid
-        sock = server.socket_path
         assert pid is not None and _alive(pid)
-        assert not os.path.exists(os.path.dirname(sock))  # removed once connected
+        assert _nbd_dirs(private_tmp) == set()
     assert not _alive(pid)
-    assert not os.path.exists(os.path.dirname(sock))
-    assert os.path.dirname(os.path.dirname(sock)) == str(private_tmp)
     assert _nbd_dirs(private_tmp) == set()
 
 
@@ -304,13 +304,12 @@ def test_image_in_use_is_refused_unless_forced(
         vm.wait()
 
 
-def test_socket_dir_removed_even_if_never_connected(make_image: MakeImage) -> None:
+def test_qemu_nbd_never_connected_is_stopped(make_image: MakeImage) -> None:
     image = make_image("qcow2")
-    server = QemuNbd(str(image.path), "qcow2")
+    server = QemuNbd(str(image.path), "qcow2", clients=3)
     pid = server.pid
     server.stop()
     assert pid is not None and not _alive(pid)
-    assert not os.path.exists(os.path.dirname(server.socket_path))
 
 
 def test_direct_reads_only_where_map_places_data(make_image: MakeImage, tmp_path: Path) -> None:
@@ -367,16 +366,25 @@ def test_map_windows(make_image: MakeImage, monkeypatch: pytest.MonkeyPatch) -> 
         assert buf == expected[100 * KiB + 3 : 400 * KiB + 3]
 
 
-def test_qemu_nbd_goes_when_its_parent_is_killed(make_image: MakeImage, private_tmp: Path) -> None:
-    image = make_image("vmdk")
-    code = (
-        "import os, signal, sys\n"
+@pytest.mark.parametrize("when", ["serving", "before any client negotiated"])
+def test_qemu_nbd_goes_when_its_parent_is_killed(
+    make_image: MakeImage, private_tmp: Path, when: str
+) -> None:
+    """A parent killed outright leaves no qemu-nbd: once a client negotiated, qemu-nbd exits
+    with its last client; before that (it would wait for one for ever), the kernel's
+    parent-death signal ends it."""
+    image = make_image("qcow2")
+    opened = (
         "from ovfkit.disk import open_source\n"
         "from ovfkit.model import DiskSource\n"
-        "with open_source(DiskSource(sys.argv[1], 'vmdk')) as s:\n"
-        "    print(s.server.pid, flush=True)\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "with open_source(DiskSource(sys.argv[1], 'qcow2'), nbd_spares=2) as s:\n"
+        "    print(getattr(s, 'nbd', s).server.pid, flush=True)\n"
+        if when == "serving"
+        else "from ovfkit.disk.nbd import QemuNbd\n"
+        "if True:\n"
+        "    print(QemuNbd(sys.argv[1], 'qcow2', clients=2).pid, flush=True)\n"
     )
+    code = f"import os, signal, sys\n{opened}    os.kill(os.getpid(), signal.SIGKILL)\n"
     proc = subprocess.run(
         [sys.executable, "-c", code, str(image.path)],
         capture_output=True,
@@ -389,7 +397,11 @@ def test_qemu_nbd_goes_when_its_parent_is_killed(make_image: MakeImage, private_
     deadline = time.monotonic() + 10
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(pid)
+    try:
+        assert not _alive(pid)
+    finally:  # a failure must not leave it behind either
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("kind", ["qcow2", "vmdk", "raw"])

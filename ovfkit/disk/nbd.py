@@ -1,15 +1,17 @@
 """Images qemu can read (qcow2 with its backing chain, compressed clusters, vmdk, ...), served by
-``qemu-nbd`` on a private unix socket and read with the small NBD client of :mod:`.nbd_client`.
+``qemu-nbd`` on a private (abstract) unix socket and read with the small NBD client of
+:mod:`.nbd_client`.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import socket
 import stat
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -32,11 +34,31 @@ QEMU_NBD = "qemu-nbd"
 
 _START_TIMEOUT = 30.0
 _STOP_GRACE = 5.0
+_SETPRIV = shutil.which("setpriv")  # util-linux, essential on Debian; without it, no guard
+# sh between setpriv and qemu-nbd: give up if the parent (argument 1) died before the death
+# signal was armed; hand the listening socket (stdin) over as systemd's first descriptor, 3.
+_ACTIVATE = (
+    '[ "$PPID" = "$1" ] || exit 125; shift; '
+    'export LISTEN_PID=$$ LISTEN_FDS=1; exec "$@" 3<&0 0</dev/null'
+)
 
 
 class QemuNbd:
-    """A ``qemu-nbd --read-only`` child serving one image on a unix socket in a private temporary
-    directory. :meth:`stop` always ends the child and removes the directory."""
+    """A ``qemu-nbd --read-only`` child serving one image to ``clients`` connections.
+
+    Nothing of it can outlive this process, whatever ends it:
+
+    - systemd socket activation (qemu-nbd(8), ``LISTEN_FDS``): this process makes the listening
+      socket, on an abstract unix address (nothing on disk to remove), and connects every client
+      *before* qemu-nbd starts; qemu-nbd gets the socket as descriptor 3.
+    - No ``--persistent``: qemu-nbd exits once its last negotiated client goes, so a parent
+      killed outright after :meth:`connect` takes it down with its connections.
+    - Before any client has negotiated, qemu-nbd would wait for one for ever: ``setpriv
+      --pdeathsig KILL`` (util-linux) has the kernel kill it if the thread that started it ends
+      (a thread ends before the export it serves), and the shell between them checks that its
+      parent is still this process, closing the race before the death signal is armed.
+
+    :meth:`stop` ends the child in every other case."""
 
     def __init__(
         self, path: str, fmt: str, *, force_share: bool = False, clients: int = 1
@@ -45,20 +67,28 @@ class QemuNbd:
         self.format = fmt
         self.force_share = force_share
         self.clients = clients
-        self._dir = tempfile.mkdtemp(prefix="ovfkit-nbd-")
-        self.socket_path = os.path.join(self._dir, "sock")
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
         self._proc: subprocess.Popen[bytes] | None = None
+        self._waiting: list[socket.socket] = []
         try:
-            self._proc = self._spawn(force_share)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                address = b"\0ovfkit-nbd-" + secrets.token_hex(12).encode()
+                listener.bind(address)
+                listener.listen(clients)
+                for _ in range(clients):  # queued in the backlog until qemu-nbd accepts
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    self._waiting.append(sock)
+                    sock.connect(address)
+                self._proc = self._spawn(force_share, listener)
+            finally:
+                listener.close()  # qemu-nbd holds it now
         except BaseException:
             self.stop()
             raise
 
     def _command(self, force_share: bool) -> list[str]:
-        # No --persistent: qemu-nbd then exits when its last client goes, so even a parent
-        # killed with SIGKILL leaves no server behind (stop() ends it in every other case).
-        cmd = [QEMU_NBD, "--read-only", f"--socket={self.socket_path}"]
+        cmd = [QEMU_NBD, "--read-only"]
         if self.clients > 1:  # several clients at once: the writer's worker processes
             cmd.append(f"--shared={self.clients}")
         if not force_share:
@@ -71,71 +101,68 @@ class QemuNbd:
         )
         return [*cmd, "--image-opts", opts]
 
-    def _spawn(self, force_share: bool) -> subprocess.Popen[bytes]:
+    def _spawn(self, force_share: bool, listener: socket.socket) -> subprocess.Popen[bytes]:
+        guard = [_SETPRIV, "--pdeathsig", "KILL"] if _SETPRIV else []
+        shell = ["/bin/sh", "-c", _ACTIVATE, "sh", str(os.getpid())]
+        argv = [*guard, *shell, *self._command(force_share)]
         try:
             proc = subprocess.Popen(
-                self._command(force_share),
-                stdin=subprocess.DEVNULL,
+                argv,
+                stdin=listener.fileno(),  # descriptor 3 in qemu-nbd (_ACTIVATE)
                 stdout=subprocess.DEVNULL,
                 stderr=self._stderr,
                 env={**os.environ, "LC_ALL": "C"},
             )
         except FileNotFoundError as exc:
-            raise ToolMissingError(
-                f"{QEMU_NBD} is not installed or not on PATH ({exc.strerror}); install the "
-                "Debian package qemu-utils"
-            ) from None
+            raise ToolMissingError(f"cannot start {QEMU_NBD}: {exc}") from None
         return proc
 
     def connect(self, spares: int = 0) -> tuple[NbdClient, list[NbdClient]]:
-        """Wait for the server to listen, then connect; a child that exits early is reported
-        with its stderr mapped like qemu-img's (missing file, locked image, ...). ``spares``
-        more clients (at most ``clients`` - 1) are connected and negotiated at once, before
-        the socket is removed: the writer hands them to its worker processes."""
+        """Negotiate the connections made before qemu-nbd started: one client and ``spares``
+        more (at most ``clients`` - 1; the writer hands them to its worker processes). A child
+        that exits early is reported with its stderr mapped like qemu-img's (missing file,
+        locked image, ...)."""
         assert self._proc is not None
-        deadline = time.monotonic() + _START_TIMEOUT
-        delay = 0.002
-        while True:
-            if self._proc.poll() is not None:
-                raise self._failure()
-            if os.path.exists(self.socket_path):
+        clients: list[NbdClient] = []
+        try:
+            while self._waiting and len(clients) < 1 + spares:
+                sock = self._waiting.pop(0)
                 try:
-                    client = NbdClient.connect_unix(self.socket_path)
-                except (ConnectionRefusedError, FileNotFoundError):
-                    pass
+                    sock.settimeout(_START_TIMEOUT)
+                    clients.append(NbdClient(sock))
+                    sock.settimeout(None)
+                except TimeoutError:
+                    sock.close()
+                    raise OperationTimeoutError(
+                        f"qemu-nbd did not start serving {self.path} within"
+                        f" {_START_TIMEOUT:.0f} s"
+                    ) from None
                 except (OSError, NbdError):
-                    # qemu-nbd listens before it opens the image: a bad image shows up as a
-                    # dropped connection; its stderr says why.
-                    try:
-                        self._proc.wait(_STOP_GRACE)
-                    except subprocess.TimeoutExpired:
-                        raise
+                    # qemu-nbd opens the image before it serves: a bad image shows up as a
+                    # dropped connection, its stderr says why.
+                    sock.close()
                     raise self._failure() from None
-                else:
-                    others: list[NbdClient] = []
-                    try:
-                        for _ in range(spares):
-                            others.append(NbdClient.connect_unix(self.socket_path))
-                    except BaseException:
-                        for c in (client, *others):
-                            c.close()
-                        raise
-                    # Every client is connected: the path is no longer needed, and without it
-                    # nothing is left on disk even if this process is killed outright (qemu-nbd
-                    # then exits as its last client goes, see _command).
-                    shutil.rmtree(self._dir, ignore_errors=True)
-                    return client, others
-            if time.monotonic() > deadline:
-                raise OperationTimeoutError(
-                    f"qemu-nbd did not start serving {self.path} within {_START_TIMEOUT:.0f} s"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+        except BaseException:
+            for c in clients:
+                c.close()
+            raise
+        if not clients:
+            raise NbdError("no connection to qemu-nbd is left")
+        return clients[0], clients[1:]
 
     def _failure(self) -> OvfkitError:
         assert self._proc is not None
+        try:
+            self._proc.wait(_STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            return NbdError(f"qemu-nbd dropped the connection to {self.path} but did not exit")
         self._stderr.seek(0)
         stderr = self._stderr.read().decode("utf-8", "replace")
+        if self._proc.returncode == 127 and not shutil.which(QEMU_NBD):
+            return ToolMissingError(
+                f"{QEMU_NBD} is not installed or not on PATH; install the Debian package"
+                " qemu-utils"
+            )
         return classify_failure("qemu-nbd", stderr, self._proc.returncode)
 
     @property
@@ -143,6 +170,9 @@ class QemuNbd:
         return None if self._proc is None else self._proc.pid
 
     def stop(self) -> None:
+        for sock in self._waiting:
+            sock.close()
+        self._waiting = []
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -152,7 +182,6 @@ class QemuNbd:
                 proc.kill()
                 proc.wait()
         self._stderr.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 @dataclass
