@@ -35,13 +35,13 @@ def _export(live: LiveServer, vm: str) -> httpx.Response:
 
 
 def _raw_vm(data: Path) -> tuple[str, Path]:
-    """A VM whose one volume is a raw file of 96 MiB of data (24 batches of the writer)."""
+    """A VM whose one volume is a raw file of 64 MiB of data (16 batches of the writer)."""
     vm = add_vm(data, "raw-vm", disks=(MiB,))
     catalog = FolderCatalog(data)
     inv: dict[str, Any] = copy.deepcopy(dict(catalog(vm) or {}))
     raw = data / "volumes" / f"{inv['allVolumes'][0]['uuid']}.raw"
     with raw.open("wb") as f:
-        for k in range(48):
+        for k in range(32):
             f.write(random_bytes(MiB, seed=k) if k % 3 == 0 else text_like(MiB, seed=k))
             f.write(random_bytes(MiB, seed=200 + k))
     Path(inv["allVolumes"][0]["installPath"]).unlink()

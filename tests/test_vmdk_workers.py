@@ -519,3 +519,48 @@ def test_unstartable_worker_is_an_operation_failure(
     with pytest.raises(OperationFailedError, match="cannot start a disk worker"):
         write_vmdk(MemorySource(b"x" * 100), io.BytesIO())
     assert worker_children() == set()
+
+
+_PEAK = """
+import os, sys, time
+from ovfkit.disk import RawSource
+from ovfkit.vmdk import VmdkOptions, write_vmdk
+from ovfkit.vmdk.workers import idle_workers, shutdown
+
+def hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+class SlowSink:  # the writer thread backs up: what is queued must stay bounded by the slots
+    def write(self, b):
+        time.sleep(0.002)
+        return len(b)
+
+src = RawSource(sys.argv[1])
+write_vmdk(src, SlowSink(), VmdkOptions(threads=2))
+src.close()
+print(hwm_kib(os.getpid()) + sum(hwm_kib(p) for p in idle_workers()))
+shutdown()
+"""
+
+
+def test_memory_does_not_grow_with_the_disk(tmp_path: Path) -> None:
+    """Peak RSS of the export's processes (the writer's and its workers', each one's peak,
+    summed) is the same for 16 MiB and 160 MiB of data behind a slow sink: memory is bounded
+    by the workers' slots, whatever the disk size or the sink's speed."""
+    peaks = []
+    text = text_like(MiB)
+    for mib in (16, 160):
+        raw = tmp_path / f"{mib}.raw"
+        with raw.open("wb") as f:
+            for k in range(mib // 2):
+                f.write(random_bytes(MiB, seed=k) + text)
+        run = subprocess.run(
+            [sys.executable, "-c", _PEAK, str(raw)], capture_output=True, text=True, check=True
+        )
+        peaks.append(int(run.stdout) / 1024)
+        raw.unlink()
+    small, big = peaks
+    print(f"peak RSS summed: {small:.0f} MiB (16 MiB of data), {big:.0f} MiB (160 MiB)")
+    assert big < small + 12, peaks  # MiB; 144 MiB more data
+    assert big < 256, peaks
