@@ -424,6 +424,7 @@ def test_workers_are_started_on_demand_and_reused(tmp_path: Path, clean_pool: No
         src.close()
     assert worker_children() == set()  # no data: no worker
     data = random_bytes(6 * MiB)
+    assert VmdkOptions().engine == "native"  # the default: its workers make the grains
     write_vmdk(MemorySource(data), io.BytesIO(), VmdkOptions(threads=2))
     first = set(idle_workers())
     assert len(first) == 2 and worker_children() == first
