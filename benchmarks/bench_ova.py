@@ -39,6 +39,7 @@ run-to-run noise is ±30% in wall time, so compare figures of one run only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import mmap
@@ -52,6 +53,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -99,8 +101,9 @@ def _floor(path: str, out: str, threads: int, fmt: str = "raw") -> dict[str, flo
     on the way (each digest in its own thread, as ovfkit's DigestTee runs them) and write it
     once (fsync at the end); nothing else. A qcow2 is read as the writer's workers read it:
     pread at the host offsets ``qemu-img map`` gives (ovfkit.disk.MappedSource)."""
-    if fmt != "raw":
-        return _floor_image(path, out, threads, fmt)
+    from ovfkit.disk import open_source
+    from ovfkit.model import DiskSource
+
     maker = GrainMaker(LEVEL)
     total = 0
 
@@ -117,65 +120,29 @@ def _floor(path: str, out: str, threads: int, fmt: str = "raw") -> dict[str, flo
             buf.close()
         return out
 
-    src = RawSource(path)
-    fd = os.open(path, os.O_RDONLY)
     pending: deque[Future[bytes]] = deque()
+    with contextlib.ExitStack() as stack:
+        if fmt == "raw":
+            raw = RawSource(path)
+            stack.callback(raw.close)
+            fd = os.open(path, os.O_RDONLY)
+            stack.callback(os.close, fd)
+            src: Any = raw
 
-    with (
-        open(out, "wb") as f,
-        ThreadPoolExecutor(threads) as pool,
-        DigestTee(("sha256", "md5")) as tee,
-    ):
+            def read(off: int, n: int) -> bytearray | mmap.mmap:
+                return batch(raw, fd, off, n)
 
-        def drain_one() -> None:
-            nonlocal total
-            blob = pending.popleft().result()
-            tee.update(blob)
-            f.write(blob)
-            total += len(blob)
+        else:
+            src = stack.enter_context(open_source(DiskSource(path, fmt)))
 
-        try:
-            for e in src.extents():
-                if e.zero:
-                    continue
-                g0, g1 = e.start // GRAIN * GRAIN, -(-(e.start + e.length) // GRAIN) * GRAIN
-                for off in range(g0, g1, BATCH):
-                    pending.append(pool.submit(work, batch(src, fd, off, min(BATCH, g1 - off))))
-                    while len(pending) > 2 * threads + 1:
-                        drain_one()
-            while pending:
-                drain_one()
-        finally:
-            src.close()
-            os.close(fd)
-        tee.hexdigests()
-        f.flush()
-        os.fsync(f.fileno())
-    return {"size": total}
+            def read(off: int, n: int) -> bytearray | mmap.mmap:
+                buf = bytearray(n)
+                src.readinto(off, memoryview(buf))
+                return buf
 
-
-def _floor_image(path: str, out: str, threads: int, fmt: str) -> dict[str, float]:
-    from ovfkit.disk import open_source
-    from ovfkit.model import DiskSource
-
-    maker = GrainMaker(LEVEL)
-    total = 0
-
-    def work(buf: bytearray) -> bytes:
-        with memoryview(buf) as view:
-            return b"".join(
-                piece
-                for _, pieces, _ in maker.streams(view, len(buf) // GRAIN)
-                for piece in pieces
-            )
-
-    pending: deque[Future[bytes]] = deque()
-    with (
-        open_source(DiskSource(path, fmt)) as src,
-        open(out, "wb") as f,
-        ThreadPoolExecutor(threads) as pool,
-        DigestTee(("sha256", "md5")) as tee,
-    ):
+        f = stack.enter_context(open(out, "wb"))
+        pool = stack.enter_context(ThreadPoolExecutor(threads))
+        tee = stack.enter_context(DigestTee(("sha256", "md5")))
 
         def drain_one() -> None:
             nonlocal total
@@ -189,9 +156,7 @@ def _floor_image(path: str, out: str, threads: int, fmt: str) -> dict[str, float
                 continue
             g0, g1 = e.start // GRAIN * GRAIN, -(-(e.start + e.length) // GRAIN) * GRAIN
             for off in range(g0, g1, BATCH):
-                buf = bytearray(min(BATCH, g1 - off))
-                src.readinto(off, memoryview(buf))
-                pending.append(pool.submit(work, buf))
+                pending.append(pool.submit(work, read(off, min(BATCH, g1 - off))))
                 while len(pending) > 2 * threads + 1:
                     drain_one()
         while pending:
