@@ -18,7 +18,6 @@ cancellation, an error), so none outlives it.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OperationFailedError
+from ._boot import boot_code
 from ._frames import receive, send
 
 if TYPE_CHECKING:
@@ -48,6 +48,10 @@ the LBA range seen, the walk reached the end of the file)."""
 _POLL = 0.25  # seconds between looks at the cancel token while waiting for a result
 
 
+def _boot_code() -> str:
+    return boot_code("checker:main(int(sys.argv[1]), int(sys.argv[2]))")
+
+
 def worker_count(workers: int | None) -> int:
     """``workers``, or the cores this process may run on."""
     if workers is not None:
@@ -56,26 +60,6 @@ def worker_count(workers: int | None) -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-def _boot_code() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    pkg = os.path.dirname(here)
-    paths = [os.path.dirname(pkg)]
-    spec = importlib.util.find_spec("isal")
-    if spec is not None and spec.origin is not None:
-        paths.append(os.path.dirname(os.path.dirname(spec.origin)))
-    stubs = {"ovfkit": pkg, "ovfkit.vmdk": here}
-    return (
-        "import sys\n"
-        f"sys.path[:0] = {paths!r}\n"
-        f"for n, p in {stubs!r}.items():\n"
-        "    m = type(sys)(n)\n"
-        "    m.__path__ = [p]\n"
-        "    sys.modules[n] = m\n"
-        "from ovfkit.vmdk.checker import main\n"
-        "main(int(sys.argv[1]), int(sys.argv[2]))\n"
-    )
 
 
 class _Worker:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import importlib.util
 import mmap
 import os
 import signal
@@ -38,6 +37,7 @@ from collections.abc import Callable
 from queue import Empty, SimpleQueue
 
 from ..errors import OperationFailedError
+from ._boot import boot_code
 from .grains import GRAIN_SIZE, MAX_GRAIN_BYTES
 from .worker import BATCH, END, JOB, PIECE, READY
 
@@ -51,23 +51,7 @@ _TIMEVAL = struct.Struct("@ll")  # struct timeval
 
 
 def _boot_code() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    pkg = os.path.dirname(here)
-    paths = [os.path.dirname(pkg)]
-    spec = importlib.util.find_spec("isal")
-    if spec is not None and spec.origin is not None:
-        paths.append(os.path.dirname(os.path.dirname(spec.origin)))
-    stubs = {"ovfkit": pkg, "ovfkit.vmdk": here, "ovfkit.disk": os.path.join(pkg, "disk")}
-    return (
-        "import sys\n"
-        f"sys.path[:0] = {paths!r}\n"
-        f"for n, p in {stubs!r}.items():\n"
-        "    m = type(sys)(n)\n"
-        "    m.__path__ = [p]\n"
-        "    sys.modules[n] = m\n"
-        "from ovfkit.vmdk.worker import main\n"
-        "main(int(sys.argv[1]))\n"
-    )
+    return boot_code("worker:main(int(sys.argv[1]))", ("disk",))
 
 
 class Worker:
