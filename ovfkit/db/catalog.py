@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select
 
-from ..errors import InvalidArgumentError, NotFoundError
-from ..zstack.catalog import unwrap_vm_inventory
+from ..errors import NotFoundError
+from ..zstack.catalog import read_vm_inventory, unwrap_vm_inventory
 from ..zstack.inventory import is_zstack_uuid
 from . import Database
 from .packages import now_ms
@@ -33,12 +33,7 @@ class DatabaseCatalog:
 
     def add(self, inventory: Mapping[str, Any] | str | bytes) -> str:
         """Register (or replace) a VM; returns its uuid."""
-        if isinstance(inventory, str | bytes):
-            try:
-                inventory = json.loads(inventory)
-            except ValueError as exc:
-                raise InvalidArgumentError(f"the inventory is not valid JSON: {exc}") from None
-        vm = unwrap_vm_inventory(inventory)
+        vm = read_vm_inventory(inventory)
         uuid = str(vm["uuid"])
         with self.db.begin() as conn:
             conn.execute(delete(vms).where(vms.c.uuid == uuid))

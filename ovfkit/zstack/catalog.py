@@ -31,6 +31,7 @@ __all__ = [
     "VmResolver",
     "confine_images",
     "confine_paths",
+    "read_vm_inventory",
     "unwrap_vm_inventory",
 ]
 
@@ -56,6 +57,16 @@ def unwrap_vm_inventory(doc: Any) -> Mapping[str, Any]:
             f"VmInstanceInventory.uuid must be a ZStack uuid, not {doc.get('uuid')!r}"
         )
     return doc
+
+
+def read_vm_inventory(inventory: Mapping[str, Any] | str | bytes) -> Mapping[str, Any]:
+    """The VmInstanceInventory a catalog registers: JSON text or a parsed document, unwrapped."""
+    if isinstance(inventory, str | bytes):
+        try:
+            inventory = json.loads(inventory)
+        except ValueError as exc:
+            raise InvalidArgumentError(f"the inventory is not valid JSON: {exc}") from None
+    return unwrap_vm_inventory(inventory)
 
 
 class FolderCatalog:
@@ -85,12 +96,7 @@ class FolderCatalog:
 
     def add(self, inventory: Mapping[str, Any] | str | bytes) -> str:
         """Register (or replace) a VM; returns its uuid. The file is written atomically."""
-        if isinstance(inventory, str | bytes):
-            try:
-                inventory = json.loads(inventory)
-            except ValueError as exc:
-                raise InvalidArgumentError(f"the inventory is not valid JSON: {exc}") from None
-        vm = unwrap_vm_inventory(inventory)
+        vm = read_vm_inventory(inventory)
         uuid = str(vm["uuid"])
         self.folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{uuid}-", suffix=".json", dir=self.folder)
