@@ -159,10 +159,15 @@ def test_python_tarfile_extracts_the_one_pass_package(
     tmp_path: Path, two_disks: list[tuple[Path, str]]
 ) -> None:
     target = tmp_path / "vm.ova"
-    write_ova(make_vm(two_disks), target, ONE_PASS)
+    result = write_ova(make_vm(two_disks), target, ONE_PASS)
     out = tmp_path / "x"
     with tarfile.open(target, "r:") as archive:
         archive.extractall(out, filter="data")
+    # Every member's digests in the result (the disks' taken from the page cache afterwards)
+    # are those of the bytes in the archive.
+    for f in result.files:
+        assert f.digests["sha256"] == hashlib.sha256((out / f.name).read_bytes()).hexdigest()
+    assert len(result.files) == 4
     gnu = tmp_path / "gnu"
     gnu.mkdir()
     subprocess.run(["tar", "xf", str(target), "-C", str(gnu)], check=True)
@@ -222,11 +227,21 @@ def test_follower_hashes_what_is_final_in_order(tmp_path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         follower = _Follower(fd)
-        for final in (0, 1, 513, 40 << 20, (40 << 20) + 4096, len(blob) - 1):
+        # Member ranges hashed on the way as well: inside a window, across windows' edges.
+        spans = [(3, 700), (513, 40 << 20), ((40 << 20) + 4096, len(blob) - 1)]
+        ranges = {}
+        for final, (start, end) in zip((0, 1, 513), spans, strict=True):
+            ranges[(start, end)] = follower.add_range(start, end, ("sha256", "sha1"))
             follower.advance(final)
+        for final in (40 << 20, (40 << 20) + 4096, len(blob) - 1):
+            follower.advance(final)
+        follower.wait_until(len(blob) - 1, None, None, len(blob))
         md5, _ = follower.finish(len(blob), None, None)
         follower.stop()
         assert md5 == hashlib.md5(blob).hexdigest()
+        for (start, end), hashes in ranges.items():
+            assert hashes["sha256"].hexdigest() == hashlib.sha256(blob[start:end]).hexdigest()
+            assert hashes["sha1"].hexdigest() == hashlib.sha1(blob[start:end]).hexdigest()
         stopped = _Follower(fd)
         stopped.advance(len(blob) // 2)
         stopped.stop()

@@ -128,9 +128,13 @@ def write_files(
     begin: Callable[[str], None],
     end: Callable[[str, int], None],
     timings: dict[str, float],
+    *,
+    defer_disk_digests: bool = False,
 ) -> WrittenFiles:
     """Write every file's data in References order through ``sink``; ``begin(name)`` and
-    ``end(name, size)`` let the caller place tar headers and padding."""
+    ``end(name, size)`` let the caller place tar headers and padding. ``defer_disk_digests``:
+    the VMDK writer takes no digests (the disks' PackageFile.digests are left empty), for a
+    caller that hashes the disks from the page cache itself."""
     from ..vmdk import write_vmdk
 
     layout = plan.layout
@@ -151,7 +155,9 @@ def write_files(
             result = write_vmdk(
                 disk.source,
                 cast(BinaryIO, sink),
-                plan.vmdk_options(options, disk, ref.href),
+                replace(plan.vmdk_options(options, disk, ref.href), digests=())
+                if defer_disk_digests
+                else plan.vmdk_options(options, disk, ref.href),
                 progress=progress,
                 cancel=cancel,
             )

@@ -33,7 +33,10 @@ known and kept); the manifest and certificate follow the files. A thread (:class
 hashes the package in order from the page cache as soon as the bytes in front are final: the
 descriptor at once, each file once its tar header is written (at its end), while the next file
 is compressed; the manifest at the end. What is left when the last file ends is that file and
-the manifest, hashed beside fsync.
+the manifest, hashed beside fsync. The disks' manifest digests (SHA-256 by default) are taken by
+that thread too, on the same read of the page cache, not by the VMDK writer: the manifest comes
+last, so nothing waits for them earlier, and on the MD5's idle second core they cost no time,
+where during compression they take a core from deflate.
 
 What neither order avoids: a tar header holds its member's size and precedes the data
 (POSIX.1-1988 ustar), so the 512 bytes in front of a disk are known only once the disk is
@@ -41,9 +44,9 @@ compressed, and every byte after them is hashed from a state that depends on the
 disk is therefore always hashed after it is written; only chunking the disks into members of a
 size fixed in advance avoids that, which :mod:`.stream` does and virt-v2v cannot read
 (virt-v2v#189). The one-pass layout saves the MD5 of everything before the last disk (the
-other disks, ISO images) and the front's reservation, and only where cores are idle during
-compression: a VM with one disk gains nothing, and on 2 busy cores the MD5 thread slows the
-next disk's compression by about what it saves (benchmarks/README.md, bench_layout).
+other disks, ISO images) where cores are idle during compression, and the disks' digests
+during compression everywhere: a one-disk export of the reference disk on 2 cores takes 0.94x
+the default layout's time (benchmarks/README.md, bench_layout).
 
 :func:`ovfkit.ova.write_ova` gives these writers the temporary file and renames it over the
 target; the streaming layout for targets that cannot seek is :mod:`.stream`.
@@ -65,6 +68,7 @@ import xxhash
 from ..errors import OvfkitIOError
 from ..model import VirtualMachine
 from ..progress import CancelToken, ProgressCallback, check_cancel
+from ..vmdk.hashing import RunningHash, Updatable, new_hash
 from . import tar
 from .members import measure_isos, report, write_files
 from .plan import (
@@ -166,6 +170,8 @@ class _Digests:
         self.xxh = xxhash.xxh128()
         self.done = 0  # bytes hashed so far, from the start of the file
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="ovfkit-xxh128")
+        # (start, end, hashes): byte ranges of the file (members) hashed on the way as well
+        self.ranges: list[tuple[int, int, Sequence[Updatable]]] = []
 
     def close(self) -> None:
         self._pool.shutdown()
@@ -191,7 +197,7 @@ class _Digests:
                 data = os.pread(self.fd, length, start)
                 if len(data) != length:
                     raise OvfkitIOError(f"the package shrank while it was hashed (at byte {start})")
-                self._update(data)
+                self._update(data, start)
             else:
                 with mm:
                     with contextlib.suppress(AttributeError, OSError):
@@ -199,12 +205,23 @@ class _Digests:
                     # Both views released on the way out, even by an exception (a signal
                     # handler's), before the map is closed.
                     with memoryview(mm) as whole, whole[start - aligned :] as window:
-                        self._update(window)
+                        self._update(window, start)
             self.done = start + length
             window_done(self.done)
 
-    def _update(self, part: bytes | memoryview) -> None:
-        beside = self._pool.submit(self.xxh.update, part)
+    def _beside(self, part: bytes | memoryview, start: int) -> None:
+        self.xxh.update(part)
+        end = start + len(part)
+        for first, last, hashes in self.ranges:
+            if first < end and last > start:
+                with memoryview(part) as view:
+                    piece = view[max(first, start) - start : min(last, end) - start]
+                    for h in hashes:
+                        h.update(piece)
+                    piece.release()
+
+    def _update(self, part: bytes | memoryview, start: int) -> None:
+        beside = self._pool.submit(self._beside, part, start)
         try:
             self.md5.update(part)
         finally:
@@ -249,6 +266,30 @@ class _Follower:
         with self._cond:
             self._final = max(self._final, final)
             self._cond.notify_all()
+
+    def add_range(self, start: int, end: int, algorithms: Sequence[str]) -> dict[str, RunningHash]:
+        """Hash bytes ``start`` to ``end`` with ``algorithms`` on the way as well (a member's
+        digests for the manifest); call it before ``advance`` passes ``start``."""
+        hashes = {name: new_hash(name) for name in algorithms}
+        with self._cond:
+            if self._digests.done > start:
+                raise AssertionError("a range added behind the hashing thread")
+            self._digests.ranges.append((start, end, tuple(hashes.values())))
+        return hashes
+
+    def wait_until(
+        self, position: int, progress: ProgressCallback | None, cancel: CancelToken | None,
+        size: int,
+    ) -> None:
+        """Return once the first ``position`` bytes are hashed (``advance`` passed them)."""
+        while self._digests.done < position and self._thread.is_alive():
+            check_cancel(cancel, "checksum")
+            report(progress, "checksum", self._digests.done, size)
+            self._thread.join(0.05)
+        if self._error is not None:
+            raise self._error
+        if self._digests.done < position:
+            raise OvfkitIOError(f"hashed {self._digests.done} bytes of the first {position}")
 
     def finish(
         self, size: int, progress: ProgressCallback | None, cancel: CancelToken | None
@@ -434,6 +475,15 @@ def _write_one_pass(
     )
     sink.flush()
     follower = _Follower(fd)
+    # The disks' manifest digests are taken by the follower from the page cache, beside the
+    # package MD5 it takes anyway, not by the VMDK writer: the last disk is hashed after it
+    # is written in any case (module docstring), and SHA-256 on the second core during that
+    # MD5 (640 MB/s on one core) is free, where during compression it takes a core from
+    # deflate (bench_ova --layout one-pass, benchmarks/README.md).
+    disk_names = {
+        ref.href for ref in plan.layout.files if any(d.file.id == ref.id for d in plan.layout.disks)
+    }
+    deferred: dict[str, dict[str, RunningHash]] = {}
     try:
         follower.advance(sink.count)
         header_at = 0
@@ -447,32 +497,56 @@ def _write_one_pass(
             sink.write(bytes(tar.padding(size)))
             sink.flush()
             os.pwrite(fd, tar.encode_header(name, size, mtime), header_at)
+            if name in disk_names:
+                start = header_at + tar.BLOCK
+                deferred[name] = follower.add_range(start, start + size, plan.algorithms)
             follower.advance(sink.count)  # the file and everything before it are final
 
-        written = write_files(plan, sink, options, progress, cancel, begin, end, timings)
-        check_cancel(cancel, "package")
-        t1 = time.perf_counter()
-        files = [PackageFile(plan.descriptor_name, len(descriptor), descriptor_digests)]
-        files += written.files
-        if options.manifest != "none":
-            entries = [(plan.descriptor_name, descriptor_digests[options.manifest])]
-            entries += [(f.name, f.digests[options.manifest]) for f in written.files]
-            for name, data in manifest_members(plan, options, entries):
-                sink.write(tar.encode_header(name, len(data), mtime))
-                sink.write(data)
-                sink.write(bytes(tar.padding(len(data))))
-                files.append(PackageFile(name, len(data), digest_all(data, plan.algorithms)))
-        sink.write(tar.END_OF_ARCHIVE)
-        sink.flush()
-        total = sink.count
-        timings["descriptor"] = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        md5, xxh = _beside_fsync(
-            fd, options.fsync, lambda: follower.finish(total, progress, cancel)
+        written = write_files(
+            plan, sink, options, progress, cancel, begin, end, timings, defer_disk_digests=True
         )
+        check_cancel(cancel, "package")
+        files_end = sink.count
+        t2 = time.perf_counter()
+        total = 0
+        result_files: list[PackageFile] = []
+
+        def rest() -> tuple[str, str]:
+            nonlocal total
+            if deferred:
+                follower.wait_until(files_end, progress, cancel, files_end)
+            t1 = time.perf_counter()
+            files = [PackageFile(plan.descriptor_name, len(descriptor), descriptor_digests)]
+            files += [
+                PackageFile(f.name, f.size, {n: h.hexdigest() for n, h in deferred[f.name].items()})
+                if f.name in deferred
+                else f
+                for f in written.files
+            ]
+            if options.manifest != "none":
+                entries = [(plan.descriptor_name, descriptor_digests[options.manifest])]
+                entries += [(f.name, f.digests[options.manifest]) for f in files[1:]]
+                for name, data in manifest_members(plan, options, entries):
+                    sink.write(tar.encode_header(name, len(data), mtime))
+                    sink.write(data)
+                    sink.write(bytes(tar.padding(len(data))))
+                    files.append(PackageFile(name, len(data), digest_all(data, plan.algorithms)))
+            sink.write(tar.END_OF_ARCHIVE)
+            sink.flush()
+            total = sink.count
+            result_files[:] = files
+            timings["descriptor"] = time.perf_counter() - t1
+            return follower.finish(total, progress, cancel)
+
+        # fsync starts with the wait for the disks' digests; what the manifest adds after it
+        # is flushed by a second, short fsync.
+        md5, xxh = _beside_fsync(fd, options.fsync, rest)
+        if options.fsync:
+            os.fsync(fd)
     except BaseException:
         follower.stop()
         raise
+    files = result_files
     timings["checksum+sync"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
     return PackageResult(

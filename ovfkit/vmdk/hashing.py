@@ -18,7 +18,7 @@ import xxhash
 
 from ..errors import InvalidArgumentError
 
-__all__ = ["DigestTee", "Updatable", "new_hash"]
+__all__ = ["DigestTee", "RunningHash", "Updatable", "new_hash"]
 
 
 class Updatable(Protocol):
@@ -29,6 +29,9 @@ class Updatable(Protocol):
 
 class _Hash(Updatable, Protocol):
     def hexdigest(self) -> str: ...
+
+
+RunningHash = _Hash  # what new_hash gives: update() and hexdigest()
 
 
 def new_hash(name: str) -> _Hash:
