@@ -20,6 +20,7 @@ from ovfkit.ova.tar import (
     TarFormatError,
     decode_header,
     encode_header,
+    encode_member,
     padding,
 )
 
@@ -88,7 +89,11 @@ def test_header_read_back_by_tarfile_and_decoder(name: str, size: int, mtime: in
 def test_archive_round_trip_through_tarfile(members: list[tuple[str, bytes]]) -> None:
     out = bytearray()
     for name, data in members:
-        out += encode_header(name, len(data), 1_700_000_000) + data + bytes(padding(len(data)))
+        member = encode_member(name, data, 1_700_000_000)
+        assert member == encode_header(name, len(data), 1_700_000_000) + data + bytes(
+            padding(len(data)))
+        assert decode_header(member[:BLOCK]).size == len(data)
+        out += member
     out += END_OF_ARCHIVE
     assert len(out) % BLOCK == 0
     with tarfile.open(fileobj=io.BytesIO(bytes(out)), mode="r:") as archive:

@@ -93,10 +93,9 @@ def _register_access_keys(actions: Any) -> None:
 
 
 def _location_arguments(parser: argparse.ArgumentParser) -> None:
-    add_data_dir_argument(parser)
-    parser.add_argument(
-        "--database", metavar="URL",
-        help="the shared database of a many-host service (postgresql://...) instead of the "
+    add_data_dir_argument(
+        parser,
+        database="the shared database of a many-host service (postgresql://...) instead of the "
         "data folder",
     )
 

@@ -20,13 +20,17 @@ if TYPE_CHECKING:
 __all__ = ["add_data_dir_argument", "default_data_dir", "public_url", "register", "run"]
 
 
-def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
+def add_data_dir_argument(parser: argparse.ArgumentParser, *, database: str | None = None) -> None:
+    """``--data-dir DIR``; with ``database`` (its help) also ``--database URL``, the shared
+    database a many-host service keeps instead of the data folder's files."""
     parser.add_argument(
         "--data-dir",
         metavar="DIR",
         default=None,
         help=f"the data folder (default: ${DATA_DIR_ENV} or ./ovfkit-data)",
     )
+    if database is not None:
+        parser.add_argument("--database", metavar="URL", help=database)
 
 
 def public_url(host: str, port: int, scheme: str = "http") -> str:

@@ -21,32 +21,23 @@ from typing import Any, Protocol
 
 from ..zstack.catalog import FolderCatalog, unwrap_vm_inventory
 from ..zstack.config import (
-    DATA_DIR_ENV,
     LocalStorageConfig,
     default_data_dir,
     ensure_default_storage,
     load_config,
     save_config,
 )
+from .serve_cmd import add_data_dir_argument
 
 __all__ = ["register"]
 
 
 def _data_dir_arg(parser: argparse.ArgumentParser, *, database: bool = True) -> None:
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help=f"data folder (default: ${DATA_DIR_ENV}, else ./ovfkit-data)",
+    add_data_dir_argument(
+        parser,
+        database="the shared catalog of a many-host service (postgresql://...) instead of the "
+        "data folder's" if database else None,
     )
-    if database:
-        parser.add_argument(
-            "--database",
-            metavar="URL",
-            help="the shared catalog of a many-host service (postgresql://...) instead of the "
-            "data folder's",
-        )
 
 
 class _Catalog(Protocol):
@@ -104,7 +95,7 @@ def register(sub: Any) -> None:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    return args.data_dir if args.data_dir is not None else default_data_dir()
+    return Path(args.data_dir) if args.data_dir is not None else default_data_dir()
 
 
 def _add(args: argparse.Namespace) -> int:

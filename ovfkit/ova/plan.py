@@ -39,6 +39,7 @@ __all__ = [
     "WrittenFiles",
     "build_package_descriptor",
     "digest_all",
+    "manifest_files",
     "manifest_members",
     "pad_descriptor",
     "plan_package",
@@ -367,3 +368,17 @@ def manifest_members(
     if options.signer is not None and plan.cert_name is not None:
         out.append((plan.cert_name, options.signer.sign(plan.manifest_name, manifest)))
     return out
+
+
+def manifest_files(
+    plan: PackagePlan, options: OvaOptions, files: Iterable[PackageFile]
+) -> list[tuple[PackageFile, bytes]]:
+    """The manifest listing ``files`` (each by its digest of the manifest algorithm) and the
+    certificate signing it, each with its PackageFile; empty without a manifest."""
+    if options.manifest == "none":
+        return []
+    entries = [(f.name, f.digests[options.manifest]) for f in files]
+    return [
+        (PackageFile(name, len(data), digest_all(data, plan.algorithms)), data)
+        for name, data in manifest_members(plan, options, entries)
+    ]

@@ -77,7 +77,7 @@ from .plan import (
     PackageResult,
     build_package_descriptor,
     digest_all,
-    manifest_members,
+    manifest_files,
     plan_package,
 )
 
@@ -424,17 +424,12 @@ def _write_default(
     descriptor = build_package_descriptor(
         plan, written.sizes, written.populated, written.capacities, pad=True
     )
-    members = [(plan.descriptor_name, descriptor, digest_all(descriptor, plan.algorithms))]
-    if options.manifest != "none":
-        entries = [(plan.descriptor_name, members[0][2][options.manifest])]
-        entries += [(f.name, f.digests[options.manifest]) for f in written.files]
-        members += [
-            (name, data, digest_all(data, plan.algorithms))
-            for name, data in manifest_members(plan, options, entries)
-        ]
+    digests = digest_all(descriptor, plan.algorithms)
+    first = PackageFile(plan.descriptor_name, len(descriptor), digests)
+    members = [(first, descriptor), *manifest_files(plan, options, [first, *written.files])]
     front = bytearray()
-    for name, data, _ in members:
-        front += tar.encode_header(name, len(data), mtime) + data + bytes(tar.padding(len(data)))
+    for member, data in members:
+        front += tar.encode_member(member.name, data, mtime)
     if len(front) != plan.front:
         raise OvfkitIOError(f"front region is {len(front)} bytes, {plan.front} were reserved")
     os.pwrite(fd, bytes(front), 0)
@@ -446,7 +441,7 @@ def _write_default(
     md5, xxh = _beside_fsync(fd, options.fsync, lambda: _hash_file(fd, total, progress, cancel))
     timings["checksum+sync"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
-    files = tuple(PackageFile(n, len(d), dg) for n, d, dg in members) + written.files
+    files = tuple(member for member, _ in members) + written.files
     return PackageResult(path=None, size=total, md5=md5, xxh128=xxh, files=files, timings=timings)
 
 
@@ -468,11 +463,7 @@ def _write_one_pass(
     descriptor_digests = digest_all(descriptor, plan.algorithms)
     timings["plan"] = time.perf_counter() - t0
     sink = _Sink(fd)
-    sink.write(
-        tar.encode_header(plan.descriptor_name, len(descriptor), mtime)
-        + descriptor
-        + bytes(tar.padding(len(descriptor)))
-    )
+    sink.write(tar.encode_member(plan.descriptor_name, descriptor, mtime))
     sink.flush()
     follower = _Follower(fd)
     # The disks' manifest digests are taken by the follower from the page cache, beside the
@@ -523,14 +514,9 @@ def _write_one_pass(
                 else f
                 for f in written.files
             ]
-            if options.manifest != "none":
-                entries = [(plan.descriptor_name, descriptor_digests[options.manifest])]
-                entries += [(f.name, f.digests[options.manifest]) for f in files[1:]]
-                for name, data in manifest_members(plan, options, entries):
-                    sink.write(tar.encode_header(name, len(data), mtime))
-                    sink.write(data)
-                    sink.write(bytes(tar.padding(len(data))))
-                    files.append(PackageFile(name, len(data), digest_all(data, plan.algorithms)))
+            for member, data in manifest_files(plan, options, list(files)):
+                sink.write(tar.encode_member(member.name, data, mtime))
+                files.append(member)
             sink.write(tar.END_OF_ARCHIVE)
             sink.flush()
             total = sink.count

@@ -71,9 +71,7 @@ class _Wire:
         self.count += len(data)
 
     def member(self, name: str, data: bytes | bytearray | memoryview, mtime: int) -> None:
-        self.write(tar.encode_header(name, len(data), mtime))
-        self.write(data)
-        self.write(bytes(tar.padding(len(data))))
+        self.write(tar.encode_member(name, data, mtime))
 
 
 class _Chunker:

@@ -183,6 +183,11 @@ def _safe_member_name(raw: bytes) -> str:
     return stripped
 
 
+def encode_member(name: str, data: bytes | bytearray | memoryview, mtime: int = 0) -> bytes:
+    """A whole member of known bytes: its header, the data, the padding to the next block."""
+    return encode_header(name, len(data), mtime) + bytes(data) + bytes(padding(len(data)))
+
+
 def is_zero_block(block: bytes) -> bool:
     return block.count(0) == len(block)
 
