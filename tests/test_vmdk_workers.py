@@ -100,7 +100,18 @@ def test_same_bytes_for_any_worker_count_and_batch_size(
     probe.close()
     assert len(holes) > 3
     outputs = []
-    for threads, batch in [(1, None), (2, None), (3, None), (2, 16), (3, 32)]:
+    # threads are lanes, two to a worker process: (2 lanes, 1 lane per process) is two
+    # single-lane processes, (3, 4 per process) one process with three.
+    for threads, batch, lanes in [
+        (1, None, 2),
+        (2, None, 2),
+        (3, None, 2),
+        (2, 16, 2),
+        (3, 32, 2),
+        (2, None, 1),
+        (3, None, 4),
+    ]:
+        monkeypatch.setattr(writer_mod, "LANES_PER_WORKER", lanes)
         if batch is not None:
             monkeypatch.setattr(writer_mod, "batch_grains", lambda _w, b=batch: b)
         for source in ("raw", "memory"):
@@ -423,22 +434,46 @@ def test_workers_are_started_on_demand_and_reused(tmp_path: Path, clean_pool: No
     finally:
         src.close()
     assert worker_children() == set()  # no data: no worker
-    data = random_bytes(6 * MiB)
+    data = random_bytes(16 * MiB)  # 4 batches: more than one process's lanes take at once
     assert VmdkOptions().engine == "native"  # the default: its workers make the grains
-    write_vmdk(MemorySource(data), io.BytesIO(), VmdkOptions(threads=2))
+    assert workers_mod.LANES_PER_WORKER == 2
+    write_vmdk(MemorySource(data), io.BytesIO(), VmdkOptions(threads=4))
     first = set(idle_workers())
-    assert len(first) == 2 and worker_children() == first
-    write_vmdk(MemorySource(data), io.BytesIO(), VmdkOptions(threads=2))
+    assert len(first) == 2 and worker_children() == first  # 4 lanes: two processes
+    assert all(threads_of(pid) == 2 for pid in first)  # a thread per lane
+    write_vmdk(MemorySource(data), io.BytesIO(), VmdkOptions(threads=4))
     assert set(idle_workers()) == first  # the same processes
     # An idle worker killed from outside is replaced at the next write.
     victim = min(first)
     os.kill(victim, signal.SIGKILL)
+    expected = io.BytesIO()
+    write_vmdk(MemorySource(data), expected, fixed(threads=4))
+    assert victim not in idle_workers() and len(idle_workers()) == 2
+    assert inspect_vmdk(io.BytesIO(expected.getvalue()), strict=True).ok
+    # A lane that got no batch (one batch, two lanes) is pooled ready for the next write.
+    shutdown()
+    write_vmdk(MemorySource(random_bytes(MiB)), io.BytesIO(), VmdkOptions(threads=2))
+    (two_lanes,) = idle_workers()
     body = io.BytesIO()
     write_vmdk(MemorySource(data), body, fixed(threads=2))
-    assert victim not in idle_workers() and len(idle_workers()) == 2
-    assert inspect_vmdk(io.BytesIO(body.getvalue()), strict=True).ok
+    assert body.getvalue() == expected.getvalue() and idle_workers() == [two_lanes]
+    # A pooled process with fewer lanes than a crew wants serves those it has; the crew
+    # starts more for the rest (1 + 2 + 1 lanes), the same bytes.
+    shutdown()
+    write_vmdk(MemorySource(data), io.BytesIO(), VmdkOptions(threads=1))
+    (single,) = idle_workers()
+    assert threads_of(single) == 1
+    body = io.BytesIO()
+    write_vmdk(MemorySource(data), body, fixed(threads=4))
+    assert body.getvalue() == expected.getvalue()
+    assert single in idle_workers() and sorted(map(threads_of, idle_workers())) == [1, 1, 2]
     shutdown()
     assert worker_children() == set()
+
+
+def threads_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
 
 
 def test_idle_workers_end_by_themselves(
@@ -458,7 +493,7 @@ def test_worker_imports_little() -> None:
     """A worker imports its own modules and a few standard ones: nothing of the package's API
     (lxml, dataclasses, typing, ovfkit.errors), which would cost RSS in every worker."""
     code = workers_mod._boot_code().replace(
-        "main(int(sys.argv[1]))", "print(' '.join(sorted(sys.modules)))"
+        "main(*map(int, sys.argv[1:]))", "print(' '.join(sorted(sys.modules)))"
     )
     mods = set(
         subprocess.run(

@@ -3,8 +3,9 @@ source and makes their grain markers in memory shared with the parent (ovfkit.vm
 
 The parent starts it as ``python -I -S`` with ovfkit's packages entered as bare stubs, so it
 imports only this module, ovfkit.vmdk.grains and a few standard modules (~10 MiB RSS; the NBD
-client and ovfkit.errors too, once a batch needs NBD). It talks over one SOCK_SEQPACKET socket,
-one message per send, descriptors passed with SCM_RIGHTS:
+client and ovfkit.errors too, once a batch needs NBD). It serves one or more *lanes*, a thread
+each, each lane its own job on its own SOCK_SEQPACKET socket (the lanes share nothing but the
+interpreter), one message per send, descriptors passed with SCM_RIGHTS:
 
     parent -> worker  JOB    isal level, slots and their sizes, NBD state;
                              descriptors: the shared memory, an NBD connection, the files
@@ -20,7 +21,7 @@ one message per send, descriptors passed with SCM_RIGHTS:
 
 A slot is ``out_size`` bytes of grain markers followed by ``in_size`` bytes the parent fills
 for pieces only it can read (PIECE_INPUT: ``at`` is where in that part). The worker ends when
-its socket ends: the parent closed it, or died. The source is read with pread, never mapped: a
+its sockets end: the parent closed them, or died. The source is read with pread, never mapped: a
 file truncated under the export gives a short read, reported as a FAIL, where a mapping would
 raise SIGBUS.
 """
@@ -36,6 +37,8 @@ from .grains import GRAIN_SECTORS, GRAIN_SIZE, SECTOR, GrainMaker, grain_marker_
 
 TYPE_CHECKING = False  # not typing's: importing typing costs every worker 1.4 MiB of RSS
 if TYPE_CHECKING:  # pragma: no cover - imported lazily: only batches with NBD pieces need it
+    import _thread
+
     from ..disk.nbd_client import NbdClient
 
 __all__ = [
@@ -262,12 +265,14 @@ def _recv(sock: _socket.socket, buf: bytearray) -> tuple[int, list[int]]:
     return n, fds
 
 
-def main(fd: int) -> None:
-    """Serve jobs on the socket ``fd`` until it ends."""
+def main(*fds: int) -> None:
+    """Serve jobs on each of the sockets ``fds`` (one lane each, a thread per lane after the
+    first) until they all end. Lanes share the interpreter: deflate and pread release the
+    GIL, so two lanes keep two cores busy for the RSS of one process (ovfkit.vmdk.workers)."""
     import signal
 
     # Ctrl-C and a graceful stop reach the whole process group: they are the parent's to
-    # handle (it may let its exports finish); a worker ends with its socket.
+    # handle (it may let its exports finish); a worker ends with its sockets.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:  # a worker that crashes dumps no core: it would hold the slots and nothing of use
@@ -276,6 +281,34 @@ def main(fd: int) -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (ImportError, OSError, ValueError):  # pragma: no cover - Linux has it
         pass
+    if len(fds) > 1:
+        import _thread  # not threading: a lane needs no more, and every import costs RSS
+        import sys
+
+        # A lane back from deflate waits for the GIL at most this long (default 5 ms).
+        sys.setswitchinterval(0.0005)
+        ends = []
+        for fd in fds[1:]:
+            done = _thread.allocate_lock()
+            done.acquire()
+            ends.append(done)
+            _thread.start_new_thread(_lane, (fd, done))
+        _serve(fds[0])
+        for done in ends:
+            done.acquire()
+    else:
+        _serve(fds[0])
+
+
+def _lane(fd: int, done: _thread.LockType) -> None:
+    try:
+        _serve(fd)
+    finally:
+        done.release()
+
+
+def _serve(fd: int) -> None:
+    """One lane: jobs and batches on the socket ``fd`` until it ends."""
     sock = _socket.socket(fileno=fd)
     buf = bytearray(MAX_MESSAGE)
     msg = memoryview(buf)

@@ -8,12 +8,16 @@ site-packages: the worker's sys.path is exactly the directories of ovfkit and is
 packages are entered as bare stubs so their ``__init__`` (the whole public API) is not run.
 Workers stay in the parent's process group (a SIGKILL of the group ends them too) but ignore
 SIGINT and SIGTERM: a Ctrl-C or a graceful stop is the parent's to handle (it may let the
-exports finish, or cancel them and end the workers). A worker ends when its socket does, so
+exports finish, or cancel them and end the workers). A worker ends when its sockets do, so
 none outlives the parent, even one killed outright.
+
+A worker process serves ``LANES_PER_WORKER`` lanes: a thread and a socket each, each lane a
+worker of its own to the writer. All lanes of a process serve the same write, so a failure that
+kills the process ends only that write.
 
 Workers are started when a write first has a batch for them (an empty disk starts none) and
 kept in a process-wide pool between writes for ``IDLE_SECONDS``; a worker whose write failed
-is killed, not kept. Each write's workers are a ``Crew``: per worker, a few slots of shared
+is killed, not kept. Each write's lanes are a ``Crew``: per lane, a few slots of shared
 memory (memfd_create, sealed against resizing: no name in /dev/shm, nothing left if all die)
 that it fills with grain markers and the parent writes and hashes from.
 """
@@ -41,9 +45,22 @@ from ._boot import boot_code
 from .grains import GRAIN_SIZE, MAX_GRAIN_BYTES
 from .worker import BATCH, END, JOB, PIECE, READY
 
-__all__ = ["IDLE_SECONDS", "Crew", "Member", "Worker", "idle_workers", "shutdown"]
+__all__ = [
+    "IDLE_SECONDS",
+    "LANES_PER_WORKER",
+    "Crew",
+    "Member",
+    "Worker",
+    "idle_workers",
+    "shutdown",
+]
 
 IDLE_SECONDS = 10.0
+# Lanes (threads, one socket each) per worker process. A lane holds the GIL for ~11% of a
+# grain's time (probes, framing; isal's deflate and pread release it), so two lanes of one
+# process keep two cores busy, for the RSS of one interpreter (~13 MiB) instead of two:
+# 16 lanes sum to ~170 MiB of RSS over every process, not ~255 (ARCHITECTURE.md).
+LANES_PER_WORKER = 2
 POLL = 0.05  # seconds a wait for a worker lasts before cancellation is looked at
 _MAX_IDLE = 64
 _GRACE = 5.0  # seconds a worker whose socket was closed gets to exit before it is killed
@@ -51,32 +68,40 @@ _TIMEVAL = struct.Struct("@ll")  # struct timeval
 
 
 def _boot_code() -> str:
-    return boot_code("worker:main(int(sys.argv[1]))", ("disk",))
+    return boot_code("worker:main(*map(int, sys.argv[1:]))", ("disk",))
 
 
 class Worker:
-    """One worker process and the parent's end of its socket."""
+    """One worker process and the parent's ends of its lanes' sockets (one each)."""
 
-    def __init__(self) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    def __init__(self, lanes: int = 1) -> None:
+        pairs: list[tuple[socket.socket, socket.socket]] = []
         try:
+            for _ in range(lanes):
+                pairs.append(socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+            fds = [child.fileno() for _, child in pairs]
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _boot_code(), str(child.fileno())],
-                pass_fds=(child.fileno(),),
+                [sys.executable, "-I", "-S", "-c", _boot_code(), *map(str, fds)],
+                pass_fds=fds,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
             )
         except OSError as e:
-            parent.close()
+            for parent, _ in pairs:
+                parent.close()
             raise OperationFailedError(
                 f"cannot start a disk worker process ({sys.executable}): {e}"
             ) from e
         finally:
-            child.close()
-        # A wait for an answer ends after POLL seconds (to look at cancellation): the kernel's
-        # receive timeout, one recv call, rather than Python's (a poll, then the recv).
-        parent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(0, int(POLL * 1e6)))
-        self.sock = parent
+            for _, child in pairs:
+                child.close()
+        for parent, _ in pairs:
+            # A wait for an answer ends after POLL seconds (to look at cancellation): the
+            # kernel's receive timeout, one recv call, rather than Python's (a poll, a recv).
+            parent.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(0, int(POLL * 1e6))
+            )
+        self.socks = [parent for parent, _ in pairs]
 
     @property
     def pid(self) -> int:
@@ -85,26 +110,11 @@ class Worker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def send(self, data: bytes, fds: list[int] | None = None) -> None:
-        if fds:
-            self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))])
-        else:
-            self.sock.send(data)
-
-    def recv(self) -> bytes | None:
-        """The next message; None if none came within ``POLL`` seconds (the caller looks at
-        cancellation, then waits again); b"" once the worker is gone."""
-        try:
-            return self.sock.recv(MESSAGE_BYTES)
-        except (BlockingIOError, TimeoutError):
-            return None
-        except ConnectionResetError:
-            return b""
-
     def end(self, *, kill: bool = False) -> None:
-        """Close the socket (the worker then exits) and reap the process; ``kill`` first."""
-        with contextlib.suppress(OSError):
-            self.sock.close()
+        """Close the sockets (the worker then exits) and reap the process; ``kill`` first."""
+        for sock in self.socks:
+            with contextlib.suppress(OSError):
+                sock.close()
         if kill:
             with contextlib.suppress(OSError):
                 self.proc.kill()
@@ -142,8 +152,9 @@ class _Pool:
         self._idle: list[tuple[float, Worker]] = []
         self._reaper: threading.Thread | None = None
 
-    def take(self) -> tuple[Worker, bool]:
-        """A worker, and whether it comes from the pool (it may have died since)."""
+    def take(self, lanes: int) -> tuple[Worker, bool]:
+        """A worker, and whether it comes from the pool (it may have died since); a new one
+        has ``lanes`` lanes, a pooled one those it was started with."""
         while True:
             with self._lock:
                 if not self._idle:
@@ -152,7 +163,7 @@ class _Pool:
             if worker.alive():
                 return worker, True
             worker.end()
-        return Worker(), False
+        return Worker(lanes), False
 
     def give_back(self, worker: Worker) -> None:
         with self._lock:
@@ -195,8 +206,9 @@ class _Pool:
     def after_fork_in_child(self) -> None:
         # The parent's workers are the parent's: forget them without ending them.
         for _, worker in self._idle:
-            with contextlib.suppress(OSError):
-                worker.sock.close()
+            for sock in worker.socks:
+                with contextlib.suppress(OSError):
+                    sock.close()
         self.__init__()  # type: ignore[misc]  # fresh lock: another thread may have held it
 
 
@@ -218,10 +230,12 @@ _PAGE = mmap.PAGESIZE
 
 
 class Member:
-    """A worker of a crew: its process, its slots of shared memory and which are free."""
+    """A lane of a worker in a crew: its process and socket, its slots of shared memory and
+    which are free."""
 
-    def __init__(self, worker: Worker, mem: mmap.mmap, slots: int, nbd: bool) -> None:
+    def __init__(self, worker: Worker, lane: int, mem: mmap.mmap, slots: int, nbd: bool) -> None:
         self.worker = worker
+        self.sock = worker.socks[lane]
         self.mem = mem
         self.view = memoryview(mem)
         self.free = list(range(slots - 1, -1, -1))
@@ -230,18 +244,35 @@ class Member:
         self.release: list[Callable[[], None]] = []  # per slot, set by the crew
         self.ready = False  # its READY was read (a new worker's comes before its first DONE)
 
+    def send(self, data: bytes, fds: list[int] | None = None) -> None:
+        if fds:
+            self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))])
+        else:
+            self.sock.send(data)
+
+    def recv(self) -> bytes | None:
+        """The next message; None if none came within ``POLL`` seconds (the caller looks at
+        cancellation, then waits again); b"" once the worker is gone."""
+        try:
+            return self.sock.recv(MESSAGE_BYTES)
+        except (BlockingIOError, TimeoutError):
+            return None
+        except ConnectionResetError:
+            return b""
+
 
 class Crew:
-    """The workers of one write: up to ``size``, started (or taken from the pool) as batches
-    need them. Each has ``slots`` slots of ``stride`` bytes: ``out_size`` for the grain
-    markers of a batch of ``batch_grains`` grains, then ``in_size`` for bytes the parent reads
-    for it (pieces it cannot hand over). ``files`` and a spare connection of ``nbd`` each (an
-    NbdSource, if any) are handed to every worker."""
+    """The workers of one write: up to ``size`` lanes, in processes of ``lanes`` lanes each,
+    started (or taken from the pool) as batches need them. Each lane has ``slots`` slots of
+    ``stride`` bytes: ``out_size`` for the grain markers of a batch of ``batch_grains`` grains,
+    then ``in_size`` for bytes the parent reads for it (pieces it cannot hand over). ``files``
+    and a spare connection of ``nbd`` each (an NbdSource, if any) are handed to every lane."""
 
     def __init__(
         self,
         size: int,
         *,
+        lanes: int = 1,
         level: int,
         batch_grains: int,
         slots: int,
@@ -249,6 +280,7 @@ class Crew:
         nbd: object | None,
     ) -> None:
         self.size = size
+        self.lanes = lanes
         self.level = level
         self.slots = slots
         self.out_size = batch_grains * MAX_GRAIN_BYTES
@@ -274,30 +306,37 @@ class Crew:
         return best, best.free.pop()
 
     def _start(self) -> Member:
+        """A process's lanes join the crew (at most those the crew still lacks); the first."""
+        want = min(self.lanes, self.size - len(self.members))
         for _ in range(3):
-            worker, pooled = _POOL.take()
+            worker, pooled = _POOL.take(want)
+            joined: list[Member] = []
             try:
-                member = self._join(worker)
+                for lane in range(min(want, len(worker.socks))):
+                    joined.append(self._join(worker, lane))
                 if pooled:  # it may have been killed since it was pooled: it must answer
-                    self._ready(member)
+                    for member in joined:
+                        self._ready(member)
             except OSError:
                 worker.end(kill=True)
+                for member in joined:
+                    _unmap(member)
                 continue
-            self.members.append(member)
-            return member
+            self.members += joined
+            return joined[0]
         raise OperationFailedError("disk worker processes die as soon as they are started")
 
     def _ready(self, member: Member) -> None:
         deadline = time.monotonic() + _GRACE
         while True:
-            msg = member.worker.recv()
+            msg = member.recv()
             if msg == READY:
                 member.ready = True
                 return
             if msg is not None or time.monotonic() > deadline:
                 raise ConnectionResetError("the pooled worker is gone")
 
-    def _join(self, worker: Worker) -> Member:
+    def _join(self, worker: Worker, lane: int) -> Member:
         size = self.slots * self.stride
         fd = os.memfd_create("ovfkit-vmdk-slots", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         spare = None
@@ -322,16 +361,16 @@ class Crew:
                 self.stride,
                 *nbd_state,
             )
+            member = Member(worker, lane, mem, self.slots, spare is not None)
             try:
-                worker.send(msg, fds)
+                member.send(msg, fds)
             except OSError:
-                mem.close()
+                _unmap(member)
                 raise
         finally:
             os.close(fd)
             if spare is not None:
                 spare.forget()  # the worker's now (or gone with it)
-        member = Member(worker, mem, self.slots, spare is not None)
         member.release = [functools.partial(self.release, member, k) for k in range(self.slots)]
         return member
 
@@ -346,7 +385,7 @@ class Crew:
     ) -> None:
         """Ask ``member`` for a batch; ``pieces``: PIECE records, packed."""
         npieces = len(pieces) // PIECE.size
-        member.worker.send(BATCH.pack(b"B", seq, slot, count, first, npieces) + pieces)
+        member.send(BATCH.pack(b"B", seq, slot, count, first, npieces) + pieces)
         member.outstanding += 1
 
     def input_view(self, member: Member, slot: int) -> memoryview:
@@ -385,16 +424,28 @@ class Crew:
         """End the write: workers go back to the pool (``ok``) or are killed; shared memory
         is unmapped (a map something still views is left to the garbage collector)."""
         members, self.members = self.members, []
+        crews: dict[int, tuple[Worker, list[Member]]] = {}
         for m in members:
-            if ok and m.worker.alive():
+            crews.setdefault(id(m.worker), (m.worker, []))[1].append(m)
+        for worker, lanes in crews.values():
+            if ok and worker.alive():
                 try:
-                    m.worker.send(END)
+                    for m in lanes:
+                        if not m.ready:  # a lane that got no batch: its READY is still unread
+                            self._ready(m)
+                        m.send(END)
                 except OSError:
-                    m.worker.end(kill=True)
+                    worker.end(kill=True)
                 else:
-                    _POOL.give_back(m.worker)
+                    _POOL.give_back(worker)
             else:
-                m.worker.end(kill=True)
-            m.view.release()
-            with contextlib.suppress(BufferError):
-                m.mem.close()
+                worker.end(kill=True)
+            for m in lanes:
+                _unmap(m)
+
+
+def _unmap(member: Member) -> None:
+    """Unmap a lane's slots (a map something still views is left to the garbage collector)."""
+    member.view.release()
+    with contextlib.suppress(BufferError):
+        member.mem.close()

@@ -6,14 +6,15 @@ puts them in order, a writer thread and digest threads take them out.
   with where to read it (``ovfkit.disk.source.Piece``: offsets in a raw file, or in the qcow2
   layers ``qemu-img map`` places, and a spare qemu-nbd connection for the rest). Per batch it does
   a fixed amount of Python work, whatever the number of grains: a message out, a message in, the
-  batch's grain table entries placed at once (``VmdkOutput.put_batch``).
-- Each worker (``ovfkit.vmdk.worker``) reads its batch with pread, deflates it
+  batch's grain table entries placed at once (``VmdkOutput.put_batch``). It talks to *lanes*:
+  a worker process serves ``LANES_PER_WORKER`` lanes, a thread and a socket each.
+- Each lane of a worker (``ovfkit.vmdk.worker``) reads its batch with pread, deflates it
   (``ovfkit.vmdk.grains``: zero grains dropped, incompressible grains stored), frames the grain
   markers into a slot of memory shared with the parent and answers with their offsets in it.
 - The coordinating thread takes the answers in disk order and hands each slot to the output
   (``ovfkit.vmdk.output``, the layout both engines share), whose writer thread calls the sink (one
   ``writev`` of the slot) and whose digest threads hash it; the slot goes back to its worker once
-  both are done, so memory is bounded by the slots: a few MiB per worker, whatever the disk size.
+  both are done, so memory is bounded by the slots: a few MiB per lane, whatever the disk size.
 
 A worker that dies (a crash, SIGKILL, SIGBUS) or fails to read ends the write with an ovfkit error
 (SYS.1016 for the source's I/O); the parent never maps the source, so a source truncated during
@@ -42,7 +43,7 @@ from .options import VmdkOptions, VmdkResult
 from .output import VmdkOutput
 from .sink import Sink
 from .worker import DONE, MAX_PIECES, PIECE, PIECE_INPUT, READY
-from .workers import Crew, Member
+from .workers import LANES_PER_WORKER, Crew, Member
 
 __all__ = ["Sink", "VmdkOptions", "VmdkResult", "batch_grains", "write_vmdk"]
 
@@ -83,7 +84,7 @@ def write_vmdk(
         return write_vmdk_qemu(
             source, sink, options, progress=progress, cancel=cancel, extra_hashes=extra_hashes
         )
-    workers = options.threads or _cores()
+    workers = options.threads or default_lanes()
     if isinstance(source, DiskSource):
         from ..disk import open_source  # lazy: qemu-img and qemu-nbd edges
 
@@ -99,6 +100,14 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - Linux has it
         return os.cpu_count() or 1
+
+
+def default_lanes() -> int:
+    """Lanes (compressing threads, LANES_PER_WORKER to a worker process) when the caller names
+    none: one per core, and two more, so that a core stays busy while a lane waits for a slot
+    that the parent's writer or digest thread has not freed yet (2 cores: 4 lanes made an
+    export 5-7% faster than 2, benchmarks/README.md "Lanes")."""
+    return _cores() + 2
 
 
 def batch_grains(workers: int) -> int:
@@ -174,6 +183,7 @@ def _write_native(
     direct = callable(getattr(source, "direct_pieces", None))
     crew = Crew(
         workers,
+        lanes=LANES_PER_WORKER,
         level=options.compress_level,
         batch_grains=grains,
         slots=_slots(workers),
@@ -324,7 +334,7 @@ class _Pump:
 
     def _answer(self, member: Member) -> bytes:
         while True:
-            msg = member.worker.recv()
+            msg = member.recv()
             if msg == READY and not member.ready:
                 member.ready = True
                 continue
