@@ -1,9 +1,9 @@
-"""Scaling of the native VMDK writer with its worker count, on the raw and the qcow2 reference disk.
+"""Scaling of the native VMDK writer with its lanes, on the raw and the qcow2 reference disk.
 
 For each source (the reference disk of benchmarks/refdisk.py, raw, and the same disk converted to
 qcow2, read through ovfkit.disk.MappedSource: the layers' files where ``qemu-img map`` places the
-clusters, qemu-nbd for the rest) and each worker count (``--threads``, default 1, 2, 4, ... up to
-the cores present, plus 16 for memory), ``write_vmdk`` runs in a fresh child process writing to a
+clusters, qemu-nbd for the rest) and each lane count (``--threads``: compressing threads, two to
+a worker process; default 1, 2, 4, ... up to the cores present, plus 16 for memory), ``write_vmdk`` runs in a fresh child process writing to a
 file with ``pwritev`` (as the OVA writer's sink does). Figures per run:
 
 - seconds and MB/s of data (the source's data extents, 1 MB = 10^6 bytes);
@@ -14,10 +14,10 @@ file with ``pwritev`` (as the OVA writer's sink does). Figures per run:
   process's own peak, VmHWM, an upper bound), and the same for PSS (shared pages divided among
   the processes that map them: what the export really costs in memory).
 
-The baseline is the 1-worker run of the same source in the same invocation (the speedup column);
+The baseline is the 1-lane run of the same source in the same invocation (the speedup column);
 ``--tree DIR`` runs the same cases a second time with the ovfkit package of another checkout
 (e.g. a worktree of the commit before the worker processes) for a before/after table. On a
-machine with fewer cores than workers the times say nothing about scaling (the workers share the
+machine with fewer cores than lanes the times say nothing about scaling (the lanes share the
 cores); the memory and the coordinating thread's CPU still do.
 
     python -m benchmarks.bench_scaling [--disk REF.raw] [--qcow2 REF.qcow2] [--threads 1,2,16]
@@ -230,7 +230,7 @@ def _default_threads() -> list[int]:
     if counts[-1] != cores:
         counts.append(cores)
     if 16 not in counts:
-        counts.append(16)  # the memory target is for 16 workers
+        counts.append(16)  # the memory target is for 16 lanes
     return counts
 
 
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 key = f"{label} {source} x{n}"
                 report.add(f"{key} seconds", r["seconds"], "s")
                 report.add(f"{key} coordinating CPU per GB", serial, "s/GB")
-    print("| tree | source | workers | seconds | MB/s of data | vs 1 worker | "
+    print("| tree | source | lanes | seconds | MB/s of data | vs 1 lane | "
           "CPU s: all (parent + workers) | "
           "coordinating thread CPU s | peak RSS sum sampled / sum of peaks (MiB) | "
           "peak PSS sum (MiB) | processes | other threads' CPU s | load |")  # fmt: skip
