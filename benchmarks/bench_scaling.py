@@ -3,8 +3,9 @@
 For each source (the reference disk of benchmarks/refdisk.py, raw, and the same disk converted to
 qcow2, read through ovfkit.disk.MappedSource: the layers' files where ``qemu-img map`` places the
 clusters, qemu-nbd for the rest) and each lane count (``--threads``: compressing threads, two to
-a worker process; default 1, 2, 4, ... up to the cores present, plus 16 for memory), ``write_vmdk`` runs in a fresh child process writing to a
-file with ``pwritev`` (as the OVA writer's sink does). Figures per run:
+a worker process; default 1, 2, 4, ... up to the cores present, plus 16 for memory),
+``write_vmdk`` runs in a fresh child process writing to a file with ``pwritev`` (as the OVA
+writer's sink does). Figures per run:
 
 - seconds and MB/s of data (the source's data extents, 1 MB = 10^6 bytes);
 - CPU seconds of every process of the export (the child, its workers, qemu-nbd), and of the
