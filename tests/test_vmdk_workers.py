@@ -359,6 +359,10 @@ def test_raw_source_truncated_mid_export_is_an_io_error(
             progress=fail_mid_disk(lambda: os.truncate(raw, 8 * MiB)),
         )
     assert e.value.code == "SYS.1016" and "truncated" in e.value.details
+    # The details say which of the VM's disks: the member, and the volume's name if it has one.
+    member = e.value.details.split(":")[0]
+    assert member.endswith(".vmdk") or ".vmdk (volume " in member, e.value.details
+    assert str(e.value) == f"SYS.1016: {e.value.details}"
     assert_nothing_left(out, private_tmp)
     # The process and its pool are fine: the next export of the (now short) disk works.
     result = write_ova(make_vm([(raw, "raw")]), out / "vm.ova", OvaOptions(threads=2))

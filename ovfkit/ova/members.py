@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import BinaryIO, Protocol, cast
 
 from .._args import require, require_hooks
-from ..errors import InvalidArgumentError, OvfkitIOError
+from ..errors import InvalidArgumentError, OperationCancelledError, OvfkitError, OvfkitIOError
 from ..model import VirtualMachine
 from ..progress import CancelToken, Progress, ProgressCallback, check_cancel
 from .plan import OvaOptions, PackageFile, PackagePlan, WrittenFiles, digest_all
@@ -152,15 +152,23 @@ def write_files(
         if disk_file is not None:
             disk = next(d for d in vm.disks if d.id == disk_file.disk_id)
             assert disk.source is not None
-            result = write_vmdk(
-                disk.source,
-                cast(BinaryIO, sink),
-                replace(plan.vmdk_options(options, disk, ref.href), digests=())
-                if defer_disk_digests
-                else plan.vmdk_options(options, disk, ref.href),
-                progress=progress,
-                cancel=cancel,
-            )
+            try:
+                result = write_vmdk(
+                    disk.source,
+                    cast(BinaryIO, sink),
+                    replace(plan.vmdk_options(options, disk, ref.href), digests=())
+                    if defer_disk_digests
+                    else plan.vmdk_options(options, disk, ref.href),
+                    progress=progress,
+                    cancel=cancel,
+                )
+            except OperationCancelledError:
+                raise
+            except OvfkitError as e:  # which of the VM's disks: the worker knows only bytes
+                name = f"{ref.href} (volume {disk.name!r})" if disk.name else ref.href
+                e.details = f"{name}: {e.details}"
+                e.args = (e.details,)
+                raise
             digests = dict(result.digests)
             populated[disk.id] = result.populated_size
             capacities[disk.id] = result.capacity
