@@ -113,6 +113,20 @@ def test_updates_and_deletes_of_another_accounts_package_are_not_found(
     assert r.status_code == 200 and r.json()["inventory"]["description"] == "checked by the admin"
 
 
+def test_exporting_a_vm_another_account_exported_does_not_name_its_package(
+    live: LiveServer, owned: dict[str, Any]
+) -> None:
+    tokens, alices = owned["tokens"], owned["packages"]["alice"]
+    r = live.export(alices["vmUuid"], tokens["bob"])
+    assert r.status_code == 503 and r.json()["error"]["code"] == "SYS.1007", r.text
+    details = r.json()["error"]["details"]
+    assert alices["vmUuid"] in details and "another account" in details
+    assert alices["uuid"] not in details
+    # Its owner is told which package holds the VM.
+    r = live.export(alices["vmUuid"], tokens["alice"])
+    assert r.status_code == 503 and alices["uuid"] in r.json()["error"]["details"], r.text
+
+
 def test_export_url_is_a_capability_url_not_the_uuid(
     live: LiveServer, owned: dict[str, Any]
 ) -> None:

@@ -96,7 +96,11 @@ class ClusterService:
             raise InvalidArgumentError("Only vm in state: Stopped can be exported.")
         holder = self.store.packages.find_by_vm(vm_uuid)
         if holder is not None:
-            raise DuplicateVmError(already_exported_message(vm_uuid, holder.inventory.uuid))
+            raise DuplicateVmError(
+                already_exported_message(
+                    vm_uuid, holder.inventory.uuid, holder.account_uuid, account_uuid
+                )
+            )
         package_uuid = request.resource_uuid or new_zstack_uuid()
         if self.store.packages.get(package_uuid) is not None:
             raise InvalidArgumentError(

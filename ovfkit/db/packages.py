@@ -71,7 +71,20 @@ _COLUMNS = (
 )
 
 
-def already_exported_message(vm_uuid: str, package_uuid: str) -> str:
+def already_exported_message(
+    vm_uuid: str,
+    package_uuid: str,
+    holder_account: str | None = None,
+    caller_account: str | None = None,
+) -> str:
+    """SYS.1007's details when the VM is taken. Another account's package is not named: its
+    uuid is that account's (the caller learns only that the VM is taken). ``caller_account``
+    None (a library caller without accounts) sees every package, as in queries."""
+    if caller_account is not None and holder_account != caller_account:
+        return (
+            f"Vm[uuid: {vm_uuid}] is already exported as an ova package of another account;"
+            " it can be exported again once that package is deleted."
+        )
     return (
         f"Vm[uuid: {vm_uuid}] is already exported as the ova package[uuid: {package_uuid}], "
         "please delete the package and try again."
@@ -179,11 +192,13 @@ class PackageStore:
                 )
         except IntegrityError:
             holder = conn.execute(
-                select(T.c.uuid).where(T.c.vm_uuid == inventory.vm_uuid)
+                select(T.c.uuid, T.c.account_uuid).where(T.c.vm_uuid == inventory.vm_uuid)
             ).first()
             if holder is not None:
                 raise DuplicateVmError(
-                    already_exported_message(inventory.vm_uuid, holder[0])
+                    already_exported_message(
+                        inventory.vm_uuid, holder[0], holder[1], account_uuid
+                    )
                 ) from None
             raise DuplicateUuidError(
                 f"resourceUuid[{inventory.uuid}] is already used by another image package"

@@ -231,7 +231,11 @@ def _export(
         raise InvalidArgumentError("Only vm in state: Stopped can be exported.")
     holder = context.records.find_by_vm(vm_uuid)
     if holder is not None:
-        raise DuplicateVmError(already_exported_message(vm_uuid, holder.inventory.uuid))
+        raise DuplicateVmError(
+            already_exported_message(
+                vm_uuid, holder.inventory.uuid, holder.account_uuid, account_uuid
+            )
+        )
     package_uuid = req.resource_uuid or new_zstack_uuid()
     if context.records.get(package_uuid) is not None:
         raise InvalidArgumentError(
