@@ -226,3 +226,29 @@ def test_old_auth_sqlite_keeps_its_accounts_and_sessions(tmp_path: Path) -> None
             store.validate("d" * 32)
     finally:
         store.close()
+
+
+def test_a_worker_is_live_by_its_own_lease_not_the_readers(tmp_path: Path) -> None:
+    """A worker beats every third of its own --lease: a node with a shorter --lease must not
+    take it for dead between beats, nor one with a longer lease keep it alive past its own."""
+    from ovfkit.cluster.jobs import JobStore
+    from ovfkit.cluster.routing import Reach, WorkerInfo
+    from ovfkit.db.schema import cluster_workers
+
+    db = open_database(sqlite_url(tmp_path / "jobs.db"))
+    store = JobStore(db)
+    slow = WorkerInfo("a" * 32, "slow", Reach.of(["/ps"], ["bs"]), 2, lease_ms=300_000)
+    fast = WorkerInfo("b" * 32, "fast", Reach.of(["/ps"], ["bs"]), 2, lease_ms=5_000)
+    old = WorkerInfo("c" * 32, "old", Reach.of(["/ps"], ["bs"]), 2)  # a row from before 0004
+    for info in (slow, fast, old):
+        store.register_worker(info)
+    # Last heard of 90 s ago: within the slow worker's 300 s lease, past the fast one's 5 s.
+    with db.begin() as conn:
+        conn.execute(
+            cluster_workers.update().values(heartbeat=cluster_workers.c.heartbeat - 90_000)
+        )
+    assert [w.name for w in store.live_workers(60_000)] == ["slow"]
+    assert store.live_workers(60_000)[0] == slow
+    # Without a lease of its own, a row is judged by the reader's: live for a 120 s reader.
+    assert [w.name for w in store.live_workers(120_000)] == ["old", "slow"]
+    db.close()

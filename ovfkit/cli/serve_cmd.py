@@ -118,8 +118,8 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--lease", type=float, default=60.0, metavar="SECONDS",
-        help="many hosts: the workers' --lease (default 60); a worker silent this long is "
-        "taken for dead",
+        help="many hosts: this node reaps every third of it, and re-publishes lost jobs after "
+        "5 of it (default 60); each worker is taken for dead after its own --lease",
     )
     parser.add_argument(
         "--log-level",

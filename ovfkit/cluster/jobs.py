@@ -273,6 +273,7 @@ class JobStore:
                     roots=json.dumps(info.reach.roots),
                     backup_storages=json.dumps(info.reach.backup_storages),
                     concurrency=info.concurrency, started=now, heartbeat=now,
+                    lease_ms=info.lease_ms,
                 )
             )
 
@@ -287,16 +288,20 @@ class JobStore:
             conn.execute(delete(W).where(W.c.uuid == uuid))
 
     def live_workers(self, ttl_ms: int) -> list[WorkerInfo]:
-        """Workers whose heartbeat is younger than ``ttl_ms``; older rows are removed."""
-        limit = now_ms() - ttl_ms
+        """Workers whose heartbeat is younger than their own lease (``ttl_ms`` for a row that
+        has none); rows silent for ten leases are removed."""
+        now = now_ms()
+        lease = func.coalesce(W.c.lease_ms, ttl_ms)
         with self.db.begin() as conn:
-            conn.execute(delete(W).where(W.c.heartbeat < limit - 10 * ttl_ms))
-            rows = conn.execute(select(W).where(W.c.heartbeat >= limit).order_by(W.c.name)).all()
+            conn.execute(delete(W).where(W.c.heartbeat < now - 10 * lease))
+            rows = conn.execute(
+                select(W).where(W.c.heartbeat >= now - lease).order_by(W.c.name)
+            ).all()
         return [
             WorkerInfo(
                 uuid=r.uuid, name=r.name,
                 reach=Reach(tuple(json.loads(r.roots)), tuple(json.loads(r.backup_storages))),
-                concurrency=r.concurrency,
+                concurrency=r.concurrency, lease_ms=r.lease_ms,
             )
             for r in rows
         ]

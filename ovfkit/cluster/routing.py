@@ -52,10 +52,14 @@ class Reach:
 
 @dataclass(frozen=True)
 class WorkerInfo:
+    """A worker as it declared itself; ``lease_ms``: its own lease (it beats every third of
+    it), by which every node judges it live, whatever that node's own ``--lease``."""
+
     uuid: str
     name: str
     reach: Reach
     concurrency: int
+    lease_ms: int | None = None
 
 
 def needs_of(vm: Mapping[str, object]) -> list[str]:

@@ -141,11 +141,16 @@ class WorkerRuntime:
             _log.warning("worker %s: left out %s", self.name, line)
         if self.spool.is_dir():
             shutil.rmtree(self.spool, ignore_errors=True)
-        info = WorkerInfo(self.uuid, self.name, self.reach, self.concurrency)
+        info = self._info()
         self.store.register_worker(info)
         threading.Thread(target=self._beat, name="ovfkit-heartbeat", daemon=True).start()
         threading.Thread(target=self._reap, name="ovfkit-reaper", daemon=True).start()
         return info
+
+    def _info(self) -> WorkerInfo:
+        return WorkerInfo(
+            self.uuid, self.name, self.reach, self.concurrency, self.timings.lease_ms
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -160,9 +165,7 @@ class WorkerRuntime:
             try:
                 if not self.store.worker_heartbeat(self.uuid):
                     # Removed as dead while it was cut off: declare again.
-                    self.store.register_worker(
-                        WorkerInfo(self.uuid, self.name, self.reach, self.concurrency)
-                    )
+                    self.store.register_worker(self._info())
             except OvfkitError as exc:
                 _log.warning("worker heartbeat failed: %s", exc)
             with self._lock:

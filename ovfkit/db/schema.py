@@ -146,6 +146,9 @@ cluster_workers = Table(
     Column("concurrency", Integer, nullable=False),
     Column("started", BigInteger, nullable=False),
     Column("heartbeat", BigInteger, nullable=False),
+    # the worker's own --lease in ms: it is live while its heartbeat is younger (None: rows of
+    # workers from before 0004, judged by the reader's lease)
+    Column("lease_ms", BigInteger),
 )
 
 # ZStack's SystemTagVO and UserTagVO in one table (type System or Simple); a package's tags go
