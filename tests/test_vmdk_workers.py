@@ -577,9 +577,9 @@ class SlowSink:  # the writer thread backs up: what is queued must stay bounded 
         return len(b)
 
 src = RawSource(sys.argv[1])
-write_vmdk(src, SlowSink(), VmdkOptions(threads=2))
+write_vmdk(src, SlowSink(), VmdkOptions(threads=int(sys.argv[2])))
 src.close()
-print(hwm_kib(os.getpid()) + sum(hwm_kib(p) for p in idle_workers()))
+print(hwm_kib(os.getpid()) + sum(hwm_kib(p) for p in idle_workers()), len(idle_workers()))
 shutdown()
 """
 
@@ -587,20 +587,27 @@ shutdown()
 def test_memory_does_not_grow_with_the_disk(tmp_path: Path) -> None:
     """Peak RSS of the export's processes (the writer's and its workers', each one's peak,
     summed) is the same for 16 MiB and 160 MiB of data behind a slow sink: memory is bounded
-    by the workers' slots, whatever the disk size or the sink's speed."""
+    by the workers' slots, whatever the disk size or the sink's speed; with 16 lanes (8
+    processes) it stays under issue 11's 256 MiB."""
     peaks = []
     text = text_like(MiB)
-    for mib in (16, 160):
+    for mib, threads in ((16, 2), (160, 2), (160, 16)):
         raw = tmp_path / f"{mib}.raw"
-        with raw.open("wb") as f:
-            for k in range(mib // 2):
-                f.write(random_bytes(MiB, seed=k) + text)
+        if not raw.exists():
+            with raw.open("wb") as f:
+                for k in range(mib // 2):
+                    f.write(random_bytes(MiB, seed=k) + text)
         run = subprocess.run(
-            [sys.executable, "-c", _PEAK, str(raw)], capture_output=True, text=True, check=True
-        )
-        peaks.append(int(run.stdout) / 1024)
-        raw.unlink()
-    small, big = peaks
-    print(f"peak RSS summed: {small:.0f} MiB (16 MiB of data), {big:.0f} MiB (160 MiB)")
+            [sys.executable, "-c", _PEAK, str(raw), str(threads)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        kib, processes = map(int, run.stdout.split())
+        assert processes == -(-threads // workers_mod.LANES_PER_WORKER), run.stdout
+        peaks.append(kib / 1024)
+    small, big, many = peaks
+    print(f"peak RSS summed: {small:.0f} MiB (16 MiB of data), {big:.0f} MiB (160 MiB),"
+          f" {many:.0f} MiB (160 MiB, 16 lanes)")  # fmt: skip
     assert big < small + 12, peaks  # MiB; 144 MiB more data
     assert big < 256, peaks
+    # Issue 11's bound with 16 lanes (8 worker processes), every lane busy: 160 batches.
+    assert many < 256, peaks
