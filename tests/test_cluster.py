@@ -333,6 +333,42 @@ def _poll(node: LiveServer, token: str, location: str, timeout: float = 90.0) ->
         time.sleep(0.1)
 
 
+class _Hooks:
+    """A webhook receiver on 127.0.0.1 (the allowed hosts by default): what it was POSTed."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        received: list[tuple[dict[str, str], bytes]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((dict(self.headers.items()), body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.received = received
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, job_uuid: str, timeout: float = 60.0) -> list[dict[str, object]]:
+        deadline = time.monotonic() + timeout
+        while not any(h.get("X-Job-UUID") == job_uuid for h, _ in self.received):
+            assert time.monotonic() < deadline, f"no webhook for job {job_uuid}"
+            time.sleep(0.1)
+        return [json.loads(b) for h, b in self.received if h.get("X-Job-UUID") == job_uuid]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def test_two_api_nodes_share_sessions_jobs_and_packages(site: Site) -> None:
     from ovfkit.cluster.jobs import JobStore
     from ovfkit.zstack.auth import AuthStore
@@ -340,17 +376,20 @@ def test_two_api_nodes_share_sessions_jobs_and_packages(site: Site) -> None:
     site.start_worker("host2", [site.ps(1), site.ps(2)], [BS_A, BS_B])
     slow = site.add_vm(1, disks=(32 * MiB,), dense=True)
     quick = site.add_vm(2)
+    other = site.add_vm(2)
     site.ps(3).mkdir()
     nowhere = site.add_vm(3)  # no worker reads ps3
     AuthStore(site.base, database=site.db).create_account(USER, PASSWORD)
     args = ("--database", site.url, "--broker", site.broker, "--lease", str(LEASE))
     api1, api2 = _api_folder(site, "api1"), _api_folder(site, "api2")
     site.wait_workers({"host2"})
+    hooks = _Hooks()
     with run_server(api2, *args) as node2:
         with run_server(api1, *args) as node1:
             token = node1.login()  # one login, valid on both nodes
             r = node1.client.post(
-                "/zstack/v1/ovf/ova-packages", headers={**node1.auth(token), "X-Job-Mode": "async"},
+                "/zstack/v1/ovf/ova-packages",
+                headers={**node1.auth(token), "X-Job-Mode": "async", "X-Web-Hook": hooks.url},
                 json={"vmUuid": slow, "backupStorageUuid": BS_A},
             )
             assert r.status_code == 202, r.text
@@ -366,9 +405,24 @@ def test_two_api_nodes_share_sessions_jobs_and_packages(site: Site) -> None:
         assert answer.status_code == 200, answer.text
         inventory = answer.json()["inventory"]
         assert inventory["vmUuid"] == slow and inventory["state"] == "Exported"
+        # node1 took the webhook with it: node2 sends it, the answer the job gives when polled.
+        assert hooks.wait_for(job_uuid) == [answer.json()]
         with run_server(api1, *args) as node1:  # node1 back: the same answer
             again = _poll(node1, token, location)
             assert again.status_code == 200 and again.json() == answer.json()
+            # A webhook whose node lives is sent by that node, once: node2 leaves it alone.
+            r = node1.client.post(
+                "/zstack/v1/ovf/ova-packages",
+                headers={**node1.auth(token), "X-Job-Mode": "async", "X-Web-Hook": hooks.url},
+                json={"vmUuid": other, "backupStorageUuid": BS_B},
+            )
+            assert r.status_code == 202, r.text
+            second = r.json()["location"].rsplit("/", 1)[1]
+            [body] = hooks.wait_for(second)
+            assert body["inventory"]["vmUuid"] == other
+            time.sleep(3 * LEASE)  # past node2's wait for an abandoned webhook (2 leases)
+            assert len(hooks.wait_for(second)) == 1 and len(hooks.wait_for(job_uuid)) == 1
+            assert JobStore(site.db).get(second).webhook_state == "sent"  # type: ignore[union-attr]
             r = node1.client.post(
                 "/zstack/v1/ovf/ova-packages", headers=node1.auth(token),
                 json={"vmUuid": quick, "backupStorageUuid": BS_B},
@@ -388,7 +442,10 @@ def test_two_api_nodes_share_sessions_jobs_and_packages(site: Site) -> None:
         assert r.status_code == 503 and r.json()["error"]["code"] == "SYS.1006", r.text
         assert "cannot read" in r.json()["error"]["details"]
         listed = node2.client.get("/zstack/v1/image-packages", headers=node2.auth(token))
-        assert sorted(i["vmUuid"] for i in listed.json()["inventories"]) == sorted([slow, quick])
+        assert sorted(i["vmUuid"] for i in listed.json()["inventories"]) == sorted(
+            [slow, quick, other]
+        )
+    hooks.close()
     for inv in listed.json()["inventories"]:
         path = site.bs(inv["backupStorageUuid"]) / f"{inv['uuid']}.ova"
         assert ovfkit.verify_package(path).ok
@@ -399,4 +456,4 @@ def test_two_api_nodes_share_sessions_jobs_and_packages(site: Site) -> None:
 
     [account] = AuthStore(site.base, database=site.db).list_accounts()
     records = PackageStore(site.db).query()
-    assert [(r.account_uuid, bool(r.download_token)) for r in records] == [(account.uuid, True)] * 2
+    assert [(r.account_uuid, bool(r.download_token)) for r in records] == [(account.uuid, True)] * 3

@@ -252,3 +252,39 @@ def test_a_worker_is_live_by_its_own_lease_not_the_readers(tmp_path: Path) -> No
     # Without a lease of its own, a row is judged by the reader's: live for a 120 s reader.
     assert [w.name for w in store.live_workers(120_000)] == ["old", "slow"]
     db.close()
+
+
+def test_a_jobs_webhook_is_claimed_by_one_node_and_taken_over_when_its_claim_ends(
+    tmp_path: Path,
+) -> None:
+    from ovfkit.cluster.jobs import JobStore
+    from ovfkit.db.schema import export_jobs
+
+    db = open_database(sqlite_url(tmp_path / "jobs.db"))
+    store = JobStore(db)
+    hook, plain = new_zstack_uuid(), new_zstack_uuid()
+    for uuid, url in ((hook, "http://127.0.0.1:9/hook"), (plain, None)):
+        store.submit(uuid, "acct", exporting(), "x.ova", {}, {}, "q", webhook=url)
+    assert store.claim_webhook(hook, 60_000) is False  # not done yet: nothing to send
+    with db.begin() as conn:  # both done just now
+        conn.execute(export_jobs.update().values(state="done", status=200))
+    # Another node's reaper leaves a fresh one to the node that took the request.
+    assert store.pending_webhooks(5_000) == [] and store.pending_webhooks(0) == [hook]
+    assert store.claim_webhook(hook, 60_000, unclaimed_for_ms=5_000) is False
+    with db.begin() as conn:  # done long ago
+        conn.execute(export_jobs.update().values(updated=1))
+    assert store.get(hook).webhook_state == "pending"  # type: ignore[union-attr]
+    assert store.get(plain).webhook_state is None  # type: ignore[union-attr]
+    assert store.pending_webhooks(5_000) == [hook]
+    assert store.claim_webhook(hook, 60_000) is True  # the node that took the request
+    assert store.claim_webhook(hook, 60_000, unclaimed_for_ms=5_000) is False  # another node
+    assert store.pending_webhooks(5_000) == []  # held
+    with db.begin() as conn:  # its holder died: the claim ran out
+        conn.execute(export_jobs.update().values(webhook_until=2))
+    assert store.pending_webhooks(5_000) == [hook]
+    assert store.claim_webhook(hook, 60_000, unclaimed_for_ms=5_000) is True
+    store.webhook_done(hook, sent=True)
+    assert store.get(hook).webhook_state == "sent"  # type: ignore[union-attr]
+    assert store.pending_webhooks(0) == [] and store.claim_webhook(hook, 60_000) is False
+    assert store.claim_webhook(plain, 60_000) is False  # no webhook kept
+    db.close()

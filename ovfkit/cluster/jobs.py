@@ -31,6 +31,8 @@ from .routing import Reach, WorkerInfo
 __all__ = ["Job", "JobStore"]
 
 QUEUED, RUNNING, DONE = "queued", "running", "done"
+# export_jobs.webhook_state
+WEBHOOK_PENDING, WEBHOOK_SENT, WEBHOOK_FAILED = "pending", "sent", "failed"
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Job:
     status: int | None
     body: Mapping[str, Any] | None
     dispatched: int
+    webhook: str | None = None
+    webhook_state: str | None = None
 
     @property
     def done(self) -> bool:
@@ -66,6 +70,7 @@ def _job(row: Row[Any]) -> Job:
         state=m["state"], worker=m["worker"], worker_name=m["worker_name"],
         lease_until=m["lease_until"], attempts=m["attempts"], status=m["status"],
         body=None if m["body"] is None else json.loads(m["body"]), dispatched=m["dispatched"],
+        webhook=m["webhook"], webhook_state=m["webhook_state"],
     )
 
 
@@ -88,9 +93,11 @@ class JobStore:
         *,
         system_tags: Sequence[str] = (),
         user_tags: Sequence[str] = (),
+        webhook: str | None = None,
     ) -> None:
         """The package record (``Exporting``) and its queued job, in one transaction.
-        DuplicateVmError if the VM has a package or a running export, on any node."""
+        DuplicateVmError if the VM has a package or a running export, on any node.
+        ``webhook``: the job form's X-Web-Hook, to be sent by any API node once done."""
         now = now_ms()
         with self.db.begin() as conn:
             if conn.execute(select(J.c.uuid).where(J.c.uuid == job_uuid)).first() is not None:
@@ -104,7 +111,8 @@ class JobStore:
                     uuid=job_uuid, account_uuid=account_uuid, package_uuid=package.uuid,
                     vm_uuid=package.vm_uuid, backup_storage_uuid=package.backup_storage_uuid,
                     request=json.dumps(request), vm=json.dumps(vm), queue=queue, state=QUEUED,
-                    attempts=0, created=now, updated=now, dispatched=now,
+                    attempts=0, created=now, updated=now, dispatched=now, webhook=webhook,
+                    webhook_state=None if webhook is None else WEBHOOK_PENDING,
                 )
             )
 
@@ -254,12 +262,61 @@ class JobStore:
         return {r[0]: int(r[1]) for r in rows}
 
     def forget_done(self, older_than_ms: int) -> int:
+        """Remove done jobs older than that, except those whose webhook is still to send."""
         with self.db.begin() as conn:
             return int(
                 conn.execute(
-                    delete(J).where(J.c.state == DONE, J.c.updated < now_ms() - older_than_ms)
+                    delete(J).where(
+                        J.c.state == DONE, J.c.updated < now_ms() - older_than_ms,
+                        J.c.webhook_state.is_(None) | (J.c.webhook_state != WEBHOOK_PENDING),
+                    )
                 ).rowcount
             )
+
+    # -- webhooks -------------------------------------------------------------------------------
+
+    def claim_webhook(self, uuid: str, hold_ms: int, *, unclaimed_for_ms: int = 0) -> bool:
+        """Take the sending of a done job's pending webhook for ``hold_ms``: nobody holds it,
+        or its holder's claim ran out. ``unclaimed_for_ms``: only if the job has been done
+        that long (another node's reaper leaves the node that took the request time to send
+        it first)."""
+        now = now_ms()
+        free = J.c.webhook_until.is_(None) & (J.c.updated <= now - unclaimed_for_ms)
+        with self.db.begin() as conn:
+            return bool(
+                conn.execute(
+                    update(J)
+                    .where(
+                        J.c.uuid == uuid, J.c.state == DONE,
+                        J.c.webhook_state == WEBHOOK_PENDING,
+                        free | (J.c.webhook_until < now),
+                    )
+                    .values(webhook_until=now + hold_ms)
+                ).rowcount
+            )
+
+    def webhook_done(self, uuid: str, sent: bool) -> None:
+        """The webhook was accepted (``sent``), or refused through every retry: not again."""
+        with self.db.begin() as conn:
+            conn.execute(
+                update(J)
+                .where(J.c.uuid == uuid, J.c.webhook_state == WEBHOOK_PENDING)
+                .values(webhook_state=WEBHOOK_SENT if sent else WEBHOOK_FAILED, webhook_until=None)
+            )
+
+    def pending_webhooks(self, unclaimed_for_ms: int) -> list[str]:
+        """Done jobs whose webhook nobody sent nor holds: unclaimed ``unclaimed_for_ms`` after
+        the job ended, or claimed by a node whose claim ran out (it died sending)."""
+        now = now_ms()
+        with self.db.connect() as conn:
+            rows = conn.execute(
+                select(J.c.uuid).where(
+                    J.c.state == DONE, J.c.webhook_state == WEBHOOK_PENDING,
+                    (J.c.webhook_until.is_(None) & (J.c.updated <= now - unclaimed_for_ms))
+                    | (J.c.webhook_until < now),
+                ).order_by(J.c.updated)
+            ).all()
+        return [r[0] for r in rows]
 
     # -- workers --------------------------------------------------------------------------------
 

@@ -70,7 +70,11 @@ class ClusterService:
                 _log.exception("reaper failed")
 
     def submit(
-        self, request: ExportVmOvaPackageRequest, account_uuid: str, job_uuid: str | None = None
+        self,
+        request: ExportVmOvaPackageRequest,
+        account_uuid: str,
+        job_uuid: str | None = None,
+        webhook: str | None = None,
     ) -> Job:
         """Queue an export as job ``job_uuid`` (default: a new uuid); OvfkitError for a request
         that cannot be queued."""
@@ -122,7 +126,7 @@ class ClusterService:
         job_uuid = job_uuid or new_zstack_uuid()
         self.store.submit(
             job_uuid, account_uuid, package, f"{package_uuid}.ova", request_json(request),
-            vm, queue, system_tags=system_tags, user_tags=user_tags,
+            vm, queue, system_tags=system_tags, user_tags=user_tags, webhook=webhook,
         )
         self.dispatcher.publish(job_uuid, queue)
         job = self.store.get(job_uuid)
@@ -161,10 +165,12 @@ class ClusterService:
         *,
         job_uuid: str | None = None,
         cancel: CancelToken | None = None,
+        webhook: str | None = None,
     ) -> Reply:
-        """ExportVmOvaPackage through a worker, synchronously, as the single-host API."""
+        """ExportVmOvaPackage through a worker, synchronously, as the single-host API;
+        ``webhook`` is kept with the job (:meth:`JobStore.claim_webhook`)."""
         try:
-            job = self.submit(request, account_uuid, job_uuid)
+            job = self.submit(request, account_uuid, job_uuid, webhook)
         except OvfkitError as exc:
             return Reply.failure(exc)
         done = self.wait(job.uuid, cancel=cancel)

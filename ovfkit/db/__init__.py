@@ -31,7 +31,7 @@ from ..errors import InvalidArgumentError, OvfkitIOError
 __all__ = ["HEAD_REVISION", "Database", "open_database", "redacted", "sqlite_url"]
 
 # The newest migration in migrations/versions (a test checks that it is Alembic's head).
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 # pg_advisory_xact_lock key: start-ups of many nodes upgrade the schema one at a time.

@@ -131,6 +131,13 @@ export_jobs = Table(
     Column("created", BigInteger, nullable=False),
     Column("updated", BigInteger, nullable=False),
     Column("dispatched", BigInteger, nullable=False),
+    # The job form's X-Web-Hook, kept with the job so that any API node can send it once the job
+    # is done, when the node that took the request is gone: webhook_state 'pending' until one
+    # node has sent it ('sent') or given up after RestServer's retries ('failed');
+    # webhook_until: the sending node's claim (ms), after which another node may take it over.
+    Column("webhook", Text),
+    Column("webhook_state", String(16)),
+    Column("webhook_until", BigInteger),
     Index("export_jobs_state", "state", "lease_until"),
 )
 

@@ -231,14 +231,18 @@ def _job_runner(
         status, body = await work()
         # A job that did not succeed polls as 503 whatever stopped it (handleJobQuery).
         state.jobs.finish(job, 200 if status == 200 else 503, body)
-        if target is not None:
+        if target is not None and await anyio.to_thread.run_sync(
+            state.backend.claim_webhook, job.uuid
+        ):
             data = json.dumps(body).encode()
-            await anyio.to_thread.run_sync(
+            sent = await anyio.to_thread.run_sync(
                 lambda: webhook.post(
                     target, data, job.uuid, status == 200, stop=state.gate.stopping,
                     interval=state.config.webhook_retry_interval,
                 )
             )
+            if sent or not state.gate.stopping.is_set():  # stopped: another node may send it
+                await anyio.to_thread.run_sync(state.backend.webhook_sent, job.uuid, sent)
 
     return run
 

@@ -139,5 +139,13 @@ class Backend:
         """A job this process's registry does not hold (None here: jobs live in memory)."""
         return None
 
+    def claim_webhook(self, job_uuid: str) -> bool:
+        """Whether this process sends the done job's webhook (here always: the job lives and
+        dies with this process; many hosts: the node that holds it, see ovfkit.cluster)."""
+        return True
+
+    def webhook_sent(self, job_uuid: str, sent: bool) -> None:
+        """The webhook was accepted, or refused through every retry."""
+
     def close(self) -> None:
         self.context.close()
