@@ -288,3 +288,36 @@ def test_a_jobs_webhook_is_claimed_by_one_node_and_taken_over_when_its_claim_end
     assert store.pending_webhooks(0) == [] and store.claim_webhook(hook, 60_000) is False
     assert store.claim_webhook(plain, 60_000) is False  # no webhook kept
     db.close()
+
+
+def test_packages_are_given_to_an_account(tmp_path: Path) -> None:
+    """``PackageStore.give``: named packages whoever owns them, and every ownerless one; an
+    unknown uuid changes nothing. The CLI does the same on a shared database (--database)."""
+    import subprocess
+    import sys
+
+    from ovfkit.errors import NotFoundError
+    from ovfkit.zstack.auth import AuthStore
+
+    url = sqlite_url(tmp_path / "shared.db")
+    db = open_database(url)
+    store = PackageStore(db)
+    mine, theirs, old = exporting(), exporting(), exporting()
+    store.create_exporting(mine, "a.ova", account_uuid="a" * 32)
+    store.create_exporting(theirs, "b.ova", account_uuid="b" * 32)
+    store.create_exporting(old, "c.ova")  # made before packages had owners
+    with pytest.raises(NotFoundError, match="f" * 32):
+        store.give("c" * 32, packages=[theirs.uuid, "f" * 32])
+    assert store.get(theirs.uuid).account_uuid == "b" * 32  # type: ignore[union-attr]
+    assert store.give("c" * 32, packages=[theirs.uuid]) == [theirs.uuid]
+    account = AuthStore(tmp_path, database=db).create_account("carol", "Carol-pa55word")
+    run = subprocess.run(
+        [sys.executable, "-m", "ovfkit", "account", "adopt", "carol", "--ownerless",
+         "--database", url, "--data-dir", str(tmp_path / "unused")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0 and run.stdout.split() == [old.uuid], run.stderr
+    owners = {u: store.get(u).account_uuid for u in (mine.uuid, theirs.uuid, old.uuid)}  # type: ignore[union-attr]
+    assert owners == {mine.uuid: "a" * 32, theirs.uuid: "c" * 32, old.uuid: account.uuid}
+    assert not (tmp_path / "unused").exists()  # a shared database needs no data folder
+    db.close()

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,3 +209,15 @@ def test_packages_made_before_owners_and_tokens_keep_working(tmp_path: Path) -> 
         assert live.client.get(urlsplit(old_url).path).status_code == 404
         alice = live.login("alice", PASSWORD)
         assert _uuids(live, alice) == set()
+        # The operator gives the old packages to the account that made them.
+        cli = [sys.executable, "-m", "ovfkit", "account", "adopt", "--data-dir", str(data)]
+        refused = subprocess.run([*cli, "alice"], capture_output=True, text=True)
+        assert refused.returncode != 0 and "--ownerless" in refused.stderr, refused.stderr
+        unknown = subprocess.run([*cli, "alice", "--package", "f" * 32], capture_output=True,
+                                 text=True)  # fmt: skip
+        assert unknown.returncode != 0 and "f" * 32 in unknown.stderr, unknown.stderr
+        given = subprocess.run([*cli, "alice", "--ownerless"], capture_output=True, text=True)
+        assert given.returncode == 0 and given.stdout.split() == [before["uuid"]], given.stderr
+        assert _uuids(live, alice) == {before["uuid"]} == _uuids(live, admin)
+        again = subprocess.run([*cli, "alice", "--ownerless"], capture_output=True, text=True)
+        assert again.returncode == 0 and again.stdout == ""  # none left without an owner

@@ -1,7 +1,9 @@
 """``ovfkit account add|passwd|remove NAME`` / ``ovfkit account list``: the accounts that may log
 in to ``ovfkit serve`` (stored in the data folder, passwords hashed with scrypt).
 ``ovfkit account access-key add|list NAME`` / ``access-key remove ID``: the account's AccessKey
-pairs, for ZStack SDK clients that sign requests instead of logging in."""
+pairs, for ZStack SDK clients that sign requests instead of logging in.
+``ovfkit account adopt NAME --ownerless | --package UUID``: give packages to an account (those
+made before packages had owners are the admin's until given)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import getpass
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, NotFoundError
 from .serve_cmd import add_data_dir_argument, default_data_dir
 
 if TYPE_CHECKING:
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "register",
     "run_add",
+    "run_adopt",
     "run_key_add",
     "run_key_list",
     "run_key_remove",
@@ -63,6 +66,20 @@ def register(sub: Any) -> None:
     lst = actions.add_parser("list", help="list the accounts")
     _location_arguments(lst)
     lst.set_defaults(func=run_list)
+    adopt = actions.add_parser(
+        "adopt", help="give packages to an account",
+        description="Make the account the owner of packages: those named with --package "
+        "(whoever owns them) and, with --ownerless, every package made before packages had "
+        "owners (since that upgrade they are the admin's, and the accounts that exported them "
+        "no longer see them).",
+    )
+    adopt.add_argument("name", metavar="NAME", help="the account")
+    adopt.add_argument("--package", action="append", default=[], metavar="UUID",
+                       help="a package to give (repeatable)")  # fmt: skip
+    adopt.add_argument("--ownerless", action="store_true",
+                       help="every package that has no owner")  # fmt: skip
+    _location_arguments(adopt)
+    adopt.set_defaults(func=run_adopt)
     _register_access_keys(actions)
 
 
@@ -151,6 +168,33 @@ def run_list(args: argparse.Namespace) -> int:
 
     for account in _auth(args).list_accounts():
         print(f"{account.uuid}  {account.name}  created {zstack_timestamp(account.create_date)}")
+    return 0
+
+
+def run_adopt(args: argparse.Namespace) -> int:
+    from ..zstack.records import PackageRecords
+
+    if not args.package and not args.ownerless:
+        raise InvalidArgumentError("name the packages to give: --package UUID or --ownerless")
+    auth = _auth(args)
+    account = next((a for a in auth.list_accounts() if a.name == args.name), None)
+    if account is None:
+        raise NotFoundError(f"no account named {args.name!r}")
+    if args.database is not None:  # the shared database holds the packages too
+        from ..db.packages import PackageStore
+
+        given = PackageStore(auth.db).give(
+            account.uuid, packages=args.package, ownerless=args.ownerless
+        )
+    else:
+        records = PackageRecords(args.data_dir or default_data_dir())
+        try:
+            given = records.give(account.uuid, packages=args.package, ownerless=args.ownerless)
+        finally:
+            records.close()
+    for uuid in given:
+        print(uuid)
+    print(f"{len(given)} package(s) given to account {account.name}", file=sys.stderr)
     return 0
 
 

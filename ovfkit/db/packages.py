@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from ..errors import InvalidArgumentError, OperationFailedError
+from ..errors import InvalidArgumentError, NotFoundError, OperationFailedError
 from ..zstack.inventory import (
     QUERY_FIELDS,
     TAG_FIELDS,
@@ -326,6 +326,33 @@ class PackageStore:
         with self.db.begin() as conn:
             conn.execute(update(T).where(T.c.uuid == uuid).values(**values))
         return self.get(uuid)
+
+    def give(
+        self, account_uuid: str, *, packages: Sequence[str] = (), ownerless: bool = False
+    ) -> list[str]:
+        """Make ``account_uuid`` the owner of the ``packages`` named (any owner's) and, with
+        ``ownerless``, of every package without one (made before packages had owners, the
+        admin's since migration 0003); the uuids given, in uuid order. NotFoundError naming
+        any uuid that is no package (then nothing changes)."""
+        with self.db.begin() as conn:
+            named = set(packages)
+            found = {
+                r[0] for r in conn.execute(select(T.c.uuid).where(T.c.uuid.in_(sorted(named))))
+            }
+            missing = sorted(named - found)
+            if missing:
+                raise NotFoundError(f"no image package with uuid {', '.join(missing)}")
+            chosen: ColumnElement[bool] = T.c.uuid.in_(sorted(named))
+            if ownerless:
+                chosen = chosen | T.c.account_uuid.is_(None)
+            uuids = sorted(r[0] for r in conn.execute(select(T.c.uuid).where(chosen)))
+            if uuids:
+                conn.execute(
+                    update(T).where(T.c.uuid.in_(uuids)).values(
+                        account_uuid=account_uuid, last_op_date=now_ms()
+                    )
+                )
+        return uuids
 
     # --- reads -----------------------------------------------------------------------------------
 
