@@ -611,3 +611,9 @@ def test_memory_does_not_grow_with_the_disk(tmp_path: Path) -> None:
     assert big < 256, peaks
     # Issue 11's bound with 16 lanes (8 worker processes), every lane busy: 160 batches.
     assert many < 256, peaks
+
+
+def test_default_lanes_are_cores_and_two_more_at_most_32(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cores, lanes in ((1, 3), (2, 4), (16, 18), (30, 32), (64, 32)):
+        monkeypatch.setattr(writer_mod, "_cores", lambda c=cores: c)
+        assert writer_mod.default_lanes() == lanes

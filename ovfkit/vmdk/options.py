@@ -25,8 +25,8 @@ class VmdkOptions:
     ``hw_version`` go to the descriptor (ddb.adapterType, ddb.virtualHWVersion). ``digests``:
     the algorithms computed over the bytes written (any of DIGEST_ALGORITHMS). ``threads``:
     lanes that read and compress the disk (native engine: threads of worker processes, two to
-    a process; ovfkit.vmdk.writer), None = one per core and two more; or qemu-img processes
-    (qemu-img engine), None = one per core.
+    a process; ovfkit.vmdk.writer), None = one per core and two more (at most 32); or
+    qemu-img processes (qemu-img engine), None = one per core.
 
     Extensions to the ARCHITECTURE contract, all defaulted: ``filename`` is the extent file name
     the embedded descriptor names (the member name in the OVA); ``compress_level`` the isal level

@@ -102,12 +102,18 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+MAX_DEFAULT_LANES = 32
+
+
 def default_lanes() -> int:
     """Lanes (compressing threads, LANES_PER_WORKER to a worker process) when the caller names
     none: one per core, and two more, so that a core stays busy while a lane waits for a slot
     that the parent's writer or digest thread has not freed yet (2 cores: 4 lanes made an
-    export 5-7% faster than 2, benchmarks/README.md "Lanes")."""
-    return _cores() + 2
+    export 5-7% faster than 2, benchmarks/README.md "Lanes"). At most MAX_DEFAULT_LANES: one
+    write is bounded well before that by its serial threads (the output's page-cache copy and
+    digests, ~0.5-0.7 CPU-s per GB of data against ~1.8 for the lanes' work, ARCHITECTURE.md),
+    while every lane costs memory and an NBD connection, per export, on hosts of 64+ cores."""
+    return min(_cores() + 2, MAX_DEFAULT_LANES)
 
 
 def batch_grains(workers: int) -> int:
