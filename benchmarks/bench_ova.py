@@ -39,6 +39,7 @@ run-to-run noise is ±30% in wall time, so compare figures of one run only.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import hashlib
 import json
@@ -251,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ovfkit-bench-ova-"))
+    if not args.workdir:  # ours: gone with the run, whatever it leaves in it
+        atexit.register(shutil.rmtree, work, True)
     work.mkdir(parents=True, exist_ok=True)
     disk = args.disk or str(Path(tempfile.gettempdir()) / f"ovfkit-refdisk-s{args.scale}.raw")
     if not os.path.exists(disk):

@@ -27,8 +27,10 @@ cores); the memory and the coordinating thread's CPU still do.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -257,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ovfkit-bench-"))
+    if not args.workdir:  # ours: gone with the run, whatever it leaves in it
+        atexit.register(shutil.rmtree, work, True)
     work.mkdir(parents=True, exist_ok=True)
     disk = args.disk or str(Path(tempfile.gettempdir()) / f"ovfkit-refdisk-s{args.scale}.raw")
     if not os.path.exists(disk):

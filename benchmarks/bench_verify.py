@@ -20,8 +20,10 @@ Figures and the load of each run: benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ovfkit-bench-verify-"))
+    if not args.workdir:  # ours: gone with the run, whatever it leaves in it
+        atexit.register(shutil.rmtree, work, True)
     work.mkdir(parents=True, exist_ok=True)
     disk = reference_disk(args.disk, args.scale)
     cores = len(os.sched_getaffinity(0))

@@ -23,10 +23,12 @@ with ``qemu-img compare`` against the source.
 from __future__ import annotations
 
 import argparse
+import atexit
 import hashlib
 import mmap
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ovfkit-bench-"))
+    if not args.workdir:  # ours: gone with the run, whatever it leaves in it
+        atexit.register(shutil.rmtree, work, True)
     work.mkdir(parents=True, exist_ok=True)
     disk = args.disk or str(Path(tempfile.gettempdir()) / f"ovfkit-refdisk-s{args.scale}.raw")
     if not os.path.exists(disk):
