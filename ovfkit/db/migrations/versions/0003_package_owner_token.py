@@ -19,6 +19,8 @@ import secrets
 import sqlalchemy as sa
 from alembic import op
 
+from ovfkit.db._migrate import add_missing_columns
+
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
@@ -29,11 +31,11 @@ _OLD_SUFFIX = "/ova-packages/{uuid}.ova"
 
 def upgrade() -> None:
     bind = op.get_bind()
-    columns = {c["name"] for c in sa.inspect(bind).get_columns("image_packages")}
-    if "account_uuid" not in columns:
-        op.add_column("image_packages", sa.Column("account_uuid", sa.String(32)))
-    if "download_token" not in columns:
-        op.add_column("image_packages", sa.Column("download_token", sa.String(64)))
+    add_missing_columns(
+        "image_packages",
+        sa.Column("account_uuid", sa.String(32)),
+        sa.Column("download_token", sa.String(64)),
+    )
     indexes = {i["name"] for i in sa.inspect(bind).get_indexes("image_packages")}
     if "image_packages_account" not in indexes:
         op.create_index("image_packages_account", "image_packages", ["account_uuid"])

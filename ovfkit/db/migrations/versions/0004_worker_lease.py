@@ -15,6 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from ovfkit.db._migrate import add_missing_columns
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
@@ -22,9 +24,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    columns = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("cluster_workers")}
-    if "lease_ms" not in columns:
-        op.add_column("cluster_workers", sa.Column("lease_ms", sa.BigInteger))
+    add_missing_columns("cluster_workers", sa.Column("lease_ms", sa.BigInteger))
 
 
 def downgrade() -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from ovfkit.db._migrate import add_missing_columns
+
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
@@ -22,14 +24,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    present = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("export_jobs")}
-    for column in (
+    add_missing_columns(
+        "export_jobs",
         sa.Column("webhook", sa.Text),
         sa.Column("webhook_state", sa.String(16)),
         sa.Column("webhook_until", sa.BigInteger),
-    ):
-        if column.name not in present:
-            op.add_column("export_jobs", column)
+    )
 
 
 def downgrade() -> None:
